@@ -1,0 +1,1 @@
+"""Kernel images: how they are built (docker/ in the source tree) and found."""
