@@ -1,0 +1,438 @@
+"""DockerProvisioner: a jupyter_client kernel provisioner that runs each kernel in a container.
+
+Registered as the ``docker-provisioner`` entry point of ``jupyter_client.kernel_provisioners``,
+so any jupyter_client KernelManager (our gateway's, or a plain jupyter_server's) picks it from a
+kernelspec's ``metadata.kernel_provisioner``.
+
+What it does differently from gateway_provisioners / Enterprise Gateway:
+- every Docker call runs off the event loop (:class:`DockerEngine`), container state arrives
+  by the engine's event stream (no polling the engine);
+- restart keeps the container: ``kge-nanny`` (the container's main process) restarts the kernel
+  in place, so the address, ports and key stay and open client connections keep working;
+- the kernel gets only its spec's env, ``KERNEL_*`` and an allow-list; memory, CPU and pids are
+  always bounded; privileges dropped; ZMQ ports are never published on the host;
+- the connection key goes into the container as a file (put_archive), never in env or labels.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import tarfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker.errors
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Bool, Dict, Float, Int, List, Unicode
+
+from ..config import apply_env, env
+from ..errors import EngineUnavailable, GatewayError, KernelStartFailed
+from .engine import (
+    LABEL_CONNECTION,
+    LABEL_GATEWAY,
+    LABEL_KERNEL_ID,
+    LABEL_KERNELSPEC,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    DockerEngine,
+)
+from .limits import KernelLimits, parse_memory
+
+# Fixed ports inside the container: each container has its own network namespace, so every
+# kernel can use the same ones, and nothing is published on the host.
+CONTAINER_PORTS = {
+    "shell_port": 50001,
+    "iopub_port": 50002,
+    "stdin_port": 50003,
+    "control_port": 50004,
+    "hb_port": 50005,
+}
+CONNECTION_DIR = "/run/kge"
+CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+NANNY = "/usr/local/bin/kge-nanny"
+
+# Launch kwargs the gateway passes through KernelManager.start_kernel (kept for restarts).
+LAUNCH_OWNER = "kge_owner"
+LAUNCH_LIMITS = "kge_limits"
+LAUNCH_MOUNTS = "kge_mounts"
+LAUNCH_LABELS = "kge_labels"
+
+
+class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Runs the kernel in a Docker container supervised by kge-nanny."""
+
+    image = Unicode("kge-kernel:latest", help="Image the kernel runs in (kernelspec config).").tag(
+        config=True
+    )
+    mem_limit = env(Unicode("2g", help="Default memory limit of a kernel container."), "KGE_KERNEL_MEM_LIMIT")
+    cpu_limit = env(Float(1.0, help="Default CPU limit (cores) of a kernel container."), "KGE_KERNEL_CPU_LIMIT")
+    pids_limit = env(Int(512, help="Default process limit of a kernel container."), "KGE_KERNEL_PIDS_LIMIT")
+    user = env(Unicode("1000:1000", help="uid:gid the kernel runs as."), "KGE_KERNEL_USER")
+    work_dir = Unicode("/home/work", help="The kernel's working directory.").tag(config=True)
+    network = env(
+        Unicode("", help="Docker network for kernel containers (empty: the default bridge)."),
+        "KGE_KERNEL_NETWORK",
+    )
+    env_allowlist = env(
+        List(Unicode(), help="Names of variables that may pass from a start request into the kernel, besides KERNEL_*."),
+        "KGE_KERNEL_ENV_ALLOWLIST",
+    )
+    extra_env = Dict(
+        value_trait=Unicode(), help="Variables every kernel container gets (not secrets: they show in docker inspect)."
+    ).tag(config=True)
+    launch_timeout = env(
+        Float(60.0, help="Seconds a container may take to be created and started."), "KGE_KERNEL_LAUNCH_TIMEOUT"
+    )
+    preload_modules = List(
+        Unicode(),
+        help="Modules kge-nanny imports once; kernels are then forked from it (fast restarts).",
+    ).tag(config=True)
+    block_modules = List(
+        Unicode(), help="Modules the kernel may not import (debugpy when the spec has no debugger)."
+    ).tag(config=True)
+    use_init = Bool(True, help="Run docker's init (tini) as PID 1 to reap zombies.").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        apply_env(self, set(kwargs))
+        self.container_id: str | None = None
+        self.owner: str = ""
+        self.limits = KernelLimits()
+        self.mounts: list[dict[str, Any]] = []
+        self.extra_labels: dict[str, str] = {}
+        self._exit_code: int | None = None
+        self._oom_killed = False
+        self._exited = asyncio.Event()
+        self._restarting = False
+        self._env: dict[str, str] = {}
+        # Called with the exit code when the container dies (the kernel store marks it dead).
+        self.exit_callback: Callable[[int | None], None] | None = None
+
+    @property
+    def engine(self) -> DockerEngine:
+        return DockerEngine.instance()
+
+    # ---- state --------------------------------------------------------------------------------
+    @property
+    def has_process(self) -> bool:
+        return self.container_id is not None
+
+    @property
+    def oom_killed(self) -> bool:
+        return self._oom_killed
+
+    async def poll(self) -> int | None:
+        if self._restarting:
+            return 0  # the old kernel process counts as ended; the container stays
+        return self._exit_code
+
+    async def wait(self) -> int | None:
+        if self._restarting or self.container_id is None:
+            return 0
+        if self._exit_code is None:
+            await self._exited.wait()
+        return self._exit_code
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        action = event.get("Action") or event.get("status") or ""
+        if action == "oom":
+            self._oom_killed = True
+        elif action == "die":
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            try:
+                self._exit_code = int(attrs.get("exitCode", "-1"))
+            except ValueError:
+                self._exit_code = -1
+            self._exited.set()
+            self.log.info("Kernel %s: container exited with %s", self.kernel_id, self._exit_code)
+            if self.exit_callback is not None:
+                self.exit_callback(self._exit_code)
+        elif action == "start":
+            self._exit_code = None
+            self._exited.clear()
+        elif action == "destroy":
+            if self._exit_code is None:
+                self._exit_code = -1
+            self._exited.set()
+
+    async def _refresh_state(self) -> None:
+        """Read the container's state once (after the event stream reconnects)."""
+        if self.container_id is None:
+            return
+        try:
+            c = await self.engine.get_container(self.container_id)
+        except GatewayError:
+            return
+        if c is None:
+            self._on_event({"Action": "destroy"})
+            return
+        state = c.attrs.get("State", {})
+        self._oom_killed = self._oom_killed or bool(state.get("OOMKilled"))
+        if state.get("Running"):
+            self._exit_code = None
+            self._exited.clear()
+        else:
+            self._exit_code = int(state.get("ExitCode", -1))
+            self._exited.set()
+
+    def _watch(self) -> None:
+        assert self.container_id is not None
+        self.engine.subscribe(self.container_id, self._on_event)
+        self.engine.on_reconnect(lambda: asyncio.ensure_future(self._refresh_state()))
+
+    # ---- signals --------------------------------------------------------------------------------
+    async def _signal_container(self, signum: int) -> None:
+        if self.container_id is None:
+            return
+        try:
+            await self.engine.run(self.engine.client.api.kill, self.container_id, signal=int(signum))
+        except docker.errors.APIError as e:
+            # A stopped container cannot be signalled: it is already what the caller wanted.
+            if e.status_code not in (404, 409) and "is not running" not in str(e):
+                raise
+
+    async def send_signal(self, signum: int) -> None:
+        if signum == 0:
+            return  # "is it alive?" is answered by poll()
+        await self._signal_container(signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self._signal_container(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self._signal_container(signal.SIGTERM)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        # The kernel was just sent a shutdown_request. For a restart the nanny lets it finish
+        # and starts a fresh kernel in the same container; otherwise the container stops.
+        if restart:
+            self._restarting = True
+            await self._signal_container(signal.SIGHUP)
+        else:
+            await self._signal_container(signal.SIGTERM)
+
+    # ---- launch ---------------------------------------------------------------------------------
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        self.owner = str(kwargs.pop(LAUNCH_OWNER, "") or "")
+        limits = kwargs.pop(LAUNCH_LIMITS, None)
+        self.limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
+        self.mounts = list(kwargs.pop(LAUNCH_MOUNTS, None) or [])
+        self.extra_labels = dict(kwargs.pop(LAUNCH_LABELS, None) or {})
+        requested = dict(kwargs.pop("env", None) or {})
+        # Never the gateway's own environment: only what the request asked for, filtered.
+        kwargs = await super().pre_launch(env=self._filter_env(requested), **kwargs)
+        self._env = dict(kwargs["env"])
+        km = self.parent
+        if km is not None and not self._restarting:
+            km.ip = "127.0.0.1"  # replaced by the container's address in launch_kernel
+            for name, port in CONTAINER_PORTS.items():
+                setattr(km, name, port)
+        kwargs["cmd"] = self._kernel_cmd(kwargs.get("cmd") or self.kernel_spec.argv)
+        return kwargs
+
+    def _filter_env(self, requested: dict[str, Any]) -> dict[str, str]:
+        allowed = set(self.env_allowlist)
+        out = {k: str(v) for k, v in requested.items() if k.startswith("KERNEL_") or k in allowed}
+        out.update(self.extra_env)
+        return out
+
+    def _kernel_cmd(self, argv: list[str]) -> list[str]:
+        return [a.replace("{connection_file}", CONNECTION_FILE) for a in argv]
+
+    def _nanny_cmd(self, cmd: list[str]) -> list[str]:
+        opts: list[str] = []
+        for mod in self.preload_modules:
+            opts += ["--preload", mod]
+        for mod in self.block_modules:
+            opts += ["--block", mod]
+        return [NANNY, *opts, "--", *cmd]
+
+    def _container_env(self) -> dict[str, str]:
+        env_ = dict(self._env)
+        env_.setdefault("HOME", self.work_dir)
+        env_["KERNEL_ID"] = str(self.kernel_id)
+        return env_
+
+    def _labels(self) -> dict[str, str]:
+        conn = {k: v for k, v in CONTAINER_PORTS.items()}
+        conn.update(transport="tcp", signature_scheme=self._signature_scheme())
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_GATEWAY: self.engine.gateway_id,
+            LABEL_KIND: "kernel",
+            LABEL_KERNEL_ID: str(self.kernel_id),
+            LABEL_OWNER: self.owner,
+            LABEL_KERNELSPEC: str(getattr(self.parent, "kernel_name", "") or ""),
+            LABEL_CONNECTION: json.dumps(conn, sort_keys=True),
+        }
+        labels.update(self.extra_labels)
+        return labels
+
+    def _signature_scheme(self) -> str:
+        km = self.parent
+        return str(getattr(getattr(km, "session", None), "signature_scheme", "hmac-sha256"))
+
+    def _key(self) -> bytes:
+        km = self.parent
+        key = getattr(getattr(km, "session", None), "key", b"")
+        return key if isinstance(key, bytes) else str(key).encode()
+
+    def _connection_file_tar(self) -> bytes:
+        """A tar holding the kernel's connection file, readable only by the kernel's user."""
+        info = {
+            "ip": "0.0.0.0",
+            "transport": "tcp",
+            "key": self._key().decode(),
+            "signature_scheme": self._signature_scheme(),
+            "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
+            **CONTAINER_PORTS,
+        }
+        data = json.dumps(info).encode()
+        uid, _, gid = self.user.partition(":")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            ti = tarfile.TarInfo("connection.json")
+            ti.size, ti.mode, ti.mtime = len(data), 0o400, int(time.time())
+            ti.uid, ti.gid = int(uid or 0), int(gid or uid or 0)
+            tar.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _create_kwargs(self, cmd: list[str]) -> dict[str, Any]:
+        limits = self.limits.resolve(
+            mem_default=parse_memory(self.mem_limit), cpu_default=self.cpu_limit, pids_default=self.pids_limit
+        )
+        host_config: dict[str, Any] = {
+            "mem_limit": limits.memory_bytes,
+            "memswap_limit": limits.memory_bytes,  # no swap beyond the limit
+            "nano_cpus": int(limits.cpus * 1e9),
+            "pids_limit": limits.pids,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "init": self.use_init,
+            "mounts": self.mounts or None,
+        }
+        if limits.gpus:
+            host_config["device_requests"] = [
+                docker.types.DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])
+            ]
+        if self.network:
+            host_config["network_mode"] = self.network
+        return {
+            "image": self.image,
+            "command": self._nanny_cmd(cmd),
+            "environment": self._container_env(),
+            "labels": self._labels(),
+            "user": self.user,
+            "working_dir": self.work_dir,
+            "hostname": f"kernel-{str(self.kernel_id)[:8]}",
+            "detach": True,
+            "host_config": self.engine.client.api.create_host_config(**host_config),
+        }
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        if self._restarting and self.container_id is not None:
+            # The nanny restarts the kernel in this same container: same address and key.
+            self._restarting = False
+            if self._exit_code is not None:
+                # The container itself had died: start it again. Its address usually stays but
+                # is re-read; the kernel store reconnects its sockets if it moved.
+                await self.engine.run(self.engine.client.api.start, self.container_id)
+                self._exit_code, self._oom_killed = None, False
+                self._exited.clear()
+                await self._read_address()
+            return self.connection_info
+        engine = self.engine
+        created: str | None = None
+        try:
+            create_kw = self._create_kwargs(cmd)
+            resp = await asyncio.wait_for(
+                engine.run(engine.client.api.create_container, **create_kw), self.launch_timeout
+            )
+            created = resp["Id"]
+            await engine.run(engine.client.api.put_archive, created, CONNECTION_DIR, self._connection_file_tar())
+            self.container_id = created
+            self._exit_code = None
+            self._exited.clear()
+            self._watch()
+            await asyncio.wait_for(engine.run(engine.client.api.start, created), self.launch_timeout)
+            await self._read_address()
+        except BaseException as e:
+            if created is not None:
+                engine.unsubscribe(created)
+                self.container_id = None
+                try:
+                    await asyncio.shield(engine.remove(created))
+                except Exception:  # noqa: BLE001 - report the original failure
+                    self.log.warning("Could not remove failed kernel container %s", created[:12])
+            if isinstance(e, docker.errors.ImageNotFound):
+                raise KernelStartFailed(
+                    f"image {self.image!r} not found: build it with `kernel-gateway-ext build-images`"
+                ) from e
+            if isinstance(e, docker.errors.APIError):
+                raise KernelStartFailed(f"container could not start: {e.explanation or e}") from e
+            if isinstance(e, asyncio.TimeoutError):
+                raise KernelStartFailed("container start timed out") from e
+            raise
+        self.log.info("Kernel %s: started container %s for %s", self.kernel_id, created[:12], self.owner or "-")
+        return self.connection_info
+
+    async def _read_address(self) -> None:
+        assert self.container_id is not None
+        info = await self.engine.run(self.engine.client.api.inspect_container, self.container_id)
+        nets = info.get("NetworkSettings", {}).get("Networks") or {}
+        ip = next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "")
+        if not ip:
+            state = info.get("State", {})
+            raise KernelStartFailed(
+                f"container has no network address (state {state.get('Status')}, exit {state.get('ExitCode')})"
+            )
+        self.connection_info = {
+            "ip": ip,
+            "transport": "tcp",
+            "key": self._key(),
+            "signature_scheme": self._signature_scheme(),
+            "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
+            **CONTAINER_PORTS,
+        }
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if restart or self.container_id is None:
+            return
+        cid, self.container_id = self.container_id, None
+        self.engine.unsubscribe(cid)
+        try:
+            await self.engine.remove(cid)
+        except (EngineUnavailable, docker.errors.APIError) as e:
+            self.log.warning("Kernel %s: could not remove container %s: %s", self.kernel_id, cid[:12], e)
+
+    async def logs(self, tail: int = 200) -> str:
+        """The container's recent output (the kernel's stdout/stderr)."""
+        if self.container_id is None:
+            return ""
+        try:
+            raw = await self.engine.run(self.engine.client.api.logs, self.container_id, tail=tail)
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode(errors="replace")
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 4.0)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info = {**info, "connection_info": {k: v for k, v in self.connection_info.items() if k != "key"}}
+        info.update(container_id=self.container_id, owner=self.owner, image=self.image)
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = provisioner_info.get("container_id")
+        self.owner = provisioner_info.get("owner", "")
+        if self.container_id:
+            self._watch()
+            await self._refresh_state()

@@ -1,0 +1,217 @@
+"""The one Docker engine connection a gateway process shares.
+
+Why a shared object: every Docker call must run off the event loop (the systems we replace call
+docker-py synchronously from it and slow every request once a container kernel runs). Calls go
+to a bounded thread pool; container state comes from one ``docker events`` stream read in a
+thread and handed to the loop, so nobody polls the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from traitlets import Float, Int, Unicode
+from traitlets.config import SingletonConfigurable
+
+from ..config import apply_env
+from ..errors import EngineUnavailable
+
+T = TypeVar("T")
+
+# Labels every container of ours carries, so operators can find them with
+# `docker ps --filter label=org.kge.managed=true` and a restarted gateway can recognise them.
+LABEL_MANAGED = "org.kge.managed"
+LABEL_GATEWAY = "org.kge.gateway"
+LABEL_KIND = "org.kge.kind"
+LABEL_KERNEL_ID = "org.kge.kernel.id"
+LABEL_OWNER = "org.kge.owner"
+LABEL_KERNELSPEC = "org.kge.kernelspec"
+LABEL_CONNECTION = "org.kge.connection"  # ports and transport; never the key
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class DockerEngine(SingletonConfigurable):
+    """Docker client, thread pool and event stream, shared by all provisioners of a process."""
+
+    docker_url = Unicode(
+        "", help="Docker engine URL (unix:// or tcp://). Empty: the DOCKER_HOST env or the local socket."
+    ).tag(config=True)
+    gateway_id = Unicode(
+        "kge",
+        help="Names this gateway in container labels. Gateways sharing an engine need distinct ids.",
+    ).tag(config=True)
+    max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
+    call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from ..config import env
+
+        # Tag env vars here (not at class level) so the helper stays the single place that does it.
+        for name, var in (("docker_url", "KGE_DOCKER_URL"), ("gateway_id", "KGE_GATEWAY_ID")):
+            env(self.traits()[name], var)
+        apply_env(self, set(kwargs))
+        self._client: docker.DockerClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="docker")
+        self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
+        self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._lock = threading.Lock()
+        self._events_thread: threading.Thread | None = None
+        self._events_stream: Any = None
+        self._closed = False
+
+    # ---- the client -------------------------------------------------------------------------
+    def _make_client(self) -> docker.DockerClient:
+        kw: dict[str, Any] = {"timeout": int(self.call_timeout), "max_pool_size": self.max_workers}
+        if self.docker_url:
+            return docker.DockerClient(base_url=self.docker_url, **kw)
+        return docker.from_env(**kw)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking Docker call in the pool. Connection failures become EngineUnavailable."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except docker.errors.DockerException as e:
+            if isinstance(e, docker.errors.APIError):
+                raise
+            raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
+        except (ConnectionError, OSError) as e:
+            raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
+
+    def ping_sync(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+
+    async def ping(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.ping_sync)
+
+    async def get_container(self, container_id: str) -> Container | None:
+        try:
+            return await self.run(self.client.containers.get, container_id)
+        except docker.errors.NotFound:
+            return None
+
+    async def list_ours(self, all_gateways: bool = False, **labels: str) -> list[Container]:
+        """Containers labelled as ours (this gateway's unless all_gateways)."""
+        filters = [f"{LABEL_MANAGED}=true"]
+        if not all_gateways:
+            filters.append(f"{LABEL_GATEWAY}={self.gateway_id}")
+        filters += [f"{k}={v}" for k, v in labels.items()]
+        return await self.run(self.client.containers.list, all=True, filters={"label": filters})
+
+    async def remove(self, container_id: str) -> None:
+        """Remove a container whatever its state; a missing one is already removed."""
+        try:
+            await self.run(self.client.api.remove_container, container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            # "removal already in progress" means another caller is doing our job.
+            if "already in progress" not in str(e):
+                raise
+
+    # ---- events -----------------------------------------------------------------------------
+    def subscribe(self, container_id: str, callback: EventCallback) -> None:
+        """Call `callback(event)` on the current loop for each event of `container_id`."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._subscribers.setdefault(container_id, []).append((loop, callback))
+        self._ensure_events_thread()
+
+    def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None:
+        with self._lock:
+            subs = self._subscribers.get(container_id, [])
+            subs[:] = [s for s in subs if callback is not None and s[1] is not callback]
+            if not subs:
+                self._subscribers.pop(container_id, None)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` on the current loop whenever the event stream (re)connects."""
+        self._reconnect_callbacks.append((asyncio.get_running_loop(), callback))
+        self._ensure_events_thread()
+
+    def _ensure_events_thread(self) -> None:
+        with self._lock:
+            if self._events_thread is None or not self._events_thread.is_alive():
+                self._closed = False
+                self._events_thread = threading.Thread(
+                    target=self._read_events, name="docker-events", daemon=True
+                )
+                self._events_thread.start()
+
+    def _read_events(self) -> None:
+        """Blocking reader of `docker events`, reconnecting with backoff while not closed."""
+        backoff = 0.5
+        first = True
+        while not self._closed:
+            try:
+                stream = self.client.events(
+                    decode=True,
+                    filters={"type": "container", "label": f"{LABEL_GATEWAY}={self.gateway_id}"},
+                )
+                self._events_stream = stream
+                if not first:
+                    self._dispatch_reconnect()
+                first = False
+                backoff = 0.5
+                for event in stream:
+                    self._dispatch(event)
+            except Exception as e:  # noqa: BLE001 - the engine went away; reconnect
+                if self._closed:
+                    return
+                self.log.warning("Docker event stream lost (%s); reconnecting", type(e).__name__)
+                first = False
+            if not self._closed:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        cid = (event.get("Actor") or {}).get("ID") or event.get("id")
+        if not cid:
+            return
+        with self._lock:
+            subs = list(self._subscribers.get(cid, []))
+        for loop, cb in subs:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(cb, event)
+
+    def _dispatch_reconnect(self) -> None:
+        for loop, cb in list(self._reconnect_callbacks):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(cb)
+
+    def close(self) -> None:
+        """Stop the event thread and the pool (containers are untouched)."""
+        self._closed = True
+        stream = self._events_stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+        type(self).clear_instance()

@@ -1,0 +1,38 @@
+"""Resource limits of a kernel or job container."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from ..errors import BadRequest
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_memory(value: str | int | float) -> int:
+    """'512m', '2g', '1.5G', '1024' (bytes) -> bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*", value.lower())
+    if not m:
+        raise BadRequest(f"invalid memory size {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """Limits a request asks for; None means the configured default."""
+
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    gpus: int = 0
+
+    def resolve(self, *, mem_default: int, cpu_default: float, pids_default: int) -> "KernelLimits":
+        """Fill every unset limit from the defaults: a container is never unbounded."""
+        return replace(
+            self,
+            memory_bytes=self.memory_bytes or mem_default,
+            cpus=self.cpus or cpu_default,
+            pids=self.pids or pids_default,
+        )
