@@ -1,0 +1,1 @@
+"""HTTP and websocket dialects: thin handlers over the kernel store."""

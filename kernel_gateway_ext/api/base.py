@@ -1,0 +1,104 @@
+"""What every handler shares: who is calling, JSON in and out, and the one place errors become HTTP."""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+
+from ..auth import Identity, extract_token
+from ..errors import BadRequest, GatewayError, Unauthorized
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+
+
+class GatewayMixin:
+    """Access to the gateway's parts from any handler (HTTP or websocket)."""
+
+    settings: dict[str, Any]
+    request: Any
+
+    @property
+    def gateway(self) -> "Gateway":
+        return self.settings["gateway"]
+
+    def authenticate(self) -> Identity:
+        identity = self.gateway.authenticator.identify(extract_token(self.request))
+        if identity is None:
+            raise Unauthorized("authentication required")
+        return identity
+
+
+class BaseHandler(GatewayMixin, web.RequestHandler):
+    """JSON handler; subclasses set `auth_required` and implement verbs."""
+
+    auth_required = True
+    identity: Identity
+
+    def prepare(self) -> None:
+        if self.auth_required:
+            self.identity = self.authenticate()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object; empty body -> {}."""
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest("request body is not valid JSON") from e
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(obj))
+
+    # ---- errors: the only place where an exception becomes a response -------------------------
+    def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
+        """The dialect's error format (Jupyter: {"message", "reason"})."""
+        return {"message": message, "reason": self._reason}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            status_code, message, kind = exc.status, exc.message, exc.kind
+            self.set_status(status_code)
+        elif isinstance(exc, web.HTTPError):
+            message = (exc.log_message % exc.args if exc.args else exc.log_message) or self._reason
+            kind = "http-error"
+        else:
+            message, kind = "internal server error", "internal-error"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.error_body(status_code, message, kind)))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Expected errors get one line; only real bugs get a traceback (in the log, never the body).
+        if isinstance(value, GatewayError):
+            level = self.log_warning if value.status < 500 else self.log_error
+            level("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.message)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def log_warning(self, fmt: str, *args: Any) -> None:
+        self.gateway.log.warning(fmt, *args)
+
+    def log_error(self, fmt: str, *args: Any) -> None:
+        self.gateway.log.error(fmt, *args)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any unrouted path: a JSON 404 (after auth, so paths are not probed anonymously)."""
+
+    auth_required = False
+
+    def prepare(self) -> None:
+        raise web.HTTPError(404, "no such endpoint")

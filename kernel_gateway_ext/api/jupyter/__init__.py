@@ -1,0 +1,1 @@
+"""The Jupyter kernel API that jupyter_server's --gateway-url (JupyterLab) speaks."""

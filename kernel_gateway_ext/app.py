@@ -1,0 +1,270 @@
+"""The gateway application: configuration (CLI flags, env vars, config file) and the Tornado app.
+
+    kernel-gateway-ext [--ip=…] [--port=…] [--auth-token=…] [--config=FILE]
+    kernel-gateway-ext build-images [--force] [--base=IMAGE]
+    kernel-gateway-ext --help-all          # every option with its env var
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from tornado import httpserver, web
+from tornado.ioloop import IOLoop
+from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from ._version import __version__
+from .api.base import NotFoundHandler
+from .api.jupyter import channels, handlers as jh, sessions as js
+from .auth import Authenticator
+from .config import apply_env, env
+from .kernels.manager import GatewayKernelManager
+from .kernels.specs import GatewayKernelSpecManager
+from .provisioners.docker import DockerProvisioner
+from .provisioners.engine import DockerEngine
+
+
+class Gateway(Application):
+    """kernel_gateway_ext: Jupyter kernels in Docker containers, served to JupyterLab."""
+
+    name = "kernel-gateway-ext"
+    version = __version__
+    description = __doc__
+
+    ip = env(Unicode("127.0.0.1", help="Interface to listen on."), "KGE_IP")
+    port = env(Int(8888, help="Port to listen on (0: any free port)."), "KGE_PORT")
+    base_url = env(Unicode("/", help="URL prefix of every route."), "KGE_BASE_URL")
+    allow_origin = env(Unicode("", help="Access-Control-Allow-Origin for browsers ('*' for any)."), "KGE_ALLOW_ORIGIN")
+    config_file = env(Unicode("", help="A traitlets config file (Python) to load."), "KGE_CONFIG")
+    require_docker = env(
+        Bool(False, help="Refuse to start without a Docker engine instead of falling back to local kernels."),
+        "KGE_REQUIRE_DOCKER",
+    )
+    remove_orphans = env(
+        Bool(True, help="At start, remove containers this gateway id left behind (a crashed run)."),
+        "KGE_REMOVE_ORPHANS",
+    )
+    ws_buffer_seconds = env(
+        Float(60.0, help="Seconds a disconnected client session's output is kept for its reconnect."),
+        "KGE_WS_BUFFER_SECONDS",
+    )
+    ws_buffer_messages = env(
+        Int(10000, help="Most messages kept for a disconnected client session."), "KGE_WS_BUFFER_MESSAGES"
+    )
+    kernel_manager_class = Type(GatewayKernelManager, help="The kernel store class.").tag(config=True)
+    kernel_spec_manager_class = Type(GatewayKernelSpecManager, help="The kernelspec finder.").tag(config=True)
+    authenticator_class = Type(Authenticator, help="Maps tokens to identities.").tag(config=True)
+
+    aliases = Dict(
+        {
+            "ip": "Gateway.ip",
+            "port": "Gateway.port",
+            "base-url": "Gateway.base_url",
+            "auth-token": "Authenticator.auth_token",
+            "config": "Gateway.config_file",
+            "gateway-id": "DockerEngine.gateway_id",
+            "log-level": "Application.log_level",
+        }
+    )
+    flags = Dict(
+        {
+            "require-docker": ({"Gateway": {"require_docker": True}}, "Fail if no Docker engine answers."),
+            "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
+        }
+    )
+    subcommands = Dict(
+        {
+            "build-images": (
+                "kernel_gateway_ext.images.build.BuildImagesApp",
+                "Build the kernel images (no registry needed).",
+            ),
+        }
+    )
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
+    kernel_manager = Instance(GatewayKernelManager, allow_none=True)
+    kernel_spec_manager = Instance(GatewayKernelSpecManager, allow_none=True)
+    authenticator = Instance(Authenticator, allow_none=True)
+
+    @property
+    def classes(self) -> list[type]:  # type: ignore[override]
+        return [Gateway, Authenticator, GatewayKernelManager, GatewayKernelSpecManager, DockerProvisioner, DockerEngine]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http_server: httpserver.HTTPServer | None = None
+        self.docker_available = False
+        self.warnings: list[str] = []
+        self.bridges: dict[str, dict[str, channels.ChannelBridge]] = {}
+        self.jupyter_sessions: dict[str, js.JupyterSession] = {}
+        self._stopping: asyncio.Future[None] | None = None
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.subapp is not None:
+            return
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            self.update_config(self.cli_config)  # the command line wins over the file
+        apply_env(self)
+        if not self.base_url.startswith("/"):
+            self.base_url = "/" + self.base_url
+        if not self.base_url.endswith("/"):
+            self.base_url += "/"
+        self.authenticator = self.authenticator_class(parent=self, log=self.log)
+        self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
+        self.kernel_manager = self.kernel_manager_class(
+            parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager
+        )
+
+    # ---- the web app ----------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        b = self.base_url
+        routes: list[tuple[str, type, dict[str, Any]] | tuple[str, type]] = [
+            (rf"{b}api/?", jh.ApiHandler),
+            (rf"{b}api/kernelspecs/?", jh.KernelSpecsHandler),
+            (rf"{b}api/kernelspecs/{jh.KERNEL_NAME}/?", jh.KernelSpecHandler),
+            (rf"{b}kernelspecs/{jh.KERNEL_NAME}/(?P<path>.+)", jh.KernelSpecResourceHandler),
+            (rf"{b}api/kernels/?", jh.KernelsHandler),
+            (rf"{b}api/kernels/{jh.KERNEL_ID}/?", jh.KernelHandler),
+            (rf"{b}api/kernels/{jh.KERNEL_ID}/(?P<action>restart|interrupt)/?", jh.KernelActionHandler),
+            (rf"{b}api/kernels/{jh.KERNEL_ID}/channels/?", channels.ChannelsHandler),
+            (rf"{b}api/sessions/?", js.SessionsHandler),
+            (rf"{b}api/sessions/{js.SESSION_ID}/?", js.SessionHandler),
+        ]
+        return web.Application(
+            routes,  # type: ignore[arg-type]
+            gateway=self,
+            default_handler_class=NotFoundHandler,
+            websocket_ping_interval=30,
+            websocket_max_message_size=64 * 1024 * 1024,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        # Access log without query strings: ?token= must never reach a log.
+        status = handler.get_status()
+        level = logging.INFO if status < 400 else logging.WARNING
+        if handler.request.path.endswith("/api/kernels") and handler.request.method == "GET" and status < 400:
+            level = logging.DEBUG  # JupyterLab polls this every few seconds
+        self.log.log(
+            level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+            1000.0 * handler.request.request_time(),
+        )
+
+    def status_model(self) -> dict[str, Any]:
+        return {"docker": self.docker_available, "kernels": len(self.kernel_manager.list()), "warnings": self.warnings}
+
+    def release_bridge(self, bridge: channels.ChannelBridge) -> None:
+        """A websocket closed: keep its session's sockets a while for a reconnect, or close them."""
+        kernel_bridges = self.bridges.get(bridge.km.kernel_id, {})
+        if not bridge.key or kernel_bridges.get(bridge.key) is not bridge or bridge.km.kernel_id not in self.kernel_manager:
+            bridge.close()
+            return
+        bridge.detach()
+
+        def expire() -> None:
+            if kernel_bridges.get(bridge.key) is bridge and bridge.sink is None:
+                kernel_bridges.pop(bridge.key, None)
+                bridge.close()
+
+        bridge.expiry = IOLoop.current().call_later(self.ws_buffer_seconds, expire)
+
+    def _forget_kernel_bridges(self, kernel_id: str) -> None:
+        for bridge in self.bridges.pop(kernel_id, {}).values():
+            bridge.close()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def check_docker(self) -> None:
+        engine = DockerEngine.instance(parent=self)
+        self.docker_available = await engine.ping()
+        self.kernel_spec_manager.docker_available = self.docker_available
+        if self.docker_available:
+            if self.remove_orphans:
+                for c in await engine.list_ours():
+                    self.log.warning("Removing container %s left by an earlier run", c.short_id)
+                    await engine.remove(c.id)
+            return
+        msg = "No Docker engine answers: kernels run as LOCAL PROCESSES without isolation or limits."
+        if self.require_docker:
+            raise SystemExit(f"{self.name}: no Docker engine answers and --require-docker is set")
+        self.warnings.append(msg)
+        self.log.warning("!" * 80)
+        self.log.warning(msg)
+        self.log.warning("!" * 80)
+
+    async def start_server(self) -> None:
+        """Start listening (used by `start` and by in-process tests)."""
+        await self.check_docker()
+        self.kernel_manager.on_removal(self._forget_kernel_bridges)
+        app = self.make_app()
+        self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024)
+        sockets = _bind(self.ip, self.port)
+        self.port = sockets[0].getsockname()[1]
+        self.http_server.add_sockets(sockets)
+        self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    async def stop_server(self) -> None:
+        """Stop listening, shut every kernel down (their containers go), release the engine."""
+        if self.http_server is not None:
+            self.http_server.stop()
+        for kernel_id in list(self.bridges):
+            self._forget_kernel_bridges(kernel_id)
+        if self.kernel_manager is not None:
+            await self.kernel_manager.shutdown_everything()
+        if self.http_server is not None:
+            await self.http_server.close_all_connections()
+            self.http_server = None
+        if DockerEngine.initialized():
+            DockerEngine.instance().close()
+
+    def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda s=sig: stop.done() or stop.set_result(s))
+        await self.start_server()
+        print(f"kernel_gateway_ext is running at {self.url}", flush=True)
+        if self.authenticator.generated_token:
+            print(f"    auth token (generated): {self.authenticator.auth_token}", flush=True)
+        print(f"    JupyterLab: jupyter lab --gateway-url={self.url} --GatewayClient.auth_token=<token>", flush=True)
+        sig = await stop
+        self.log.info("Received %s: shutting down kernels", signal.Signals(sig).name)
+        await self.stop_server()
+
+
+def _bind(ip: str, port: int) -> list[socket.socket]:
+    from tornado.netutil import bind_sockets
+
+    return bind_sockets(port, address=ip or None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = Gateway.instance()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

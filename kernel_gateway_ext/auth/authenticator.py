@@ -1,0 +1,51 @@
+"""Token authentication shared by the dialects."""
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from tornado.httputil import HTTPServerRequest
+from traitlets import Unicode, default
+
+from ..config import EnvConfigurable, env
+from .identity import Identity
+
+ADMIN_USER = "admin"
+
+
+def extract_token(request: HTTPServerRequest) -> str | None:
+    """`Authorization: token T`, `Authorization: Bearer T` or `?token=T`."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip()
+    values = request.query_arguments.get("token")
+    if values:
+        return values[-1].decode(errors="replace")
+    return None
+
+
+class Authenticator(EnvConfigurable):
+    """Maps a token to an identity. The gateway's own token is the admin identity."""
+
+    auth_token = env(
+        Unicode(help="Token clients must present. Empty: one is generated at start and printed."),
+        "KGE_AUTH_TOKEN",
+    )
+
+    @default("auth_token")
+    def _generate_token(self) -> str:
+        return ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.generated_token = False
+        if not self.auth_token:
+            self.auth_token = secrets.token_urlsafe(32)
+            self.generated_token = True
+
+    def identify(self, token: str | None) -> Identity | None:
+        if token and hmac.compare_digest(token.encode(), self.auth_token.encode()):
+            return Identity(ADMIN_USER, admin=True)
+        return None

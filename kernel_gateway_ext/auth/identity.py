@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller. Kernels, sessions and folders belong to `user`."""
+
+    user: str
+    admin: bool = False
+
+    def owner_filter(self) -> str | None:
+        """The owner to filter by: None lets an admin see everything."""
+        return None if self.admin else self.user

@@ -1,0 +1,1 @@
+"""The kernel store: kernels with owners, limits, activity and state, shared by every dialect."""

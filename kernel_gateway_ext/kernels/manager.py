@@ -1,0 +1,384 @@
+"""The kernel store.
+
+`GatewayKernel` is a jupyter_client `AsyncKernelManager` that also knows its owner, activity and
+state; `GatewayKernelManager` is a jupyter_client `AsyncMultiKernelManager` that starts kernels
+for an owner, waits until they answer, never keeps a half-started one, and tells listeners (the
+websockets) when a kernel dies, restarts or moves.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from jupyter_client.session import Session
+from traitlets import Float, Instance, Int, List, Unicode
+from zmq.eventloop.zmqstream import ZMQStream
+
+from ..config import apply_env, env
+from ..errors import (
+    GatewayError,
+    KernelDead,
+    KernelNotFound,
+    KernelStartFailed,
+    TooManyKernels,
+)
+from ..provisioners.docker import (
+    LAUNCH_LABELS,
+    LAUNCH_LIMITS,
+    LAUNCH_MOUNTS,
+    LAUNCH_OWNER,
+    DockerProvisioner,
+)
+from ..provisioners.limits import KernelLimits
+from .specs import GatewayKernelSpecManager
+
+DOCKER_PROVISIONER = "docker-provisioner"
+# Requests whose status messages do not make a kernel "busy" for clients and culling.
+UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
+# What a local (fallback) kernel process gets from the gateway's environment.
+LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(dt: datetime) -> str:
+    """The exact format jupyter_server's GatewayClient parses: %Y-%m-%dT%H:%M:%S.%fZ."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def zmq_url(info: dict[str, Any], channel: str) -> str:
+    return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
+
+
+class GatewayKernel(AsyncKernelManager):
+    """One kernel of the store."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.owner = ""
+        self.created = utcnow()
+        self.created_monotonic = time.monotonic()
+        self.last_activity = self.created
+        self.execution_state = "starting"
+        self.reason = ""
+        self.connections = 0
+        self.restarting = False
+        self.restart_count = 0
+        self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
+        self._listeners: set[Listener] = set()
+        self._activity_stream: ZMQStream | None = None
+
+    # ---- listeners (websocket connections) ----------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
+
+    def notify(self, event: str, **data: Any) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, data)
+            except Exception:  # noqa: BLE001 - one broken socket must not stop the others
+                self.log.exception("kernel listener failed")
+
+    @property
+    def docker(self) -> DockerProvisioner | None:
+        return self.provisioner if isinstance(self.provisioner, DockerProvisioner) else None
+
+    def model(self) -> dict[str, Any]:
+        return {
+            "id": self.kernel_id,
+            "name": self.kernel_name,
+            "last_activity": isoformat(self.last_activity),
+            "execution_state": self.execution_state,
+            "connections": self.connections,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+    def touch(self) -> None:
+        self.last_activity = utcnow()
+
+
+class GatewayKernelManager(AsyncMultiKernelManager):
+    """Kernels with owners; every dialect goes through here."""
+
+    kernel_manager_class = Unicode("kernel_gateway_ext.kernels.manager.GatewayKernel").tag(config=True)
+    kernel_spec_manager = Instance(GatewayKernelSpecManager)
+    ready_timeout = env(
+        Float(60.0, help="Seconds a new kernel may take to answer kernel_info."), "KGE_KERNEL_READY_TIMEOUT"
+    )
+    max_kernels = env(Int(0, help="Most kernels at once (0: no limit)."), "KGE_MAX_KERNELS")
+    env_allowlist = env(
+        List(Unicode(), help="Request env names passed to kernels besides KERNEL_*."), "KGE_ENV_ALLOWLIST"
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        apply_env(self, set(kwargs))
+        self._starting: dict[str, GatewayKernel] = {}
+        self._zmq = zmq.Context.instance()
+        self._removal_callbacks: list[Callable[[str], None]] = []
+
+    def on_removal(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(kernel_id)` whenever a kernel leaves the store."""
+        self._removal_callbacks.append(callback)
+
+    def _removed(self, kernel_id: str) -> None:
+        self._kernels.pop(kernel_id, None)
+        for cb in self._removal_callbacks:
+            cb(kernel_id)
+
+    # ---- lookup -------------------------------------------------------------------------------
+    def get(self, kernel_id: str, owner: str | None = None) -> GatewayKernel:
+        """The kernel, if it exists and `owner` may see it (None: any owner)."""
+        km = self._kernels.get(kernel_id)
+        if km is None or (owner is not None and km.owner != owner):
+            raise KernelNotFound(f"Kernel does not exist: {kernel_id}")
+        return km  # type: ignore[return-value]
+
+    def list(self, owner: str | None = None) -> list[GatewayKernel]:
+        kms: list[GatewayKernel] = list(self._kernels.values())  # type: ignore[arg-type]
+        return [k for k in kms if owner is None or k.owner == owner]
+
+    # ---- start --------------------------------------------------------------------------------
+    def _launch_kwargs(
+        self,
+        kernel_name: str,
+        *,
+        owner: str,
+        env_: dict[str, Any] | None,
+        limits: KernelLimits | None,
+        mounts: list[dict[str, Any]] | None,
+        labels: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        spec = self.kernel_spec_manager.get_kernel_spec(kernel_name)
+        allowed = set(self.env_allowlist)
+        requested = {k: str(v) for k, v in (env_ or {}).items() if k.startswith("KERNEL_") or k in allowed}
+        provisioner = (spec.metadata.get("kernel_provisioner") or {}).get("provisioner_name")
+        if provisioner == DOCKER_PROVISIONER:
+            return {
+                "env": requested,
+                LAUNCH_OWNER: owner,
+                LAUNCH_LIMITS: limits or KernelLimits(),
+                LAUNCH_MOUNTS: mounts or [],
+                LAUNCH_LABELS: labels or {},
+            }
+        # A local process: the minimum it needs to run, never the gateway's secrets.
+        base = {k: os.environ[k] for k in LOCAL_BASE_ENV if k in os.environ}
+        return {"env": {**base, **requested}}
+
+    async def start(
+        self,
+        *,
+        owner: str,
+        kernel_name: str | None = None,
+        env: dict[str, Any] | None = None,
+        limits: KernelLimits | None = None,
+        mounts: list[dict[str, Any]] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> GatewayKernel:
+        """Start a kernel for `owner` and return it once it answers kernel_info."""
+        name = kernel_name or self.kernel_spec_manager.default_name
+        if self.max_kernels and len(self._kernels) + len(self._starting) >= self.max_kernels:
+            raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
+        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels)
+        km, name, kernel_id = self.pre_start_kernel(name, kwargs)
+        assert isinstance(km, GatewayKernel)
+        km.owner = owner
+        kwargs["kernel_id"] = kernel_id
+        self._starting[kernel_id] = km
+        try:
+            await km.start_kernel(**kwargs)
+            await self.wait_ready(km)
+        except BaseException as e:
+            await self._discard(km)
+            if isinstance(e, GatewayError):
+                raise
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise KernelStartFailed(f"kernel {name!r} failed to start: {e}") from e
+        finally:
+            self._starting.pop(kernel_id, None)
+        km.execution_state = "idle"
+        self._kernels[kernel_id] = km
+        self._watch(km)
+        self.log.info("Kernel started: %s (%s) for %s", kernel_id, name, owner)
+        return km
+
+    async def _discard(self, km: GatewayKernel) -> None:
+        """Remove every trace of a kernel that failed to start."""
+        try:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+            else:
+                await km.cleanup_resources()
+        except Exception:  # noqa: BLE001 - best effort; log and go on
+            self.log.warning("Cleanup of failed kernel %s was incomplete", km.kernel_id, exc_info=True)
+        self._kernels.pop(km.kernel_id, None)
+
+    async def wait_ready(self, km: GatewayKernel, timeout: float | None = None) -> None:
+        """Wait for a kernel_info_reply on a fresh shell socket.
+
+        Not jupyter_client's wait_for_ready: that one adds ~0.4 s of iopub flushing to every
+        start. A queued request reaches the kernel as soon as it binds; it is re-sent each second
+        in case the first went to a previous kernel process.
+        """
+        timeout = self.ready_timeout if timeout is None else timeout
+        info = km.get_connection_info()
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(zmq_url(info, "shell"))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                msg = session.msg("kernel_info_request")
+                session.send(sock, msg)
+                tick = time.monotonic() + 1.0
+                while (left := min(tick, deadline) - time.monotonic()) > 0:
+                    if not await sock.poll(left * 1000):
+                        break
+                    parts = await sock.recv_multipart()
+                    _, fed = session.feed_identities(parts)
+                    reply = session.deserialize(fed, content=False)
+                    if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                        return
+                if not await km.is_alive():
+                    reason = await self._death_reason(km)
+                    raise KernelStartFailed(f"kernel died before it was ready ({reason})")
+                if time.monotonic() >= deadline:
+                    raise KernelStartFailed(f"kernel did not answer within {timeout:.0f} s")
+        finally:
+            sock.close(0)
+
+    async def _death_reason(self, km: GatewayKernel) -> str:
+        prov = km.docker
+        if prov is None:
+            return "process exited"
+        code = await prov.poll()
+        if prov.oom_killed:
+            return "killed: out of memory"
+        tail = (await prov.logs(tail=5)).strip().splitlines()
+        last = tail[-1][:200] if tail else ""
+        return f"exit code {code}" + (f": {last}" if last else "")
+
+    # ---- activity and death -------------------------------------------------------------------
+    def _watch(self, km: GatewayKernel) -> None:
+        self._unwatch(km)
+        sock = self._zmq.socket(zmq.SUB)
+        sock.linger = 0
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(zmq_url(km.get_connection_info(), "iopub"))
+        stream = ZMQStream(sock)
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+
+        def on_iopub(parts: list[bytes]) -> None:
+            km.touch()
+            try:
+                _, fed = session.feed_identities(parts)
+                msg = session.deserialize(fed, content=False)
+            except Exception:  # noqa: BLE001 - a bad message is not our problem here
+                return
+            if msg["header"]["msg_type"] != "status":
+                return
+            parent_type = (msg.get("parent_header") or {}).get("msg_type")
+            if parent_type in UNTRACKED_PARENTS or km.restarting:
+                return
+            content = session.unpack(msg["content"])
+            state = content.get("execution_state")
+            if state in ("busy", "idle"):
+                km.execution_state = state
+
+        stream.on_recv(on_iopub)
+        km._activity_stream = stream
+        prov = km.docker
+        if prov is not None:
+            prov.exit_callback = lambda code: self._on_container_exit(km, code)
+
+    def _unwatch(self, km: GatewayKernel) -> None:
+        if km._activity_stream is not None:
+            km._activity_stream.close()
+            km._activity_stream = None
+
+    def _on_container_exit(self, km: GatewayKernel, code: int | None) -> None:
+        if km.shutting_down or km.restarting or km.kernel_id not in self._kernels:
+            return
+        prov = km.docker
+        km.execution_state = "dead"
+        km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
+        self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
+        km.notify("dead", reason=km.reason)
+
+    # ---- actions ------------------------------------------------------------------------------
+    async def restart(self, kernel_id: str, owner: str | None = None) -> GatewayKernel:
+        """Restart in place: same id, address and key; open connections keep working."""
+        km = self.get(kernel_id, owner)
+        if km.restarting:
+            raise KernelDead("kernel is already restarting", status=409)
+        km.restarting = True
+        km.execution_state = "restarting"
+        km.notify("restarting")
+        before = km.get_connection_info()
+        try:
+            await km.restart_kernel(now=False)
+            if km.get_connection_info()["ip"] != before["ip"]:
+                km.generation += 1
+                self._watch(km)
+                km.notify("moved")
+            await self.wait_ready(km)
+        except BaseException as e:
+            km.execution_state = "dead"
+            km.reason = f"restart failed: {e}"
+            km.notify("dead", reason=km.reason)
+            if isinstance(e, GatewayError):
+                raise
+            raise KernelStartFailed(f"restart failed: {e}") from e
+        finally:
+            km.restarting = False
+        km.execution_state = "idle"
+        km.reason = ""
+        km.restart_count += 1
+        km.touch()
+        km.notify("restarted")
+        return km
+
+    async def interrupt(self, kernel_id: str, owner: str | None = None) -> None:
+        km = self.get(kernel_id, owner)
+        if km.execution_state == "dead":
+            raise KernelDead("kernel is dead; restart it first")
+        await km.interrupt_kernel()
+
+    async def shutdown(self, kernel_id: str, owner: str | None = None, now: bool = False) -> None:
+        km = self.get(kernel_id, owner)
+        self._unwatch(km)
+        km.notify("shutdown")
+        try:
+            await km.shutdown_kernel(now=now or km.execution_state == "dead")
+        finally:
+            self._removed(kernel_id)
+            self.log.info("Kernel shut down: %s", kernel_id)
+
+    async def shutdown_everything(self) -> None:
+        """Stop every kernel now (gateway exit): nothing may stay behind."""
+        kms = list(self._kernels.values()) + list(self._starting.values())
+        for km in kms:
+            self._unwatch(km)  # type: ignore[arg-type]
+        results = await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True)
+        for km, res in zip(kms, results):
+            if isinstance(res, BaseException):
+                self.log.warning("Kernel %s did not shut down cleanly: %s", km.kernel_id, res)
+            self._removed(km.kernel_id)

@@ -1,0 +1,76 @@
+"""Kernelspecs the gateway offers: container specs when a Docker engine answers, else the local fallback."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from traitlets import Bool, List, Unicode, default
+
+from ..config import env
+from ..errors import KernelSpecNotFound
+
+FALLBACK_KEY = "kge_fallback"  # kernelspec metadata marking a local-process spec
+
+
+def bundled_kernelspec_dir() -> str:
+    """The kernelspecs/ folder of the source tree, or the one installed as data files."""
+    here = Path(__file__).resolve().parents[2] / "kernelspecs"
+    if here.is_dir():
+        return str(here)
+    return str(Path(sys.prefix) / "share" / "kernel_gateway_ext" / "kernelspecs")
+
+
+class GatewayKernelSpecManager(KernelSpecManager):
+    """Finds our kernelspecs and hides those that cannot run here."""
+
+    extra_kernelspec_dirs = env(
+        List(Unicode(), help="More folders of kernelspecs (each a folder with kernel.json)."),
+        "KGE_KERNELSPEC_DIRS",
+    )
+    docker_available = Bool(True, help="Set by the app after it asked the engine.")
+    default_kernel_name = env(Unicode("python3", help="Kernelspec used when a request names none."), "KGE_DEFAULT_KERNEL")
+
+    @default("kernel_dirs")
+    def _kernel_dirs_default(self) -> list[str]:
+        return [bundled_kernelspec_dir()]
+
+    def __init__(self, **kwargs: Any) -> None:
+        from ..config import apply_env
+
+        super().__init__(**kwargs)
+        apply_env(self, set(kwargs))
+        self.kernel_dirs = [*self.extra_kernelspec_dirs, *self.kernel_dirs]
+        self.ensure_native_kernel = False
+
+    def _runnable(self, spec: KernelSpec) -> bool:
+        return bool(spec.metadata.get(FALLBACK_KEY)) != self.docker_available
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        try:
+            spec = super().get_kernel_spec(kernel_name)
+        except NoSuchKernel as e:
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}") from e
+        if not self._runnable(spec):
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}")
+        # The local fallback runs with the gateway's own interpreter.
+        spec.argv = [sys.executable if a == "{python}" else a for a in spec.argv]
+        return spec
+
+    def runnable_specs(self) -> dict[str, dict[str, Any]]:
+        """name -> {"resource_dir", "spec"} of every spec that can run here."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, model in self.get_all_specs().items():
+            spec = model["spec"]
+            if bool((spec.get("metadata") or {}).get(FALLBACK_KEY)) == self.docker_available:
+                continue
+            out[name] = model
+        return out
+
+    @property
+    def default_name(self) -> str:
+        specs = self.runnable_specs()
+        if self.default_kernel_name in specs:
+            return self.default_kernel_name
+        return next(iter(sorted(specs)), self.default_kernel_name)
