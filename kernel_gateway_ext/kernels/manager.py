@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_client.session import Session
@@ -333,8 +334,10 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.execution_state = "restarting"
         km.notify("restarting")
         before = km.get_connection_info()
+        old_gone = await self._process_exit_watch(km)
         try:
             await km.restart_kernel(now=False)
+            await old_gone  # the old kernel process let go of its sockets: no stale reply possible
             if km.get_connection_info()["ip"] != before["ip"]:
                 km.generation += 1
                 self._watch(km)
@@ -355,6 +358,49 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.touch()
         km.notify("restarted")
         return km
+
+    async def _process_exit_watch(self, km: GatewayKernel, timeout: float = 10.0) -> "asyncio.Future[None]":
+        """A future that resolves when the current kernel process drops its ZMQ connections.
+
+        A restart must not be reported ready by the old process: it still answers kernel_info
+        while it shuts down. A socket monitor tells, without polling, when its TCP connection
+        closes. If no kernel process is connected (a dead container) it resolves at once.
+        """
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        sock.connect(zmq_url(km.get_connection_info(), "control"))
+
+        async def next_event(wait: float) -> int | None:
+            if not await monitor.poll(wait * 1000):
+                return None
+            return int(parse_monitor_message(await monitor.recv_multipart())["event"])
+
+        async def watch() -> None:
+            try:
+                await asyncio.wait_for(self._until(next_event, zmq.EVENT_DISCONNECTED, timeout), timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("Kernel %s: old process did not let go within %ss", km.kernel_id, timeout)
+            finally:
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(0)
+
+        connected = await next_event(0.5 if km.execution_state != "dead" else 0.0)
+        if connected != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            sock.disable_monitor()
+            monitor.close(0)
+            sock.close(0)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.ensure_future(watch())
+
+    @staticmethod
+    async def _until(next_event: Callable[[float], Any], event: int, timeout: float) -> None:
+        while await next_event(timeout) not in (event, None):
+            pass
 
     async def interrupt(self, kernel_id: str, owner: str | None = None) -> None:
         km = self.get(kernel_id, owner)

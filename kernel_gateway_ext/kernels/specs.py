@@ -47,11 +47,14 @@ class GatewayKernelSpecManager(KernelSpecManager):
     def _runnable(self, spec: KernelSpec) -> bool:
         return bool(spec.metadata.get(FALLBACK_KEY)) != self.docker_available
 
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+    def _load(self, kernel_name: str) -> KernelSpec:
         try:
-            spec = super().get_kernel_spec(kernel_name)
+            return super().get_kernel_spec(kernel_name)
         except NoSuchKernel as e:
             raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}") from e
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        spec = self._load(kernel_name)
         if not self._runnable(spec):
             raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}")
         # The local fallback runs with the gateway's own interpreter.
@@ -61,11 +64,14 @@ class GatewayKernelSpecManager(KernelSpecManager):
     def runnable_specs(self) -> dict[str, dict[str, Any]]:
         """name -> {"resource_dir", "spec"} of every spec that can run here."""
         out: dict[str, dict[str, Any]] = {}
-        for name, model in self.get_all_specs().items():
-            spec = model["spec"]
-            if bool((spec.get("metadata") or {}).get(FALLBACK_KEY)) == self.docker_available:
+        for name, resource_dir in self.find_kernel_specs().items():
+            try:
+                spec = self._load(name)
+            except Exception as e:  # noqa: BLE001 - one broken spec must not hide the others
+                self.log.warning("Kernelspec %s cannot be read: %s", name, e)
                 continue
-            out[name] = model
+            if self._runnable(spec):
+                out[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
         return out
 
     @property

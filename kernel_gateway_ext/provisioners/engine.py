@@ -21,7 +21,7 @@ from docker.models.containers import Container
 from traitlets import Float, Int, Unicode
 from traitlets.config import SingletonConfigurable
 
-from ..config import apply_env
+from ..config import apply_env, env
 from ..errors import EngineUnavailable
 
 T = TypeVar("T")
@@ -42,23 +42,19 @@ EventCallback = Callable[[dict[str, Any]], None]
 class DockerEngine(SingletonConfigurable):
     """Docker client, thread pool and event stream, shared by all provisioners of a process."""
 
-    docker_url = Unicode(
-        "", help="Docker engine URL (unix:// or tcp://). Empty: the DOCKER_HOST env or the local socket."
-    ).tag(config=True)
-    gateway_id = Unicode(
-        "kge",
-        help="Names this gateway in container labels. Gateways sharing an engine need distinct ids.",
-    ).tag(config=True)
+    docker_url = env(
+        Unicode("", help="Docker engine URL (unix:// or tcp://). Empty: DOCKER_HOST or the local socket."),
+        "KGE_DOCKER_URL",
+    )
+    gateway_id = env(
+        Unicode("kge", help="Names this gateway in container labels. Gateways sharing an engine need distinct ids."),
+        "KGE_GATEWAY_ID",
+    )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
     call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ..config import env
-
-        # Tag env vars here (not at class level) so the helper stays the single place that does it.
-        for name, var in (("docker_url", "KGE_DOCKER_URL"), ("gateway_id", "KGE_GATEWAY_ID")):
-            env(self.traits()[name], var)
         apply_env(self, set(kwargs))
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="docker")

@@ -1,0 +1,41 @@
+# Shared by scripts/start-gateway and scripts/run-tests: install what is missing, idempotently.
+# Sourced, not run. Needs root for the Docker engine (as on this project's machines).
+
+KGE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KGE_VENV=${KGE_VENV:-$KGE_ROOT/.venv}
+
+say() { echo "[kge-setup] $*" >&2; }
+
+ensure_venv() {  # ensure_venv [extras]
+  local extras=${1:-}
+  local spec="$KGE_ROOT"; [ -n "$extras" ] && spec="$KGE_ROOT[$extras]"
+  [ -x "$KGE_VENV/bin/python" ] || { say "creating $KGE_VENV"; python3 -m venv "$KGE_VENV"; }
+  local stamp="$KGE_VENV/.kge-installed-${extras:-base}"
+  local want; want=$(cat "$KGE_ROOT/setup.cfg" "$KGE_ROOT/setup.py" | sha256sum | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing kernel_gateway_ext${extras:+ with [$extras]} into $KGE_VENV"
+    "$KGE_VENV/bin/pip" install -q --disable-pip-version-check -U pip wheel >/dev/null
+    "$KGE_VENV/bin/pip" install -q --disable-pip-version-check -e "$spec"
+    echo "$want" > "$stamp"
+  fi
+}
+
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    say "no Docker engine: installing Debian's docker.io"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq docker.io >/dev/null
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    say "starting dockerd in the background (log: /var/log/kge-dockerd.log)"
+    setsid nohup dockerd >/var/log/kge-dockerd.log 2>&1 < /dev/null &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/kge-dockerd.log"; return 1; }
+}
+
+ensure_images() {
+  # Cached: skipped when the images exist and their build context is unchanged.
+  "$KGE_VENV/bin/kernel-gateway-ext" build-images
+}

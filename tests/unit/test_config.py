@@ -1,0 +1,49 @@
+"""Options are traits with env vars and help; precedence default < env < config file < CLI."""
+import subprocess
+import sys
+
+import pytest
+
+from kernel_gateway_ext.app import Gateway
+from kernel_gateway_ext.auth import Authenticator
+
+
+def make(argv, monkeypatch, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    app = Gateway()
+    app.initialize(argv)
+    return app
+
+
+def test_env_then_cli_precedence(monkeypatch, tmp_path):
+    app = make([], monkeypatch, KGE_PORT="9123", KGE_IP="127.0.0.2")
+    assert (app.port, app.ip) == (9123, "127.0.0.2")
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("c.Gateway.port = 9200\nc.Authenticator.auth_token = 'from-file'\n")
+    app = make([f"--config={cfg}"], monkeypatch, KGE_PORT="9123")
+    assert app.port == 9200  # file beats env
+    assert app.authenticator.auth_token == "from-file"
+    app = make([f"--config={cfg}", "--port=9300"], monkeypatch)
+    assert app.port == 9300  # CLI beats file
+
+
+def test_bad_env_value_names_the_variable(monkeypatch):
+    with pytest.raises(ValueError, match="KGE_PORT"):
+        make([], monkeypatch, KGE_PORT="eighty")
+
+
+def test_token_generated_when_missing(monkeypatch):
+    monkeypatch.delenv("KGE_AUTH_TOKEN", raising=False)
+    a = Authenticator()
+    assert a.generated_token and len(a.auth_token) >= 32
+    assert a.identify(a.auth_token).admin
+    assert a.identify("wrong") is None and a.identify(None) is None
+
+
+def test_help_all_lists_env_vars():
+    out = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "--help-all"], capture_output=True, text=True, check=True).stdout
+    for var in ("KGE_PORT", "KGE_IP", "KGE_AUTH_TOKEN", "KGE_KERNEL_MEM_LIMIT", "KGE_KERNEL_CPU_LIMIT",
+                "KGE_KERNEL_PIDS_LIMIT", "KGE_GATEWAY_ID", "KGE_DOCKER_URL"):
+        assert var in out, var
+    assert "--port" in out and "--auth-token" in out and "--ip" in out

@@ -1,0 +1,184 @@
+"""DockerProvisioner lifecycle against a recording fake of docker-py's APIClient (fast, no engine).
+
+The provisioner and jupyter_client's KernelManager are real; only the engine's HTTP API is fake.
+Real-engine behaviour is covered in tests/api and tests/clients.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from kernel_gateway_ext.kernels.specs import GatewayKernelSpecManager
+from kernel_gateway_ext.provisioners.docker import LAUNCH_LIMITS, LAUNCH_OWNER, DockerProvisioner
+from kernel_gateway_ext.provisioners.engine import DockerEngine
+from kernel_gateway_ext.provisioners.limits import KernelLimits
+
+
+class FakeAPI:
+    def __init__(self, fail_start: bool = False) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.archives: dict[str, bytes] = {}
+        self.fail_start = fail_start
+
+    def create_host_config(self, **kw: Any) -> Any:
+        return docker.types.HostConfig(version="1.41", **kw)
+
+    def create_container(self, **kw: Any) -> dict[str, str]:
+        cid = f"c{len(self.containers):063d}"
+        self.containers[cid] = kw
+        self.calls.append(("create", kw))
+        return {"Id": cid}
+
+    def put_archive(self, cid: str, path: str, data: bytes) -> bool:
+        self.archives[path] = data
+        self.calls.append(("put_archive", path))
+        return True
+
+    def start(self, cid: str) -> None:
+        self.calls.append(("start", cid))
+        if self.fail_start:
+            raise docker.errors.APIError("boom", explanation="no such runtime")
+
+    def inspect_container(self, cid: str) -> dict[str, Any]:
+        return {"NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.9"}}}, "State": {"Running": True}}
+
+    def kill(self, cid: str, signal: int) -> None:
+        self.calls.append(("kill", signal))
+
+    def remove_container(self, cid: str, force: bool, v: bool) -> None:
+        self.calls.append(("remove", cid))
+        self.containers.pop(cid, None)
+
+    def logs(self, cid: str, tail: int) -> bytes:
+        return b"log line\n"
+
+
+class FakeClient:
+    def __init__(self, api: FakeAPI) -> None:
+        self.api = api
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch):
+    api = FakeAPI()
+    DockerEngine.clear_instance()
+    engine = DockerEngine.instance(gateway_id="kge-fake")
+    engine._client = FakeClient(api)  # type: ignore[assignment]
+    monkeypatch.setattr(engine, "_ensure_events_thread", lambda: None)
+    monkeypatch.setenv("GATEWAY_SECRET", "do-not-leak")
+    yield api
+    engine.close()
+
+
+def make_km() -> AsyncKernelManager:
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=GatewayKernelSpecManager())
+
+
+async def launch(km: AsyncKernelManager, **kw: Any) -> DockerProvisioner:
+    cmd, kwargs = await km._async_pre_start_kernel(
+        env={"KERNEL_USERNAME": "ann", "GATEWAY_SECRET": "x", "PATH": "/evil"}, **kw
+    )
+    await km._async_launch_kernel(cmd, **kwargs)
+    assert isinstance(km.provisioner, DockerProvisioner)
+    return km.provisioner
+
+
+async def test_container_is_bounded_hardened_and_keyless(fake_api: FakeAPI) -> None:
+    km = make_km()
+    prov = await launch(km, **{LAUNCH_OWNER: "ann"})
+    kind, create = fake_api.calls[0]
+    assert kind == "create"
+    hc = create["host_config"]
+    assert hc["Memory"] == 2 * 2**30 and hc["MemorySwap"] == hc["Memory"]
+    assert hc["NanoCpus"] == 1_000_000_000 and hc["PidsLimit"] == 512
+    assert hc["CapDrop"] == ["ALL"] and "no-new-privileges" in hc["SecurityOpt"]
+    assert not hc.get("PortBindings") and not hc.get("PublishAllPorts")
+    assert create["user"] == "1000:1000" and create["working_dir"] == "/home/work"
+    env = create["environment"]
+    assert env["KERNEL_USERNAME"] == "ann"
+    assert "GATEWAY_SECRET" not in env and env.get("PATH") != "/evil"
+    key = km.session.key.decode()
+    assert key and key not in json.dumps(create)  # not in env, labels or command
+    labels = create["labels"]
+    assert labels["org.kge.kernel.id"] == km.kernel_id and labels["org.kge.owner"] == "ann"
+    assert labels["org.kge.gateway"] == "kge-fake"
+    assert create["command"][0] == "/usr/local/bin/kge-nanny"
+    # The key travels as a file only the kernel's user can read.
+    tar = tarfile.open(fileobj=io.BytesIO(fake_api.archives["/run/kge"]))
+    member = tar.getmember("connection.json")
+    assert member.mode == 0o400 and member.uid == 1000
+    assert json.load(tar.extractfile(member))["key"] == key
+    assert km.ip == "172.17.0.9"
+    assert await prov.poll() is None
+
+
+async def test_requested_limits_override_defaults(fake_api: FakeAPI) -> None:
+    await launch(make_km(), **{LAUNCH_LIMITS: KernelLimits(memory_bytes=256 * 2**20, cpus=0.5, gpus=1)})
+    hc = fake_api.calls[0][1]["host_config"]
+    assert hc["Memory"] == 256 * 2**20 and hc["NanoCpus"] == 500_000_000
+    assert hc["DeviceRequests"][0]["Count"] == 1 and hc["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+
+
+async def test_failed_start_removes_the_container(fake_api: FakeAPI) -> None:
+    fake_api.fail_start = True
+    with pytest.raises(Exception, match="no such runtime"):
+        await launch(make_km())
+    assert ("remove", next(iter([c for k, c in fake_api.calls if k == "start"]))) in fake_api.calls
+    assert not fake_api.containers
+
+
+async def test_events_drive_poll_and_exit_callback(fake_api: FakeAPI) -> None:
+    km = make_km()
+    prov = await launch(km)
+    seen: list[Any] = []
+    prov.exit_callback = seen.append
+    prov._on_event({"Action": "oom"})
+    prov._on_event({"Action": "die", "Actor": {"Attributes": {"exitCode": "137"}}})
+    assert await prov.poll() == 137 and await prov.wait() == 137
+    assert prov.oom_killed and seen == [137]
+
+
+async def test_restart_keeps_container_and_address(fake_api: FakeAPI) -> None:
+    km = make_km()
+    prov = await launch(km)
+    cid, ip = prov.container_id, km.ip
+    await prov.shutdown_requested(restart=True)
+    assert ("kill", 1) in fake_api.calls  # SIGHUP: kge-nanny restarts the kernel in place
+    assert await prov.poll() == 0  # the old kernel process counts as gone
+    await prov.cleanup(restart=True)
+    cmd, kwargs = await km._async_pre_start_kernel()
+    await km._async_launch_kernel(cmd, **kwargs)
+    assert prov.container_id == cid and km.ip == ip
+    assert sum(1 for k, _ in fake_api.calls if k == "create") == 1
+    assert await prov.poll() is None
+
+
+async def test_shutdown_stops_and_removes(fake_api: FakeAPI) -> None:
+    km = make_km()
+    prov = await launch(km)
+    cid = prov.container_id
+    await prov.shutdown_requested(restart=False)
+    assert ("kill", 15) in fake_api.calls
+    await prov.cleanup(restart=False)
+    assert ("remove", cid) in fake_api.calls and not prov.has_process
+
+
+async def test_secret_free_provisioner_info(fake_api: FakeAPI) -> None:
+    km = make_km()
+    prov = await launch(km)
+    info = await prov.get_provisioner_info()
+    assert "key" not in info["connection_info"] and info["container_id"] == prov.container_id
