@@ -47,7 +47,9 @@ UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_reque
 # What a local (fallback) kernel process gets from the gateway's environment.
 LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
 
-Listener = Callable[[str, dict[str, Any]], None]
+# A listener may return an awaitable; `notify_and_wait` waits for them (a restart is not
+# answered before every open websocket is subscribed to the new kernel's output again).
+Listener = Callable[[str, dict[str, Any]], Any]
 
 
 def utcnow() -> datetime:
@@ -88,12 +90,20 @@ class GatewayKernel(AsyncKernelManager):
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.discard(listener)
 
-    def notify(self, event: str, **data: Any) -> None:
+    def notify(self, event: str, **data: Any) -> list[Any]:
+        results = []
         for listener in list(self._listeners):
             try:
-                listener(event, data)
+                results.append(listener(event, data))
             except Exception:  # noqa: BLE001 - one broken socket must not stop the others
                 self.log.exception("kernel listener failed")
+        return results
+
+    async def notify_and_wait(self, event: str, **data: Any) -> None:
+        waits = [r for r in self.notify(event, **data) if asyncio.isfuture(r) or asyncio.iscoroutine(r)]
+        for result in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(result, Exception):
+                self.log.warning("Kernel %s: a listener failed after %s: %s", self.kernel_id, event, result)
 
     @property
     def docker(self) -> DockerProvisioner | None:
@@ -356,7 +366,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.reason = ""
         km.restart_count += 1
         km.touch()
-        km.notify("restarted")
+        await km.notify_and_wait("restarted")
         return km
 
     async def _process_exit_watch(self, km: GatewayKernel, timeout: float = 10.0) -> "asyncio.Future[None]":

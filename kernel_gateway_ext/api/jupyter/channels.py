@@ -239,13 +239,18 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
         msg = self.bridge.session.msg("status", content={"execution_state": state})
         self.to_client("iopub", self.bridge.session.serialize(msg))
 
-    def on_kernel_event(self, event: str, data: dict[str, Any]) -> None:
+    def on_kernel_event(self, event: str, data: dict[str, Any]) -> Any:
         if event in ("dead", "restarting"):
             self.send_status(event)
         elif event == "moved" and self.bridge is not None:
             self.bridge.connect()
+        elif event == "restarted" and self.bridge is not None:
+            # Our iopub SUB reconnects to the new kernel up to 100 ms late; until it has, output
+            # would be lost. The restart is answered once this returns.
+            return self.bridge.nudge(self.gateway.kernel_manager.ready_timeout)
         elif event == "shutdown":
             self.close(1000, "kernel shut down")
+        return None
 
     # ---- client -> kernel ---------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> None:
