@@ -22,14 +22,14 @@ class KernelWS:
 
     @classmethod
     async def connect(cls, base: str, kernel_id: str, token: str | None, *, v1: bool = False,
-                      session: str | None = None, via_query: bool = False) -> "KernelWS":
+                      session: str | None = None, via_query: bool = False, scheme: str = "Bearer") -> "KernelWS":
         session = session or uuid.uuid4().hex
         url = base.replace("http", "ws", 1).rstrip("/") + f"/api/kernels/{kernel_id}/channels?session_id={session}"
         headers = {}
         if token and via_query:
             url += f"&token={token}"
         elif token:
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"{scheme} {token}"
         req = HTTPRequest(url, headers=headers, request_timeout=60)
         conn = await websocket_connect(req, subprotocols=[V1_SUBPROTOCOL] if v1 else None)
         return cls(conn, v1, session)

@@ -41,3 +41,11 @@ def test_legacy_rejects_malformed(frame) -> None:
 def test_v1_rejects_malformed(frame) -> None:
     with pytest.raises(ValueError):
         wire.decode_v1(frame)
+
+
+def test_raw_legacy_equals_parsed_legacy() -> None:
+    parts = [b'{"msg_id":"m1","msg_type":"stream","date":"2026-01-01T00:00:00.000001Z"}', b"{}", b"{}",
+             b'{"name":"stdout","text":"h\\u00e9\\n"}']
+    raw = json.loads(wire.encode_legacy_raw("iopub", parts))
+    assert raw == {"header": json.loads(parts[0]), "msg_id": "m1", "msg_type": "stream", "parent_header": {},
+                   "metadata": {}, "content": {"name": "stdout", "text": "h\u00e9\n"}, "buffers": [], "channel": "iopub"}

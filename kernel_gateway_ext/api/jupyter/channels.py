@@ -25,13 +25,15 @@ from zmq.eventloop.zmqstream import ZMQStream
 from ...errors import BadRequest
 from ...kernels.manager import GatewayKernel, zmq_url
 from ..base import BaseHandler
-from .wire import V1_SUBPROTOCOL, decode_legacy, decode_v1, encode_legacy, encode_v1
+from .wire import V1_SUBPROTOCOL, decode_legacy, decode_v1, encode_legacy, encode_legacy_raw, encode_v1
 
 if TYPE_CHECKING:
     from ...app import Gateway
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
-NUDGE_INTERVAL = 0.5
+NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
+# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
+RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
 
 Sink = Callable[[str, list[bytes]], None]
 
@@ -62,6 +64,8 @@ class ChannelBridge:
         for channel in (*CLIENT_CHANNELS, "iopub"):
             sock = ctx.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
             sock.linger = 0
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             if channel == "iopub":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             else:
@@ -103,15 +107,16 @@ class ChannelBridge:
         sock.linger = 0
         sock.connect(zmq_url(self.km.get_connection_info(), "shell"))
         deadline = time.monotonic() + timeout
+        interval = NUDGE_FIRST
         try:
             while not self.iopub_seen.done() and time.monotonic() < deadline:
                 msg = self.session.msg("kernel_info_request")
                 self.nudge_ids.add(msg["header"]["msg_id"])
                 self.session.send(sock, msg)
                 try:
-                    await asyncio.wait_for(asyncio.shield(self.iopub_seen), NUDGE_INTERVAL)
+                    await asyncio.wait_for(asyncio.shield(self.iopub_seen), interval)
                 except asyncio.TimeoutError:
-                    continue
+                    interval = min(interval * 2, NUDGE_MAX)
         finally:
             sock.close(0)
             self.iopub_seen = None
@@ -219,6 +224,8 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
             _, fed = session.feed_identities(parts)
             if self.v1:
                 frame: str | bytes = encode_v1(channel, fed[1:])
+            elif len(fed) == 5:  # no buffers: splice the JSON as it came (fast path)
+                frame = encode_legacy_raw(channel, fed[1:])
             else:
                 msg = session.deserialize(fed)
                 msg["channel"] = channel

@@ -29,6 +29,25 @@ def encode_legacy(msg: dict[str, Any]) -> str | bytes:
     return struct.pack("!" + "I" * (len(parts) + 1), len(parts), *offsets) + b"".join(parts)
 
 
+def encode_legacy_raw(channel: str, parts: list[bytes]) -> str:
+    """A kernel message without buffers -> legacy text frame, splicing the kernel's own JSON parts
+    ([header, parent_header, metadata, content]) instead of parsing and re-encoding them."""
+    header = json.loads(parts[0])
+    return (
+        '{"header":%s,"msg_id":%s,"msg_type":%s,"parent_header":%s,"metadata":%s,"content":%s,'
+        '"buffers":[],"channel":%s}'
+        % (
+            bytes(parts[0]).decode("utf8"),
+            json.dumps(header.get("msg_id", "")),
+            json.dumps(header.get("msg_type", "")),
+            bytes(parts[1]).decode("utf8"),
+            bytes(parts[2]).decode("utf8"),
+            bytes(parts[3]).decode("utf8"),
+            json.dumps(channel),
+        )
+    )
+
+
 def decode_legacy(frame: str | bytes) -> dict[str, Any]:
     """A client frame -> message dict (buffers as bytes). Raises ValueError when malformed."""
     if isinstance(frame, str):

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Benchmark kernel_gateway_ext side by side with Jupyter Kernel Gateway 3.0.1 (local kernels), in
+one run, with the same client code against both. Prints JSON and ours/reference ratios.
+
+    .venv/bin/python bench/bench.py [--kernels 20] [--rounds 5] [--out bench/results/latest.json]
+
+Measures: start -> first execute_reply, warm execute round trip, GET /api/kernels requests/s
+with 0 and N kernels running (and GET /api latency: an event loop blocked by Docker calls shows
+there), restart -> reply on the same websocket (and whether it survives), N concurrent starts,
+memory per kernel. The reference runs in its own venv (bench/.venv-kg, made on first use).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+from tests.wsclient import KernelWS  # noqa: E402
+
+TOKEN = "bench-" + uuid.uuid4().hex[:8]
+KG_VENV = ROOT / "bench" / ".venv-kg"
+
+
+def ensure_kg() -> Path:
+    exe = KG_VENV / "bin" / "jupyter-kernelgateway"
+    if not exe.exists():
+        print("bench: installing jupyter_kernel_gateway==3.0.1 into bench/.venv-kg", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(KG_VENV)], check=True)
+        subprocess.run([str(KG_VENV / "bin" / "pip"), "install", "-q", "jupyter_kernel_gateway==3.0.1", "ipykernel"],
+                       check=True, stderr=subprocess.DEVNULL)
+    return exe
+
+
+class Target:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            r = await self.fetch("GET", "/api", raise_error=False)
+            if r is not None and r.code == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    async def fetch(self, method: str, path: str, body: Any = None, raise_error: bool = True) -> Any:
+        req = HTTPRequest(self.url + path, method=method, headers={"Authorization": f"token {TOKEN}"},
+                          body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
+                          request_timeout=120)
+        try:
+            return await AsyncHTTPClient(max_clients=64).fetch(req, raise_error=raise_error)
+        except ConnectionError:
+            if raise_error:
+                raise
+            return None
+
+    async def start_kernel(self) -> str:
+        r = await self.fetch("POST", "/api/kernels", {"name": "python3"})
+        return json.loads(r.body)["id"]
+
+    async def delete(self, kid: str) -> None:
+        await self.fetch("DELETE", f"/api/kernels/{kid}")
+
+    async def ws(self, kid: str) -> KernelWS:
+        return await KernelWS.connect(self.url, kid, TOKEN, scheme="token")  # the reference knows no Bearer
+
+
+async def start_to_reply(t: Target, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        kid = await t.start_kernel()
+        ws = await t.ws(kid)
+        await ws.execute("1")
+        out.append(time.perf_counter() - t0)
+        ws.close()
+        await t.delete(kid)
+    return out
+
+
+async def warm_execute(t: Target, n: int) -> list[float]:
+    kid = await t.start_kernel()
+    ws = await t.ws(kid)
+    for _ in range(10):
+        await ws.execute("1")
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await ws.execute("1")
+        out.append((time.perf_counter() - t0) * 1000)
+    ws.close()
+    await t.delete(kid)
+    return out
+
+
+async def restart_reply(t: Target, rounds: int) -> tuple[list[float], int]:
+    kid = await t.start_kernel()
+    ws = await t.ws(kid)
+    await ws.execute("1")
+    times, survived = [], 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        await t.fetch("POST", f"/api/kernels/{kid}/restart", {})
+        try:
+            await ws.execute("1", timeout=15)
+            times.append(time.perf_counter() - t0)
+            survived += 1
+        except Exception:  # noqa: BLE001 - a dead websocket is the finding
+            ws.close()
+            ws = await t.ws(kid)
+            await ws.execute("1")
+            times.append(time.perf_counter() - t0)
+    ws.close()
+    await t.delete(kid)
+    return times, survived
+
+
+async def requests_per_second(t: Target, path: str, seconds: float = 3.0, concurrency: int = 8) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await t.fetch("GET", path)
+            count += 1
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return count / seconds
+
+
+async def latency(t: Target, path: str, n: int = 200) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await t.fetch("GET", path)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def memory_per_kernel_mb(t: Target, gateway_id: str | None) -> float:
+    if gateway_id is not None:  # ours: the containers' own accounting, page cache excluded
+        client = docker.from_env()
+        usages = []
+        for c in client.containers.list(filters={"label": f"org.kge.gateway={gateway_id}"}):
+            mem = c.stats(stream=False)["memory_stats"]
+            usages.append(mem.get("usage", 0) - (mem.get("stats") or {}).get("cache", 0))
+        return statistics.mean(usages) / 2**20 if usages else 0.0
+    assert t.proc is not None  # reference: RSS of its kernel processes
+    rss = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{pid}/stat").read().split()
+            if int(stat[3]) != t.proc.pid:
+                continue
+            rss.append(int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        except OSError:
+            continue
+    return statistics.mean(rss) / 2**20 if rss else 0.0
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    s = sorted(values)
+    return {"median": round(statistics.median(s), 4), "p90": round(s[int(0.9 * (len(s) - 1))], 4),
+            "min": round(s[0], 4), "n": len(s)}
+
+
+async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    print(f"bench: {t.name}: start -> first reply", file=sys.stderr)
+    res["start_to_first_reply_s"] = summary(await start_to_reply(t, args.rounds))
+    print(f"bench: {t.name}: warm execute", file=sys.stderr)
+    res["warm_execute_ms"] = summary(await warm_execute(t, args.executes))
+    print(f"bench: {t.name}: restart", file=sys.stderr)
+    times, survived = await restart_reply(t, args.rounds)
+    res["restart_to_reply_s"] = summary(times)
+    res["restart_websocket_survived"] = f"{survived}/{args.rounds}"
+    res["api_kernels_rps_0"] = round(await requests_per_second(t, "/api/kernels"), 1)
+    res["api_latency_ms_0"] = summary(await latency(t, "/api"))
+    print(f"bench: {t.name}: {args.kernels} concurrent starts", file=sys.stderr)
+
+    async def start_and_answer() -> str:
+        # A start counts when the kernel answered an execute: a gateway that answers the POST
+        # before its kernel is ready (the reference does) gets no credit for that.
+        kid = await t.start_kernel()
+        ws = await t.ws(kid)
+        await ws.execute("1", timeout=120)
+        ws.close()
+        return kid
+
+    t0 = time.perf_counter()
+    kids = await asyncio.gather(*(start_and_answer() for _ in range(args.kernels)))
+    res[f"concurrent_starts_{args.kernels}_to_reply_s"] = round(time.perf_counter() - t0, 3)
+    await asyncio.sleep(1.0)
+    res[f"api_kernels_rps_{args.kernels}"] = round(await requests_per_second(t, "/api/kernels"), 1)
+    res[f"api_latency_ms_{args.kernels}"] = summary(await latency(t, "/api"))
+    res["memory_per_kernel_mb"] = round(memory_per_kernel_mb(t, gateway_id), 1)
+    await asyncio.gather(*(t.delete(k) for k in kids))
+    return res
+
+
+def ratio(ours: Any, ref: Any) -> Any:
+    if isinstance(ours, dict) and isinstance(ref, dict):
+        return round(ours["median"] / ref["median"], 3) if ref.get("median") else None
+    if isinstance(ours, (int, float)) and isinstance(ref, (int, float)) and ref:
+        return round(ours / ref, 3)
+    return None
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--executes", type=int, default=200)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = p.parse_args()
+
+    kg = ensure_kg()
+    gateway_id = "kge-bench-" + uuid.uuid4().hex[:6]
+    ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
+                                         f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN"])
+    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
+                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
+                                                   "--JupyterWebsocketPersonality.list_kernels=True",
+                                                   "--KernelGatewayApp.log_level=WARN"])
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for target, gid in ((ours, gateway_id), (ref, None)):
+        await target.start()
+        try:
+            results[target.name] = await measure(target, args, gid)
+        finally:
+            target.stop()
+    a, b = results[ours.name], results[ref.name]
+    results["ratio_ours_over_reference"] = {k: ratio(a[k], b[k]) for k in a if ratio(a[k], b[k]) is not None}
+    text = json.dumps(results, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
