@@ -51,12 +51,33 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "real Docker engine and kernel image: available"
 
 
-@pytest.fixture
-def need_docker() -> None:
+def require_docker() -> None:
+    """Fail under CI, skip loudly elsewhere, when there is no engine or kernel image."""
     if DOCKER_PROBLEM:
         if IN_CI:
             pytest.fail(f"CI requires Docker: {DOCKER_PROBLEM}")
         pytest.skip(f"!!! SKIPPED, NEEDS DOCKER: {DOCKER_PROBLEM}")
+
+
+@pytest.fixture
+def need_docker() -> None:
+    require_docker()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log_path: str | os.PathLike[str], timeout: float = 60) -> None:
+    """Wait until `url` answers, or fail with the end of the process's log."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{url} did not come up: {open(log_path).read()[-3000:]}") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -176,19 +197,8 @@ def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None =
         stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    import urllib.request
-
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited: {open(log_path).read()[-2000:]}")
-        try:
-            urllib.request.urlopen(url + "api", timeout=1).read()
-            return ProcessGateway(url, TOKEN, gateway_id, proc, log_path)
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("gateway did not come up")
+    wait_http(url + "api", proc, log_path)
+    return ProcessGateway(url, TOKEN, gateway_id, proc, log_path)
 
 
 def stop_process_gateway(gw: ProcessGateway, sig: int = signal.SIGTERM) -> int:
@@ -204,10 +214,7 @@ def stop_process_gateway(gw: ProcessGateway, sig: int = signal.SIGTERM) -> int:
 def process_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessGateway]:
     """A real gateway process (for synchronous real clients). SIGTERM at the end must leave
     no container behind."""
-    if DOCKER_PROBLEM:
-        if IN_CI:
-            pytest.fail(f"CI requires Docker: {DOCKER_PROBLEM}")
-        pytest.skip(f"!!! SKIPPED, NEEDS DOCKER: {DOCKER_PROBLEM}")
+    require_docker()
     gw = start_process_gateway(str(tmp_path_factory.mktemp("gw")))
     yield gw
     code = stop_process_gateway(gw)

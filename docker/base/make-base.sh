@@ -19,7 +19,7 @@ if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
 fi
 [ -n "$mirror" ] || { echo "make-base: no Debian mirror for '$suite' in this machine's apt sources; set KGE_DEBIAN_MIRROR" >&2; exit 2; }
 
-command -v debootstrap >/dev/null || { echo "make-base: installing debootstrap"; apt-get install -y -qq debootstrap >/dev/null; }
+command -v debootstrap >/dev/null || { echo "make-base: installing debootstrap"; apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
 
 # Packages the kernels need. They are installed by apt inside the chroot with
 # --no-install-recommends: debootstrap's own resolver pulls in gdb (a recommend of pydevd),

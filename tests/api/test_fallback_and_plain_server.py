@@ -8,14 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import docker
 import pytest
 
 from kernel_gateway_ext.kernels.specs import bundled_kernelspec_dir
-from tests.conftest import TOKEN, Client, free_port
+from tests.conftest import TOKEN, Client, free_port, wait_http
 from tests.wsclient import KernelWS
 
 
@@ -67,12 +65,7 @@ async def test_plain_jupyter_server_runs_our_container_kernelspec(need_docker, t
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/api", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_http(f"{url}/api", proc, tmp_path / "js.log")
         c = Client(url, "plain")
         r = await c.fetch("POST", "/api/kernels", {"name": "python3-docker"}, headers={"X-XSRFToken": "x", "Cookie": "_xsrf=x"})
         assert r.status == 201, r.body

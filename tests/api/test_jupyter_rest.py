@@ -4,10 +4,9 @@ from __future__ import annotations
 import re
 import uuid
 
-import docker
 import pytest
 
-from tests.conftest import TOKEN, Client
+from tests.conftest import TOKEN
 
 TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 UUID = re.compile(r"^\w+-\w+-\w+-\w+-\w+$")

@@ -13,15 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import Client, ProcessGateway, free_port
+from tests.conftest import Client, ProcessGateway, free_port, wait_http
 from tests.wsclient import KernelWS
 
 pytestmark = pytest.mark.clients
@@ -41,15 +39,7 @@ def jupyter_server(process_gateway: ProcessGateway, tmp_path_factory: pytest.Tem
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KERNEL_USERNAME": "nbuser"},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(open(root / "jupyter_server.log").read()[-3000:])
-            time.sleep(0.2)
+    wait_http(f"{url}/api", proc, root / "jupyter_server.log")
     yield url
     proc.send_signal(signal.SIGTERM)
     try:
