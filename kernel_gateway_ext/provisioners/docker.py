@@ -190,7 +190,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self.container_id is None:
             return
         try:
-            await self.engine.run(self.engine.client.api.kill, self.container_id, signal=int(signum))
+            await self.engine.api("kill", self.container_id, signal=int(signum))
         except docker.errors.APIError as e:
             # A stopped container cannot be signalled: it is already what the caller wanted.
             if e.status_code not in (404, 409) and "is not running" not in str(e):
@@ -341,7 +341,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             if self._exit_code is not None:
                 # The container itself had died: start it again. Its address usually stays but
                 # is re-read; the kernel store reconnects its sockets if it moved.
-                await self.engine.run(self.engine.client.api.start, self.container_id)
+                await self.engine.api("start", self.container_id)
                 self._exit_code, self._oom_killed = None, False
                 self._exited.clear()
                 await self._read_address()
@@ -349,17 +349,18 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         engine = self.engine
         created: str | None = None
         try:
-            create_kw = self._create_kwargs(cmd)
+            # Built in the worker thread too: the first use of the client talks to the engine.
             resp = await asyncio.wait_for(
-                engine.run(engine.client.api.create_container, **create_kw), self.launch_timeout
+                engine.run(lambda: engine.client.api.create_container(**self._create_kwargs(cmd))),
+                self.launch_timeout,
             )
             created = resp["Id"]
-            await engine.run(engine.client.api.put_archive, created, CONNECTION_DIR, self._connection_file_tar())
+            await engine.api("put_archive", created, CONNECTION_DIR, self._connection_file_tar())
             self.container_id = created
             self._exit_code = None
             self._exited.clear()
             self._watch()
-            await asyncio.wait_for(engine.run(engine.client.api.start, created), self.launch_timeout)
+            await asyncio.wait_for(engine.api("start", created), self.launch_timeout)
             await self._read_address()
         except BaseException as e:
             if created is not None:
@@ -383,7 +384,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def _read_address(self) -> None:
         assert self.container_id is not None
-        info = await self.engine.run(self.engine.client.api.inspect_container, self.container_id)
+        info = await self.engine.api("inspect_container", self.container_id)
         nets = info.get("NetworkSettings", {}).get("Networks") or {}
         ip = next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "")
         if not ip:
@@ -415,7 +416,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self.container_id is None:
             return ""
         try:
-            raw = await self.engine.run(self.engine.client.api.logs, self.container_id, tail=tail)
+            raw = await self.engine.api("logs", self.container_id, tail=tail)
         except docker.errors.NotFound:
             return ""
         return raw.decode(errors="replace")

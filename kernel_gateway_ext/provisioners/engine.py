@@ -91,6 +91,11 @@ class DockerEngine(SingletonConfigurable):
         except (ConnectionError, OSError) as e:
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
 
+    async def api(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call docker-py's low-level `APIClient.<method>` in the pool (the client itself is made
+        there too: its first use negotiates the API version over the socket)."""
+        return await self.run(lambda: getattr(self.client.api, method)(*args, **kwargs))
+
     def ping_sync(self) -> bool:
         try:
             return bool(self.client.ping())
@@ -103,7 +108,7 @@ class DockerEngine(SingletonConfigurable):
 
     async def get_container(self, container_id: str) -> Container | None:
         try:
-            return await self.run(self.client.containers.get, container_id)
+            return await self.run(lambda: self.client.containers.get(container_id))
         except docker.errors.NotFound:
             return None
 
@@ -113,12 +118,12 @@ class DockerEngine(SingletonConfigurable):
         if not all_gateways:
             filters.append(f"{LABEL_GATEWAY}={self.gateway_id}")
         filters += [f"{k}={v}" for k, v in labels.items()]
-        return await self.run(self.client.containers.list, all=True, filters={"label": filters})
+        return await self.run(lambda: self.client.containers.list(all=True, filters={"label": filters}))
 
     async def remove(self, container_id: str) -> None:
         """Remove a container whatever its state; a missing one is already removed."""
         try:
-            await self.run(self.client.api.remove_container, container_id, force=True, v=True)
+            await self.api("remove_container", container_id, force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
