@@ -21,12 +21,20 @@ from traitlets.config import Application, catch_config_error
 from ._version import __version__
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
+from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k
 from .auth import Authenticator
+from .auth.keypairs import KeyPairs
 from .config import apply_env, env
+from .folders import FolderManager
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
 from .provisioners.engine import DockerEngine
+from .store import Store
+
+
+V2_ID = r"(?P<kernel_id>[\w-]{1,64})"
+V2_FOLDER = r"(?P<name>[\w.-]{1,64})"
 
 
 class Gateway(Application):
@@ -83,6 +91,7 @@ class Gateway(Application):
                 "kernel_gateway_ext.images.build.BuildImagesApp",
                 "Build the kernel images (no registry needed).",
             ),
+            "keys": ("kernel_gateway_ext.auth.cli.KeysApp", "Create, list and revoke key pairs."),
         }
     )
 
@@ -90,13 +99,17 @@ class Gateway(Application):
     def _log_level_default(self) -> int:
         return logging.INFO
 
+    store = Instance(Store, allow_none=True)
+    folders = Instance(FolderManager, allow_none=True)
+    keypairs = Instance(KeyPairs, allow_none=True)
     kernel_manager = Instance(GatewayKernelManager, allow_none=True)
     kernel_spec_manager = Instance(GatewayKernelSpecManager, allow_none=True)
     authenticator = Instance(Authenticator, allow_none=True)
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [Gateway, Authenticator, GatewayKernelManager, GatewayKernelSpecManager, DockerProvisioner, DockerEngine]
+        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, GatewayKernelManager, GatewayKernelSpecManager,
+                DockerProvisioner, DockerEngine]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,7 +133,10 @@ class Gateway(Application):
             self.base_url = "/" + self.base_url
         if not self.base_url.endswith("/"):
             self.base_url += "/"
-        self.authenticator = self.authenticator_class(parent=self, log=self.log)
+        self.store = Store(parent=self, log=self.log)
+        self.keypairs = KeyPairs(parent=self, log=self.log, store=self.store)
+        self.folders = FolderManager(parent=self, log=self.log, store=self.store)
+        self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
         self.kernel_manager = self.kernel_manager_class(
             parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager
@@ -140,6 +156,17 @@ class Gateway(Application):
             (rf"{b}api/kernels/{jh.KERNEL_ID}/channels/?", channels.ChannelsHandler),
             (rf"{b}api/sessions/?", js.SessionsHandler),
             (rf"{b}api/sessions/{js.SESSION_ID}/?", js.SessionHandler),
+            # Backend.AI kernel API v2
+            (rf"{b}v2/?", v2base.RootHandler),
+            (rf"{b}v2/kernel/(?:create)?", v2k.KernelCreateHandler),
+            (rf"{b}v2/kernel/{V2_ID}", v2k.KernelHandler),
+            (rf"{b}v2/kernel/{V2_ID}/logs", v2k.KernelLogsHandler),
+            (rf"{b}v2/kernel/{V2_ID}/(?P<action>interrupt|complete|upload)", v2k.KernelActionHandler),
+            (rf"{b}v2/folders/?", v2folders.FoldersHandler),
+            (rf"{b}v2/folders/{V2_FOLDER}/?", v2folders.FolderHandler),
+            (rf"{b}v2/folders/{V2_FOLDER}/upload", v2folders.FolderUploadHandler),
+            (rf"{b}v2/folders/{V2_FOLDER}/files", v2folders.FolderFilesHandler),
+            (rf"{b}v2/admin/graphql", v2admin.GraphQLHandler),
         ]
         return web.Application(
             routes,  # type: ignore[arg-type]
@@ -231,6 +258,9 @@ class Gateway(Application):
             self.http_server = None
         if DockerEngine.initialized():
             DockerEngine.instance().close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def start(self) -> None:
         if self.subapp is not None:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from kernel_gateway_ext.images.build import KERNEL_IMAGE
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Every gateway of the suite (in-process and subprocess) keeps its database and master key here.
+os.environ["KGE_STATE_DIR"] = tempfile.mkdtemp(prefix="kge-test-state-")
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 MANAGED = "org.kge.managed=true"
 

@@ -23,8 +23,8 @@ class GatewayMixin:
     def gateway(self) -> "Gateway":
         return self.settings["gateway"]
 
-    def authenticate(self) -> Identity:
-        identity = self.gateway.authenticator.identify(extract_token(self.request))
+    async def authenticate(self) -> Identity:
+        identity = await self.gateway.authenticator.identify(extract_token(self.request))
         if identity is None:
             raise Unauthorized("authentication required")
         return identity
@@ -36,9 +36,9 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     auth_required = True
     identity: Identity
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.auth_required:
-            self.identity = self.authenticate()
+            self.identity = await self.authenticate()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")

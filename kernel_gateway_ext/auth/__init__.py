@@ -1,5 +1,5 @@
-"""Who is calling: identities, tokens, and what each may see."""
-from .identity import Identity
+"""Who is calling: identities, tokens, key pairs, and what each may see."""
 from .authenticator import Authenticator, extract_token
+from .identity import Identity
 
 __all__ = ["Identity", "Authenticator", "extract_token"]

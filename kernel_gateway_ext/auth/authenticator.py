@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
-from traitlets import Unicode, default
+from traitlets import Instance, Unicode, default
 
 from ..config import EnvConfigurable, env
 from .identity import Identity
@@ -27,7 +27,10 @@ def extract_token(request: HTTPServerRequest) -> str | None:
 
 
 class Authenticator(EnvConfigurable):
-    """Maps a token to an identity. The gateway's own token is the admin identity."""
+    """Maps a token to an identity: the gateway's own token is the admin identity; a key pair's
+    "ACCESS_KEY:SECRET_KEY" is that key pair's user (the same owner as its v2 requests)."""
+
+    keypairs = Instance("kernel_gateway_ext.auth.keypairs.KeyPairs", allow_none=True)
 
     auth_token = env(
         Unicode(help="Token clients must present. Empty: one is generated at start and printed."),
@@ -45,7 +48,11 @@ class Authenticator(EnvConfigurable):
             self.auth_token = secrets.token_urlsafe(32)
             self.generated_token = True
 
-    def identify(self, token: str | None) -> Identity | None:
-        if token and hmac.compare_digest(token.encode(), self.auth_token.encode()):
+    async def identify(self, token: str | None) -> Identity | None:
+        if not token:
+            return None
+        if hmac.compare_digest(token.encode(), self.auth_token.encode()):
             return Identity(ADMIN_USER, admin=True)
+        if self.keypairs is not None:
+            return await self.keypairs.identify_token(token)
         return None

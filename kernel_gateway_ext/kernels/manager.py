@@ -20,15 +20,18 @@ from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_client.session import Session
-from traitlets import Float, Instance, Int, List, Unicode
+from traitlets import Dict, Float, Instance, Int, List, Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ..config import apply_env, env
 from ..errors import (
+    BadRequest,
     GatewayError,
     KernelDead,
     KernelNotFound,
+    KernelSpecNotFound,
     KernelStartFailed,
+    LimitExceeded,
     TooManyKernels,
 )
 from ..provisioners.docker import (
@@ -36,9 +39,11 @@ from ..provisioners.docker import (
     LAUNCH_LIMITS,
     LAUNCH_MOUNTS,
     LAUNCH_OWNER,
+    LAUNCH_USER_ENV,
     DockerProvisioner,
 )
-from ..provisioners.limits import KernelLimits
+from ..provisioners.limits import KernelLimits, parse_memory
+from .execution import Runner
 from .specs import GatewayKernelSpecManager
 
 DOCKER_PROVISIONER = "docker-provisioner"
@@ -82,6 +87,18 @@ class GatewayKernel(AsyncKernelManager):
         self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
         self._listeners: set[Listener] = set()
         self._activity_stream: ZMQStream | None = None
+        # Set by REST (v2) callers: their token and language, limits, query count, runner.
+        self.client_token: str | None = None
+        self.lang = ""
+        self.limits = KernelLimits()
+        self.exec_timeout: float | None = None
+        self.num_queries = 0
+        self._runner: Runner | None = None
+
+    def runner(self, flush_interval: float) -> Runner:
+        if self._runner is None:
+            self._runner = Runner(self, flush_interval)
+        return self._runner
 
     # ---- listeners (websocket connections) ----------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -135,11 +152,28 @@ class GatewayKernelManager(AsyncMultiKernelManager):
     env_allowlist = env(
         List(Unicode(), help="Request env names passed to kernels besides KERNEL_*."), "KGE_ENV_ALLOWLIST"
     )
+    hard_mem_limit = env(Unicode("8g", help="Most memory one kernel may ask for (more: 406)."), "KGE_HARD_MEM_LIMIT")
+    hard_cpu_limit = env(Float(float(os.cpu_count() or 1), help="Most CPUs one kernel may ask for."), "KGE_HARD_CPU_LIMIT")
+    hard_gpu_limit = env(Int(0, help="Most GPUs one kernel may ask for (0: this host offers none)."), "KGE_HARD_GPU_LIMIT")
+    hard_exec_timeout = env(
+        Float(3600.0, help="Longest execTimeout (s) a caller may set; also the default when none is set."),
+        "KGE_HARD_EXEC_TIMEOUT",
+    )
+    run_flush_interval = env(
+        Float(3.0, help="Seconds a REST execute waits before answering 'continued'."), "KGE_RUN_FLUSH_INTERVAL"
+    )
+    lang_aliases = Dict(
+        {"python": "python3", "python3": "python3", "python:3": "python3", "python:3.6": "python3",
+         "python:latest": "python3", "lablup/kernel-python:3.6-debian": "python3", "lablup/python:3.6-ubuntu18.04": "python3",
+         "bash": "bash", "shell": "bash", "sh": "bash"},
+        help="Languages and image names REST callers may name, mapped to kernelspecs.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         apply_env(self, set(kwargs))
         self._starting: dict[str, GatewayKernel] = {}
+        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._zmq = zmq.Context.instance()
         self._removal_callbacks: list[Callable[[str], None]] = []
 
@@ -174,6 +208,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         limits: KernelLimits | None,
         mounts: list[dict[str, Any]] | None,
         labels: dict[str, str] | None,
+        user_env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         spec = self.kernel_spec_manager.get_kernel_spec(kernel_name)
         allowed = set(self.env_allowlist)
@@ -186,10 +221,11 @@ class GatewayKernelManager(AsyncMultiKernelManager):
                 LAUNCH_LIMITS: limits or KernelLimits(),
                 LAUNCH_MOUNTS: mounts or [],
                 LAUNCH_LABELS: labels or {},
+                LAUNCH_USER_ENV: user_env or {},
             }
         # A local process: the minimum it needs to run, never the gateway's secrets.
         base = {k: os.environ[k] for k in LOCAL_BASE_ENV if k in os.environ}
-        return {"env": {**base, **requested}}
+        return {"env": {**base, **requested, **(user_env or {})}}
 
     async def start(
         self,
@@ -200,15 +236,28 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         limits: KernelLimits | None = None,
         mounts: list[dict[str, Any]] | None = None,
         labels: dict[str, str] | None = None,
+        user_env: dict[str, str] | None = None,
+        exec_timeout: float | None = None,
+        lang: str = "",
+        client_token: str | None = None,
     ) -> GatewayKernel:
-        """Start a kernel for `owner` and return it once it answers kernel_info."""
+        """Start a kernel for `owner` and return it once it answers kernel_info.
+
+        `env` is a Jupyter request's (only KERNEL_* and the allow-list pass); `user_env` is what
+        a REST caller explicitly set for its kernel, passed as given."""
         name = kernel_name or self.kernel_spec_manager.default_name
         if self.max_kernels and len(self._kernels) + len(self._starting) >= self.max_kernels:
             raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
-        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels)
+        self.check_limits(limits, exec_timeout)
+        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels,
+                                     user_env=user_env)
         km, name, kernel_id = self.pre_start_kernel(name, kwargs)
         assert isinstance(km, GatewayKernel)
         km.owner = owner
+        km.lang = lang or name
+        km.client_token = client_token
+        km.limits = limits or KernelLimits()
+        km.exec_timeout = exec_timeout
         kwargs["kernel_id"] = kernel_id
         self._starting[kernel_id] = km
         try:
@@ -228,6 +277,42 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self._watch(km)
         self.log.info("Kernel started: %s (%s) for %s", kernel_id, name, owner)
         return km
+
+    # ---- REST callers: limits, languages, get-or-create by client token ------------------------
+    def check_limits(self, limits: KernelLimits | None, exec_timeout: float | None) -> None:
+        """Requests above the server's hard limits are refused (406), nothing is started."""
+        if limits is not None:
+            if limits.memory_bytes and limits.memory_bytes > parse_memory(self.hard_mem_limit):
+                raise LimitExceeded(f"memory above this server's limit of {self.hard_mem_limit}")
+            if limits.cpus and limits.cpus > self.hard_cpu_limit:
+                raise LimitExceeded(f"CPUs above this server's limit of {self.hard_cpu_limit:g}")
+            if limits.gpus and limits.gpus > self.hard_gpu_limit:
+                raise LimitExceeded(f"GPUs above this server's limit of {self.hard_gpu_limit}")
+        if exec_timeout is not None and exec_timeout > self.hard_exec_timeout:
+            raise LimitExceeded(f"execTimeout above this server's limit of {self.hard_exec_timeout:g} s")
+
+    def resolve_lang(self, lang: str) -> str:
+        """A REST caller's language or image name -> a runnable kernelspec name."""
+        runnable = self.kernel_spec_manager.runnable_specs()
+        if lang in runnable:
+            return lang
+        target = self.lang_aliases.get(lang)
+        if target in runnable:
+            return target
+        raise KernelSpecNotFound(f"unknown language or image {lang!r}; known: {', '.join(sorted(runnable))}")
+
+    async def get_or_start(self, *, owner: str, client_token: str, lang: str, **start_kw: Any) -> tuple[GatewayKernel, bool]:
+        """The owner's kernel for `client_token` (created False), or a new one (created True)."""
+        lock = self._token_locks.setdefault((owner, client_token), asyncio.Lock())
+        async with lock:
+            for km in self.list(owner):
+                if km.client_token == client_token:
+                    if km.lang != lang:
+                        raise BadRequest(f"session token {client_token!r} is in use with another language ({km.lang})")
+                    return km, False
+            kernel_name = self.resolve_lang(lang)
+            km = await self.start(owner=owner, kernel_name=kernel_name, lang=lang, client_token=client_token, **start_kw)
+            return km, True
 
     async def _discard(self, km: GatewayKernel) -> None:
         """Remove every trace of a kernel that failed to start."""
@@ -365,6 +450,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.execution_state = "idle"
         km.reason = ""
         km.restart_count += 1
+        if km._runner is not None:
+            km._runner.reset()
         km.touch()
         await km.notify_and_wait("restarted")
         return km
@@ -422,6 +509,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km = self.get(kernel_id, owner)
         self._unwatch(km)
         km.notify("shutdown")
+        if km._runner is not None:
+            km._runner.close()
         try:
             await km.shutdown_kernel(now=now or km.execution_state == "dead")
         finally:

@@ -61,6 +61,7 @@ LAUNCH_OWNER = "kge_owner"
 LAUNCH_LIMITS = "kge_limits"
 LAUNCH_MOUNTS = "kge_mounts"
 LAUNCH_LABELS = "kge_labels"
+LAUNCH_USER_ENV = "kge_user_env"  # what a REST caller explicitly set: passed as given
 
 
 class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -223,9 +224,10 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
         self.mounts = list(kwargs.pop(LAUNCH_MOUNTS, None) or [])
         self.extra_labels = dict(kwargs.pop(LAUNCH_LABELS, None) or {})
+        user_env = {str(k): str(v) for k, v in (kwargs.pop(LAUNCH_USER_ENV, None) or {}).items()}
         requested = dict(kwargs.pop("env", None) or {})
         # Never the gateway's own environment: only what the request asked for, filtered.
-        kwargs = await super().pre_launch(env=self._filter_env(requested), **kwargs)
+        kwargs = await super().pre_launch(env={**self._filter_env(requested), **user_env}, **kwargs)
         self._env = dict(kwargs["env"])
         km = self.parent
         if km is not None and not self._restarting:
@@ -420,6 +422,60 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         except docker.errors.NotFound:
             return ""
         return raw.decode(errors="replace")
+
+    # ---- what REST callers do in the container ------------------------------------------------
+    async def put_files(self, files: list[tuple[str, bytes]]) -> None:
+        """Write files (relative paths, already checked) into the work dir as the kernel user."""
+        if self.container_id is None:
+            raise KernelStartFailed("kernel has no container")
+        uid, _, gid = self.user.partition(":")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            dirs: set[str] = set()
+            for rel, body in files:
+                parts = rel.split("/")[:-1]
+                for i in range(1, len(parts) + 1):
+                    d = "/".join(parts[:i])
+                    if d not in dirs:
+                        dirs.add(d)
+                        ti = tarfile.TarInfo(d)
+                        ti.type, ti.mode, ti.uid, ti.gid = tarfile.DIRTYPE, 0o755, int(uid or 0), int(gid or uid or 0)
+                        tar.addfile(ti)
+                ti = tarfile.TarInfo(rel)
+                ti.size, ti.mode, ti.mtime = len(body), 0o644, int(time.time())
+                ti.uid, ti.gid = int(uid or 0), int(gid or uid or 0)
+                tar.addfile(ti, io.BytesIO(body))
+        await self.engine.api("put_archive", self.container_id, self.work_dir, buf.getvalue())
+
+    async def run_command(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run a shell command in the container as the kernel user: (exit code, stdout, stderr)."""
+        if self.container_id is None:
+            raise KernelStartFailed("kernel has no container")
+        cid = self.container_id
+        created = await self.engine.api(
+            "exec_create", cid, ["/bin/sh", "-c", command], user=self.user, workdir=self.work_dir,
+            environment=self._container_env(),
+        )
+        try:
+            out, err = await asyncio.wait_for(self.engine.api("exec_start", created["Id"], demux=True), timeout)
+        except asyncio.TimeoutError:
+            return 124, "", f"command timed out after {timeout:g} s\n"
+        code = (await self.engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0
+        return int(code), (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
+
+    async def stats(self) -> dict[str, int]:
+        """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""
+        if self.container_id is None or self._exit_code is not None:
+            return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
+        try:
+            raw = await self.engine.api("stats", self.container_id, stream=False, one_shot=True)
+        except docker.errors.APIError:
+            return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
+        mem = raw.get("memory_stats") or {}
+        cache = (mem.get("stats") or {}).get("cache", 0)
+        cpu = ((raw.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
+        return {"memory": max(0, int(mem.get("usage", 0)) - int(cache)), "memory_max": int(mem.get("max_usage", 0)),
+                "cpu_ns": int(cpu)}
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 4.0)

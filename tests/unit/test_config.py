@@ -33,12 +33,12 @@ def test_bad_env_value_names_the_variable(monkeypatch):
         make([], monkeypatch, KGE_PORT="eighty")
 
 
-def test_token_generated_when_missing(monkeypatch):
+async def test_token_generated_when_missing(monkeypatch):
     monkeypatch.delenv("KGE_AUTH_TOKEN", raising=False)
     a = Authenticator()
     assert a.generated_token and len(a.auth_token) >= 32
-    assert a.identify(a.auth_token).admin
-    assert a.identify("wrong") is None and a.identify(None) is None
+    assert (await a.identify(a.auth_token)).admin
+    assert await a.identify("wrong") is None and await a.identify(None) is None
 
 
 def test_help_all_lists_env_vars():

@@ -1,0 +1,53 @@
+"""What every v2 handler shares: HMAC auth, problem+json errors, 204s that keep their headers."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...auth import hmac_v2
+from ...errors import BadRequest
+from ..base import BaseHandler
+
+API_VERSION = "v2.20170315"
+PROBLEM_BASE = "https://api.backend.ai/probs/"
+
+
+class V2Handler(BaseHandler):
+    async def prepare(self) -> None:
+        if self.auth_required:
+            self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs)
+
+    def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
+        self.set_header("Content-Type", "application/problem+json")
+        return {"type": PROBLEM_BASE + kind, "title": message}
+
+    def no_content(self) -> None:
+        """204 with Content-Type and Content-Length: 0 (the 1.1.x clients read both always)."""
+        self.set_status(204)
+        self.set_header("Content-Length", "0")
+        self.finish()
+
+    def _clear_representation_headers(self) -> None:
+        # Tornado drops Content-Type from a 204; these clients need it (see no_content).
+        if self.get_status() != 204:
+            super()._clear_representation_headers()
+
+    def body_object(self) -> dict[str, Any]:
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if self.request.body and ctype not in ("application/json", "text/json", ""):
+            raise BadRequest(f"expected a JSON body, got {ctype}")
+        return self.json_body()
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+
+class RootHandler(V2Handler):
+    """GET /v2: the API version, no auth."""
+
+    auth_required = False
+
+    def get(self) -> None:
+        self.write_json({"version": API_VERSION})

@@ -1,0 +1,126 @@
+"""Key pairs: an access key (public) and a secret key (shown once).
+
+The secret is never stored: it is HMAC(master key, access key + nonce), recomputed when a request
+is checked. The database holds only the nonce, the master key lives in its own 0600 file (or the
+KGE_MASTER_KEY env var), so a dump of the database reveals no secret.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlets import Instance, Unicode, default
+
+from ..config import EnvConfigurable, env
+from ..errors import BadRequest, NotFound
+from ..store import Store
+from .identity import Identity
+
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    access_key: str
+    user: str
+    admin: bool
+    created: float
+    revoked: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {"access_key": self.access_key, "user": self.user, "admin": self.admin,
+                "created": self.created, "revoked": self.revoked}
+
+
+class KeyPairs(EnvConfigurable):
+    store = Instance(Store)
+    master_key_file = env(
+        Unicode(help="File holding the master key secrets are derived from (default: STATE_DIR/master.key)."),
+        "KGE_MASTER_KEY_FILE",
+    )
+
+    @default("master_key_file")
+    def _master_key_file_default(self) -> str:
+        return os.path.join(self.store.state_dir, "master.key")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._master: bytes | None = None
+        self._cache: dict[str, tuple[KeyPair, str]] = {}
+
+    # ---- the master key -------------------------------------------------------------------------
+    @property
+    def master(self) -> bytes:
+        if self._master is None:
+            from_env = os.environ.get("KGE_MASTER_KEY")
+            if from_env:
+                self._master = from_env.encode()
+            else:
+                path = Path(self.master_key_file)
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(secrets.token_urlsafe(48))
+                self._master = path.read_text().strip().encode()
+        return self._master
+
+    def _secret(self, access_key: str, nonce: str) -> str:
+        mac = hmac.new(self.master, f"{access_key}:{nonce}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    # ---- management (CLI) -----------------------------------------------------------------------
+    def create(self, user: str, admin: bool = False) -> tuple[str, str]:
+        if not USER_RE.match(user):
+            raise BadRequest("user names are 1-64 letters, digits and _.@-")
+        access_key = "AKKGE" + secrets.token_hex(8).upper()
+        nonce = secrets.token_hex(16)
+        self.store.run_sync(lambda c: c.execute(
+            "INSERT INTO keypairs (access_key, user, is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)",
+            (access_key, user, int(admin), nonce, time.time())))
+        return access_key, self._secret(access_key, nonce)
+
+    def list(self) -> list[KeyPair]:
+        rows = self.store.run_sync(lambda c: c.execute("SELECT * FROM keypairs ORDER BY created").fetchall())
+        return [self._row(r) for r in rows]
+
+    def revoke(self, access_key: str) -> None:
+        cur = self.store.run_sync(lambda c: c.execute(
+            "UPDATE keypairs SET revoked = ? WHERE access_key = ? AND revoked IS NULL", (time.time(), access_key)))
+        if cur.rowcount == 0:
+            raise NotFound(f"no active key pair {access_key}")
+
+    @staticmethod
+    def _row(r: sqlite3.Row) -> KeyPair:
+        return KeyPair(r["access_key"], r["user"], bool(r["is_admin"]), r["created"], r["revoked"])
+
+    # ---- lookups (server) -----------------------------------------------------------------------
+    async def lookup(self, access_key: str) -> tuple[KeyPair, str] | None:
+        """The active key pair and its secret, or None. Not cached: a revocation is immediate."""
+        if not access_key or len(access_key) > 64:
+            return None
+        row = await self.store.run(lambda c: c.execute(
+            "SELECT * FROM keypairs WHERE access_key = ? AND revoked IS NULL", (access_key,)).fetchone())
+        if row is None:
+            return None
+        return self._row(row), self._secret(row["access_key"], row["nonce"])
+
+    async def identify_token(self, token: str) -> Identity | None:
+        """A key pair used as a bearer token: "ACCESS_KEY:SECRET_KEY"."""
+        access_key, sep, secret = token.partition(":")
+        if not sep:
+            return None
+        found = await self.lookup(access_key)
+        if found is None or not hmac.compare_digest(found[1].encode(), secret.encode()):
+            return None
+        kp = found[0]
+        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)

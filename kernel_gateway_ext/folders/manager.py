@@ -1,0 +1,181 @@
+"""Virtual folders on the host, their records in the store, and mount specs for containers.
+
+A folder lives at ROOT/<id> (ROOT may be a shared filesystem). Its files belong to the kernel
+user (uid 1000 by default) so a kernel can write them; the gateway reads and deletes them as the
+folder API asks. Nothing a caller names may escape its folder or /home/work.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import re
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import docker.types
+from traitlets import Instance, Int, Unicode, default
+
+from ..config import EnvConfigurable, env
+from ..errors import BadRequest, Conflict, NotFound
+from ..store import Store
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WORK_DIR = "/home/work"
+
+
+def safe_relative_path(name: str) -> str:
+    """A normalized relative POSIX path that stays inside its base, or BadRequest."""
+    if not name or "\x00" in name or name.startswith("/") or "\\" in name:
+        raise BadRequest(f"invalid path {name!r}: must be relative")
+    if ".." in name.split("/"):
+        raise BadRequest(f"invalid path {name!r}: '..' is not allowed")
+    norm = posixpath.normpath(name)
+    if norm in (".", ""):
+        raise BadRequest(f"invalid path {name!r}: names no file")
+    return norm
+
+
+class FolderManager(EnvConfigurable):
+    store = Instance(Store)
+    root = env(Unicode(help="Where folders live on the host (default: STATE_DIR/folders)."), "KGE_FOLDERS_ROOT")
+    file_uid = env(Int(1000, help="Owner uid of folder files (the kernel user)."), "KGE_FOLDER_UID")
+    file_gid = env(Int(1000, help="Owner gid of folder files."), "KGE_FOLDER_GID")
+    max_mounts = Int(5, help="Most folders mounted into one kernel.").tag(config=True)
+    max_upload_bytes = env(Int(64 * 2**20, help="Largest file accepted by a folder upload."), "KGE_FOLDER_MAX_UPLOAD")
+
+    @default("root")
+    def _root_default(self) -> str:
+        return os.path.join(self.store.state_dir, "folders")
+
+    # ---- records --------------------------------------------------------------------------------
+    async def _find(self, owner: str | None, name: str) -> dict[str, Any]:
+        if not NAME_RE.match(name or ""):
+            raise NotFound(f"no folder named {name!r}")
+        query = "SELECT * FROM folders WHERE name = ?" + ("" if owner is None else " AND owner = ?")
+        args = (name,) if owner is None else (name, owner)
+        row = await self.store.run(lambda c: c.execute(query, args).fetchone())
+        if row is None:
+            raise NotFound(f"no folder named {name!r}")
+        return dict(row)
+
+    def path_of(self, folder_id: str) -> Path:
+        return Path(self.root) / folder_id
+
+    async def create(self, owner: str, name: str) -> dict[str, Any]:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise BadRequest("folder names are 1-64 letters, digits and _.- (not starting with . - _)")
+        folder_id = uuid.uuid4().hex
+        path = self.path_of(folder_id)
+
+        def make(c: Any) -> None:
+            if c.execute("SELECT 1 FROM folders WHERE owner = ? AND name = ?", (owner, name)).fetchone():
+                raise Conflict(f"a folder named {name!r} already exists", status=400)
+            path.mkdir(parents=True, mode=0o770)
+            os.chown(path, self.file_uid, self.file_gid)
+            try:
+                c.execute("INSERT INTO folders (id, owner, name, created) VALUES (?, ?, ?, ?)",
+                          (folder_id, owner, name, time.time()))
+            except Exception:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+
+        await self.store.run(make)
+        return {"id": folder_id, "name": name}
+
+    async def list(self, owner: str | None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM folders" + ("" if owner is None else " WHERE owner = ?") + " ORDER BY created"
+        rows = await self.store.run(lambda c: c.execute(query, () if owner is None else (owner,)).fetchall())
+        return [{"name": r["name"], "id": r["id"], **({"owner": r["owner"]} if owner is None else {})} for r in rows]
+
+    async def info(self, owner: str | None, name: str) -> dict[str, Any]:
+        row = await self._find(owner, name)
+        path = self.path_of(row["id"])
+        count = await asyncio.to_thread(lambda: sum(len(files) for _, _, files in os.walk(path)))
+        created = datetime.fromtimestamp(row["created"], timezone.utc).isoformat()
+        return {"name": row["name"], "id": row["id"], "numFiles": count, "created": created}
+
+    async def delete(self, owner: str | None, name: str) -> None:
+        row = await self._find(owner, name)
+
+        def remove(c: Any) -> None:
+            c.execute("DELETE FROM folders WHERE id = ?", (row["id"],))
+            shutil.rmtree(self.path_of(row["id"]), ignore_errors=True)
+
+        await self.store.run(remove)
+
+    async def upload(self, owner: str | None, name: str, files: list[tuple[str, bytes]]) -> int:
+        row = await self._find(owner, name)
+        base = self.path_of(row["id"])
+        checked = []
+        for filename, body in files:
+            rel = safe_relative_path(filename)
+            if len(body) > self.max_upload_bytes:
+                raise BadRequest(f"{filename!r} is larger than {self.max_upload_bytes} bytes")
+            checked.append((rel, body))
+
+        def write() -> None:
+            for rel, body in checked:
+                target = base / rel
+                resolved = target.resolve()
+                if not str(resolved).startswith(str(base.resolve()) + os.sep):
+                    raise BadRequest(f"invalid path {rel!r}: escapes its folder")
+                for parent in reversed(target.relative_to(base).parents):
+                    d = base / parent
+                    if not d.exists():
+                        d.mkdir(mode=0o770)
+                        os.chown(d, self.file_uid, self.file_gid)
+                target.write_bytes(body)
+                os.chown(target, self.file_uid, self.file_gid)
+
+        await asyncio.to_thread(write)
+        return len(checked)
+
+    async def files(self, owner: str | None, name: str, path: str = ".") -> list[dict[str, Any]]:
+        row = await self._find(owner, name)
+        base = self.path_of(row["id"])
+        rel = "." if path in ("", ".") else safe_relative_path(path)
+        target = (base / rel).resolve()
+        if target != base.resolve() and not str(target).startswith(str(base.resolve()) + os.sep):
+            raise BadRequest("invalid path")
+        if not target.is_dir():
+            raise NotFound(f"no directory {path!r} in folder {name!r}")
+
+        def scan() -> list[dict[str, Any]]:
+            out = []
+            for entry in sorted(target.iterdir()):
+                st = entry.lstat()
+                out.append({"filename": entry.name, "size": st.st_size, "mode": oct(st.st_mode),
+                            "mtime": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(),
+                            "type": "DIRECTORY" if entry.is_dir() else "FILE"})
+            return out
+
+        return await asyncio.to_thread(scan)
+
+    # ---- mounts ---------------------------------------------------------------------------------
+    async def mounts(self, owner: str, specs: Any) -> list[docker.types.Mount]:
+        """`["data", "pkgs:.local/lib"]` -> bind mounts at /home/work/NAME or /home/work/ALIAS."""
+        if specs is None:
+            return []
+        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise BadRequest("'mounts' must be a list of folder names")
+        if len(specs) > self.max_mounts:
+            raise BadRequest(f"at most {self.max_mounts} folders can be mounted")
+        out: list[docker.types.Mount] = []
+        targets: set[str] = set()
+        for spec in specs:
+            name, sep, alias = spec.partition(":")
+            if sep and not alias:
+                raise BadRequest(f"invalid mount {spec!r}: empty alias")
+            rel = safe_relative_path(alias if sep else name)
+            target = posixpath.join(WORK_DIR, rel)
+            if target in targets or any(t.startswith(target + "/") or target.startswith(t + "/") for t in targets):
+                raise BadRequest(f"mount {spec!r} overlaps another mount")
+            targets.add(target)
+            row = await self._find(owner, name)
+            out.append(docker.types.Mount(target=target, source=str(self.path_of(row["id"])), type="bind"))
+        return out

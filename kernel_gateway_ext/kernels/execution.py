@@ -1,0 +1,270 @@
+"""Run code for REST callers (the Backend.AI v2 execute call) on a store kernel.
+
+A `Runner` per kernel keeps its own shell/stdin/iopub sockets and turns the kernel's messages
+into Backend.AI console items. A run answers when it finishes, waits for input, or has run for
+`flush_interval` (status `continued`: the client asks again with mode `continue`). `execTimeout`
+interrupts the kernel and tells the client; the kernel stays usable.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from ..errors import BadRequest, Conflict, KernelDead
+
+if TYPE_CHECKING:
+    from .manager import GatewayKernel
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+MEDIA_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
+
+
+def console_items(msg_type: str, content: dict[str, Any]) -> list[list[Any]]:
+    """One iopub message -> Backend.AI console items."""
+    if msg_type == "stream":
+        return [[content.get("name", "stdout"), content.get("text", "")]]
+    if msg_type in ("execute_result", "display_data"):
+        data = content.get("data") or {}
+        for mime in MEDIA_TYPES:
+            if mime in data:
+                return [["media", [mime, data[mime]]]]
+        if "text/html" in data:
+            return [["html", data["text/html"]]]
+        text = data.get("text/plain")
+        if text is not None:
+            return [["stdout", text + "\n"]]
+        return []
+    if msg_type == "error":
+        tb = "\n".join(content.get("traceback") or []) or f"{content.get('ename')}: {content.get('evalue')}"
+        return [["stderr", ANSI.sub("", tb) + "\n"]]
+    return []
+
+
+@dataclass
+class Run:
+    run_id: str
+    msg_id: str
+    started: float
+    timeout: float | None
+    console: list[list[Any]] = field(default_factory=list)
+    reply: dict[str, Any] | None = None
+    idle: bool = False
+    input_request: dict[str, Any] | None = None  # header + content of a pending input_request
+    timed_out: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.reply is not None and self.idle
+
+    def add(self, items: list[list[Any]]) -> None:
+        # Merge consecutive stream text of the same kind, as Backend.AI's console does.
+        for item in items:
+            if self.console and item[0] in ("stdout", "stderr") and self.console[-1][0] == item[0]:
+                self.console[-1] = [item[0], self.console[-1][1] + item[1]]
+            else:
+                self.console.append(item)
+        self.changed.set()
+
+
+class Runner:
+    """Executes code on one kernel for REST callers; one run at a time."""
+
+    def __init__(self, km: "GatewayKernel", flush_interval: float) -> None:
+        self.km = km
+        self.flush_interval = flush_interval
+        self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        self.current: Run | None = None
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._generation = -1
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._lock = asyncio.Lock()
+
+    def _connect(self) -> None:
+        self.close()
+        from .manager import zmq_url
+
+        info = self.km.get_connection_info()
+        ctx = zmq.asyncio.Context.instance()
+        ident = uuid.uuid4().hex.encode()
+        for channel in ("shell", "stdin", "iopub"):
+            sock = ctx.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.RECONNECT_IVL, 20)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if channel == "iopub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            else:
+                sock.setsockopt(zmq.IDENTITY, ident)
+            sock.connect(zmq_url(info, channel))
+            self._sockets[channel] = sock
+            self._readers.append(asyncio.ensure_future(self._read(channel, sock)))
+        self._generation = self.km.generation
+
+    async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                parts = await sock.recv_multipart()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            try:
+                _, fed = self.session.feed_identities(parts)
+                msg = self.session.deserialize(fed)
+            except Exception:  # noqa: BLE001 - malformed: ignore
+                continue
+            self._dispatch(channel, msg)
+
+    def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
+        parent = (msg.get("parent_header") or {}).get("msg_id")
+        waiter = self._replies.pop(parent, None) if channel == "shell" else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+            return
+        run = self.current
+        if run is None or parent != run.msg_id:
+            return
+        t = msg["header"]["msg_type"]
+        if channel == "iopub":
+            if t == "status":
+                if msg["content"].get("execution_state") == "idle":
+                    run.idle = True
+                    run.changed.set()
+            else:
+                run.add(console_items(t, msg["content"]))
+        elif channel == "shell" and t == "execute_reply":
+            run.reply = msg["content"]
+            run.changed.set()
+        elif channel == "stdin" and t == "input_request":
+            run.input_request = {"header": msg["header"], "content": msg["content"]}
+            prompt = msg["content"].get("prompt") or ""
+            run.add([["stdout", prompt]] if prompt else [])
+            run.changed.set()
+
+    async def _ensure(self) -> None:
+        if self.km.execution_state == "dead":
+            raise KernelDead("the kernel is dead; restart it")
+        if not self._sockets or self._generation != self.km.generation:
+            self._connect()
+            await self._subscribed()
+
+    async def _subscribed(self, timeout: float = 30.0) -> None:
+        """Wait until our iopub SUB receives (kernel_info until it does): no output is lost."""
+        sub = self._sockets["iopub"]
+        deadline = time.monotonic() + timeout
+        interval = 0.02
+        seen = asyncio.Event()
+        reader = self._readers[-1]
+        reader.cancel()  # read iopub here until the first message arrives
+        while time.monotonic() < deadline and not seen.is_set():
+            self.session.send(self._sockets["shell"], self.session.msg("kernel_info_request"))
+            if await sub.poll(interval * 1000):
+                await sub.recv_multipart()
+                seen.set()
+            interval = min(interval * 2, 0.5)
+        self._readers[-1] = asyncio.ensure_future(self._read("iopub", sub))
+
+    # ---- the v2 execute modes -------------------------------------------------------------------
+    async def execute(self, mode: str, code: str, run_id: str | None, exec_timeout: float | None) -> dict[str, Any]:
+        async with self._lock:
+            await self._ensure()
+            run = self.current
+            if mode == "query":
+                if run is not None and not run.done and run.run_id != run_id:
+                    raise Conflict("another run is in progress on this kernel; continue or interrupt it")
+                if run is None or run.done or run.run_id != run_id:
+                    run = self._start(code, run_id or uuid.uuid4().hex, exec_timeout)
+                    self.km.num_queries += 1
+            elif mode == "continue":
+                if run is None or (run_id and run.run_id != run_id):
+                    raise BadRequest("no such run to continue")
+            elif mode == "input":
+                if run is None or run.input_request is None or (run_id and run.run_id != run_id):
+                    raise BadRequest("the run is not waiting for input")
+                reply = self.session.msg("input_reply", {"value": code}, parent=run.input_request["header"])
+                run.input_request = None
+                self.session.send(self._sockets["stdin"], reply)
+            else:
+                raise BadRequest(f"unknown mode {mode!r}")
+            return await self._collect(run)
+
+    def _start(self, code: str, run_id: str, exec_timeout: float | None) -> Run:
+        msg = self.session.msg("execute_request", {
+            "code": code, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": True, "stop_on_error": True,
+        })
+        run = Run(run_id=run_id, msg_id=msg["header"]["msg_id"], started=time.monotonic(), timeout=exec_timeout)
+        self.current = run
+        self.session.send(self._sockets["shell"], msg)
+        self.km.touch()
+        return run
+
+    async def _collect(self, run: Run) -> dict[str, Any]:
+        """Wait until the run finishes, asks for input, or `flush_interval` passes."""
+        flush_at = time.monotonic() + self.flush_interval
+        while True:
+            run.changed.clear()  # before the checks: a wake-up in between is not lost
+            if run.done or run.input_request is not None:
+                break
+            now = time.monotonic()
+            if run.timeout and not run.timed_out and now - run.started >= run.timeout:
+                run.timed_out = True
+                run.add([["stderr", f"Execution timed out after {run.timeout:g} s (execTimeout): interrupted.\n"]])
+                await self.km.interrupt_kernel()
+                flush_at = max(flush_at, now + 5.0)  # give the interrupt time to land
+                continue
+            if now >= flush_at:
+                break
+            deadline = flush_at
+            if run.timeout and not run.timed_out:
+                deadline = min(deadline, run.started + run.timeout)
+            try:
+                await asyncio.wait_for(run.changed.wait(), max(0.0, deadline - now))
+            except asyncio.TimeoutError:
+                pass
+        console, run.console = run.console, []
+        self.km.touch()
+        result: dict[str, Any] = {"runId": run.run_id, "console": console, "options": {}}
+        if run.input_request is not None:
+            result["status"] = "waiting-input"
+            result["options"] = {"is_password": bool(run.input_request["content"].get("password"))}
+        elif run.done:
+            assert run.reply is not None
+            result["status"] = "finished"
+            result["exitCode"] = 0 if run.reply.get("status") == "ok" and not run.timed_out else 1
+        else:
+            result["status"] = "continued"
+        return result
+
+    async def request(self, msg_type: str, content: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """A shell request with one reply (complete, inspect)."""
+        async with self._lock:
+            await self._ensure()
+            msg = self.session.msg(msg_type, content)
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._replies[msg["header"]["msg_id"]] = fut
+            self.session.send(self._sockets["shell"], msg)
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            finally:
+                self._replies.pop(msg["header"]["msg_id"], None)
+
+    def reset(self) -> None:
+        """After a restart: the old run is gone with the old process; resubscribe on next use."""
+        self.current = None
+        self.close()
+
+    def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        for sock in self._sockets.values():
+            sock.close(0)
+        self._readers, self._sockets = [], {}
