@@ -39,3 +39,25 @@ ensure_images() {
   # Cached: skipped when the images exist and their build context is unchanged.
   "$KGE_VENV/bin/kernel-gateway-ext" build-images
 }
+
+# The real Backend.AI clients the v2 tests drive, each in its own venv (their pins conflict with
+# ours and with each other). Installed with --no-deps plus what they import, as they need on 3.11.
+KGE_CLIENT_VENVS=${KGE_CLIENT_VENVS:-$KGE_ROOT/.venv-clients}
+V2_CLIENT_DEPS="requests aiohttp async-timeout multidict python-dateutil namedlist ConfigArgParse tabulate humanize colorama"
+
+_client_venv() {  # _client_venv NAME "PACKAGE==VER" "EXTRA DEPS"
+  local dir="$KGE_CLIENT_VENVS/$1" want="$2 | $3"
+  if [ "$(cat "$dir/.kge-installed" 2>/dev/null)" = "$want" ]; then return 0; fi
+  say "installing $2 into $dir"
+  rm -rf "$dir" && python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check --no-deps "$2"
+  # shellcheck disable=SC2086
+  "$dir/bin/pip" install -q --disable-pip-version-check $3 2>&1 | grep -v "dependency resolver\\|requires\\|WARNING: Location" >&2 || true
+  echo "$want" > "$dir/.kge-installed"
+}
+
+ensure_client_venvs() {
+  _client_venv bai-1.1.11 "backend.ai-client==1.1.11" "$V2_CLIENT_DEPS"
+  _client_venv bai-1.4.2 "backend.ai-client==1.4.2" "$V2_CLIENT_DEPS tqdm aiohttp==3.9.5 yarl==1.9.4"
+  _client_venv sorna-0.9.8 "sorna-client==0.9.8" "$V2_CLIENT_DEPS simplejson"
+}

@@ -90,14 +90,17 @@ class FolderManager(EnvConfigurable):
     async def list(self, owner: str | None) -> list[dict[str, Any]]:
         query = "SELECT * FROM folders" + ("" if owner is None else " WHERE owner = ?") + " ORDER BY created"
         rows = await self.store.run(lambda c: c.execute(query, () if owner is None else (owner,)).fetchall())
-        return [{"name": r["name"], "id": r["id"], **({"owner": r["owner"]} if owner is None else {})} for r in rows]
+        # is_owner and permission: what the 1.4 CLI's `vfolder list` shows besides name and id.
+        return [{"name": r["name"], "id": r["id"], "is_owner": True, "permission": "rw",
+                 **({"owner": r["owner"]} if owner is None else {})} for r in rows]
 
     async def info(self, owner: str | None, name: str) -> dict[str, Any]:
         row = await self._find(owner, name)
         path = self.path_of(row["id"])
         count = await asyncio.to_thread(lambda: sum(len(files) for _, _, files in os.walk(path)))
         created = datetime.fromtimestamp(row["created"], timezone.utc).isoformat()
-        return {"name": row["name"], "id": row["id"], "numFiles": count, "created": created}
+        return {"name": row["name"], "id": row["id"], "numFiles": count, "created": created,
+                "is_owner": True, "permission": "rw"}
 
     async def delete(self, owner: str | None, name: str) -> None:
         row = await self._find(owner, name)

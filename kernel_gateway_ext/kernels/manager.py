@@ -194,6 +194,16 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             raise KernelNotFound(f"Kernel does not exist: {kernel_id}")
         return km  # type: ignore[return-value]
 
+    def get_by_id_or_token(self, ident: str, owner: str | None = None) -> GatewayKernel:
+        """A kernel by its id or, as Backend.AI's session id, by its client token."""
+        try:
+            return self.get(ident, owner)
+        except KernelNotFound:
+            for km in self.list(owner):
+                if km.client_token == ident:
+                    return km
+            raise
+
     def list(self, owner: str | None = None) -> list[GatewayKernel]:
         kms: list[GatewayKernel] = list(self._kernels.values())  # type: ignore[arg-type]
         return [k for k in kms if owner is None or k.owner == owner]

@@ -83,7 +83,7 @@ class KernelCreateHandler(V2Handler):
 
 class KernelMixin(V2Handler):
     def kernel(self, kernel_id: str) -> GatewayKernel:
-        return self.gateway.kernel_manager.get(kernel_id, self.identity.owner_filter())
+        return self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
 
     async def info(self, km: GatewayKernel) -> dict[str, Any]:
         stats = await km.docker.stats() if km.docker is not None else {"memory": 0, "cpu_ns": 0}
@@ -110,13 +110,14 @@ class KernelHandler(KernelMixin):
         self.write_json(await self.info(self.kernel(kernel_id)))
 
     async def patch(self, kernel_id: str) -> None:
-        await self.gateway.kernel_manager.restart(kernel_id, self.identity.owner_filter())
+        km = self.kernel(kernel_id)
+        await self.gateway.kernel_manager.restart(km.kernel_id, self.identity.owner_filter())
         self.no_content()
 
     async def delete(self, kernel_id: str) -> None:
         km = self.kernel(kernel_id)
         stats = await km.docker.stats() if km.docker is not None else {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        await self.gateway.kernel_manager.shutdown(kernel_id, self.identity.owner_filter(), now=True)
+        await self.gateway.kernel_manager.shutdown(km.kernel_id, self.identity.owner_filter(), now=True)
         self.write_json({"stats": {
             "cpu_used": stats["cpu_ns"] // 1_000_000,
             "mem_max_bytes": stats.get("memory_max", 0),
@@ -175,7 +176,7 @@ class KernelActionHandler(KernelMixin):
         km = self.kernel(kernel_id)
         mgr = self.gateway.kernel_manager
         if action == "interrupt":
-            await mgr.interrupt(kernel_id, self.identity.owner_filter())
+            await mgr.interrupt(km.kernel_id, self.identity.owner_filter())
             self.no_content()
         elif action == "complete":
             body = self.body_object()
