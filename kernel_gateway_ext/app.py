@@ -21,7 +21,7 @@ from traitlets.config import Application, catch_config_error
 from ._version import __version__
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
-from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k
+from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
@@ -167,6 +167,7 @@ class Gateway(Application):
             (rf"{b}v2/folders/{V2_FOLDER}/upload", v2folders.FolderUploadHandler),
             (rf"{b}v2/folders/{V2_FOLDER}/files", v2folders.FolderFilesHandler),
             (rf"{b}v2/admin/graphql", v2admin.GraphQLHandler),
+            (rf"{b}v2/stream/kernel/{V2_ID}/pty", v2stream.PtyHandler),
         ]
         return web.Application(
             routes,  # type: ignore[arg-type]

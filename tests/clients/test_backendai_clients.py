@@ -357,3 +357,30 @@ def test_bad_credentials_and_bad_input(process_gateway: ProcessGateway, alice: K
     assert statuses == [400, 400, 400, 404, 400, 400, 400, 404], out
     for _, body in out:
         assert body["type"].startswith("https://api.backend.ai/probs/") and body["title"]
+
+
+def test_pty_stream(process_gateway: ProcessGateway, alice: Keys) -> None:
+    out = run_py("bai-1.4.2", """
+        import asyncio, base64, json
+        from ai.backend.client.session import AsyncSession
+        async def main():
+            async with AsyncSession() as s:
+                k = await s.Kernel.get_or_create('python3', client_token='pty-142')
+                pty = await k.stream_pty()
+                await pty.ws.send_str(json.dumps({'type': 'resize', 'rows': 30, 'cols': 100}))
+                await pty.ws.send_str(json.dumps({'type': 'ping'}))
+                cmd = 'echo "pty:$(whoami):$PWD:$(( 6 * 7 ))"; stty size\\n'
+                await pty.ws.send_str(json.dumps({'type': 'stdin', 'chars': base64.b64encode(cmd.encode()).decode()}))
+                text, pong = '', False
+                while 'pty:work:/home/work:42' not in text or '30 100' not in text:
+                    msg = json.loads((await asyncio.wait_for(pty.ws.receive(), 20)).data)
+                    if msg['type'] == 'pong':
+                        pong = True
+                    elif msg['type'] == 'out':
+                        text += base64.b64decode(msg['data']).decode(errors='replace')
+                await pty.ws.close()
+                await k.destroy()
+                return {'pong': pong, 'ok': True}
+        print(json.dumps(asyncio.run(main())))
+    """, process_gateway.url, alice, timeout=120)
+    assert out == {"pong": True, "ok": True}
