@@ -29,6 +29,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ["KGE_STATE_DIR"] = tempfile.mkdtemp(prefix="kge-test-state-")
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 MANAGED = "org.kge.managed=true"
+# Gateway ids this test session created: the leak check judges only these (another suite may run
+# on the same engine at the same time).
+SESSION_GATEWAY_IDS: set[str] = set()
+
+
+def new_gateway_id(kind: str = "") -> str:
+    gateway_id = f"kge-test-{kind}{uuid.uuid4().hex[:8]}"
+    SESSION_GATEWAY_IDS.add(gateway_id)
+    return gateway_id
 
 
 def _docker_problem() -> str | None:
@@ -151,7 +160,7 @@ async def gateway(need_docker: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
 async def _in_process_gateway(extra_argv: list[str]) -> AsyncIterator[InProcessGateway]:
     from kernel_gateway_ext.app import Gateway
 
-    gateway_id = "kge-test-" + uuid.uuid4().hex[:8]
+    gateway_id = new_gateway_id()
     app = Gateway()
     app.initialize(["--port=0", f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN", *extra_argv])
     await app.start_server()
@@ -192,7 +201,7 @@ class ProcessGateway:
 
 def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None = None) -> ProcessGateway:
     port = free_port()
-    gateway_id = "kge-test-proc-" + uuid.uuid4().hex[:8]
+    gateway_id = new_gateway_id("proc-")
     log_path = os.path.join(tmp_dir, f"gateway-{port}.log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kernel_gateway_ext", f"--port={port}", f"--auth-token={TOKEN}",
@@ -234,7 +243,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         left = docker.from_env(timeout=10).containers.list(all=True, filters={"label": MANAGED})
     except Exception:  # noqa: BLE001
         return
-    test_left = [c for c in left if c.labels.get("org.kge.gateway", "").startswith("kge-test")]
+    test_left = [c for c in left if c.labels.get("org.kge.gateway", "") in SESSION_GATEWAY_IDS]
     if test_left:
         names = ", ".join(f"{c.short_id}({c.labels.get('org.kge.gateway')})" for c in test_left)
         print(f"\n!!! LEAK: the suite left containers of ours: {names}", file=sys.stderr)

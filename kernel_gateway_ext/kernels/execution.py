@@ -8,6 +8,7 @@ interrupts the kernel and tells the client; the kernel stays usable.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import Session
+from zmq.eventloop.zmqstream import ZMQStream
 
 from ..errors import BadRequest, Conflict, KernelDead
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
+
+
+def log_item(level: str, msg: str) -> list[Any]:
+    """A `log` console item: what the gateway itself tells the caller about a run."""
+    return ["log", json.dumps({"levelname": level, "name": "kernel_gateway_ext", "msg": msg, "created": time.time()})]
 
 
 def console_items(msg_type: str, content: dict[str, Any]) -> list[list[Any]]:
@@ -83,18 +89,22 @@ class Runner:
         self.flush_interval = flush_interval
         self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
         self.current: Run | None = None
-        self._sockets: dict[str, zmq.asyncio.Socket] = {}
-        self._readers: list[asyncio.Task[None]] = []
+        self._streams: dict[str, ZMQStream] = {}
+        self._iopub_seen: asyncio.Future[None] | None = None
         self._generation = -1
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
 
     def _connect(self) -> None:
+        """Our sockets to the kernel: ZMQStreams on the IOLoop, like the websocket bridges.
+
+        Not zmq.asyncio recv futures: with a send on the same socket from another coroutine, a
+        pending recv can miss the edge-triggered wake-up and never see the reply."""
         self.close()
         from .manager import zmq_url
 
         info = self.km.get_connection_info()
-        ctx = zmq.asyncio.Context.instance()
+        ctx = zmq.Context.instance()
         ident = uuid.uuid4().hex.encode()
         for channel in ("shell", "stdin", "iopub"):
             sock = ctx.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
@@ -104,24 +114,22 @@ class Runner:
             if channel == "iopub":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             else:
-                sock.setsockopt(zmq.IDENTITY, ident)
+                sock.setsockopt(zmq.IDENTITY, ident)  # stdin must share shell's identity
             sock.connect(zmq_url(info, channel))
-            self._sockets[channel] = sock
-            self._readers.append(asyncio.ensure_future(self._read(channel, sock)))
+            stream = ZMQStream(sock)
+            stream.on_recv(lambda parts, ch=channel: self._on_recv(ch, parts))
+            self._streams[channel] = stream
         self._generation = self.km.generation
 
-    async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            try:
-                parts = await sock.recv_multipart()
-            except (zmq.ZMQError, asyncio.CancelledError):
-                return
-            try:
-                _, fed = self.session.feed_identities(parts)
-                msg = self.session.deserialize(fed)
-            except Exception:  # noqa: BLE001 - malformed: ignore
-                continue
-            self._dispatch(channel, msg)
+    def _on_recv(self, channel: str, parts: list[bytes]) -> None:
+        if channel == "iopub" and self._iopub_seen is not None and not self._iopub_seen.done():
+            self._iopub_seen.set_result(None)
+        try:
+            _, fed = self.session.feed_identities(parts)
+            msg = self.session.deserialize(fed)
+        except Exception:  # noqa: BLE001 - malformed: ignore
+            return
+        self._dispatch(channel, msg)
 
     def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
         parent = (msg.get("parent_header") or {}).get("msg_id")
@@ -152,25 +160,24 @@ class Runner:
     async def _ensure(self) -> None:
         if self.km.execution_state == "dead":
             raise KernelDead("the kernel is dead; restart it")
-        if not self._sockets or self._generation != self.km.generation:
+        if not self._streams or self._generation != self.km.generation:
             self._connect()
             await self._subscribed()
 
     async def _subscribed(self, timeout: float = 30.0) -> None:
         """Wait until our iopub SUB receives (kernel_info until it does): no output is lost."""
-        sub = self._sockets["iopub"]
+        self._iopub_seen = asyncio.get_running_loop().create_future()
         deadline = time.monotonic() + timeout
         interval = 0.02
-        seen = asyncio.Event()
-        reader = self._readers[-1]
-        reader.cancel()  # read iopub here until the first message arrives
-        while time.monotonic() < deadline and not seen.is_set():
-            self.session.send(self._sockets["shell"], self.session.msg("kernel_info_request"))
-            if await sub.poll(interval * 1000):
-                await sub.recv_multipart()
-                seen.set()
-            interval = min(interval * 2, 0.5)
-        self._readers[-1] = asyncio.ensure_future(self._read("iopub", sub))
+        try:
+            while not self._iopub_seen.done() and time.monotonic() < deadline:
+                self.session.send(self._streams["shell"], self.session.msg("kernel_info_request"))
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._iopub_seen), interval)
+                except asyncio.TimeoutError:
+                    interval = min(interval * 2, 0.5)
+        finally:
+            self._iopub_seen = None
 
     # ---- the v2 execute modes -------------------------------------------------------------------
     async def execute(self, mode: str, code: str, run_id: str | None, exec_timeout: float | None) -> dict[str, Any]:
@@ -191,7 +198,7 @@ class Runner:
                     raise BadRequest("the run is not waiting for input")
                 reply = self.session.msg("input_reply", {"value": code}, parent=run.input_request["header"])
                 run.input_request = None
-                self.session.send(self._sockets["stdin"], reply)
+                self.session.send(self._streams["stdin"], reply)
             else:
                 raise BadRequest(f"unknown mode {mode!r}")
             return await self._collect(run)
@@ -203,7 +210,7 @@ class Runner:
         })
         run = Run(run_id=run_id, msg_id=msg["header"]["msg_id"], started=time.monotonic(), timeout=exec_timeout)
         self.current = run
-        self.session.send(self._sockets["shell"], msg)
+        self.session.send(self._streams["shell"], msg)
         self.km.touch()
         return run
 
@@ -217,7 +224,7 @@ class Runner:
             now = time.monotonic()
             if run.timeout and not run.timed_out and now - run.started >= run.timeout:
                 run.timed_out = True
-                run.add([["stderr", f"Execution timed out after {run.timeout:g} s (execTimeout): interrupted.\n"]])
+                run.add([log_item("WARNING", f"Execution timed out after {run.timeout:g} s (execTimeout): interrupted.")])
                 await self.km.interrupt_kernel()
                 flush_at = max(flush_at, now + 5.0)  # give the interrupt time to land
                 continue
@@ -251,7 +258,7 @@ class Runner:
             msg = self.session.msg(msg_type, content)
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._replies[msg["header"]["msg_id"]] = fut
-            self.session.send(self._sockets["shell"], msg)
+            self.session.send(self._streams["shell"], msg)
             try:
                 return await asyncio.wait_for(fut, timeout)
             finally:
@@ -263,8 +270,6 @@ class Runner:
         self.close()
 
     def close(self) -> None:
-        for task in self._readers:
-            task.cancel()
-        for sock in self._sockets.values():
-            sock.close(0)
-        self._readers, self._sockets = [], {}
+        for stream in self._streams.values():
+            stream.close()
+        self._streams = {}

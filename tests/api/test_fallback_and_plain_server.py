@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from kernel_gateway_ext.kernels.specs import bundled_kernelspec_dir
-from tests.conftest import TOKEN, Client, free_port, wait_http
+from tests.conftest import TOKEN, Client, free_port, new_gateway_id, wait_http
 from tests.wsclient import KernelWS
 
 
@@ -55,7 +55,7 @@ async def test_plain_jupyter_server_runs_our_container_kernelspec(need_docker, t
     kernels = tmp_path / "share" / "jupyter" / "kernels"
     shutil.copytree(os.path.join(bundled_kernelspec_dir(), "python3"), kernels / "python3-docker")
     port = free_port()
-    gateway_id = "kge-test-plain-js"
+    gateway_id = new_gateway_id("plain-js-")
     env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter"), "KGE_GATEWAY_ID": gateway_id}
     log = open(tmp_path / "js.log", "w")
     proc = subprocess.Popen(

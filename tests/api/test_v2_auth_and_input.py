@@ -2,7 +2,6 @@
 (Positive paths and signature compatibility are proven by the real clients in tests/clients.)"""
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone

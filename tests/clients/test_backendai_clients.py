@@ -3,6 +3,7 @@
 with real containers."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import docker
@@ -255,8 +256,31 @@ def test_exec_timeout_interrupts_and_kernel_stays_usable(process_gateway: Proces
     text = "".join(i[1] for r in out["runs"] for i in r["console"])
     assert last["status"] == "finished" and last["exitCode"] == 1
     assert "timed out" in text and "KeyboardInterrupt" in text
+    logs = [json.loads(i[1]) for r in out["runs"] for i in r["console"] if i[0] == "log"]
+    assert logs and logs[0]["levelname"] == "WARNING" and "execTimeout" in logs[0]["msg"]
     assert out["after"]["console"] == [["stdout", "still here\n"]]
     assert out["info"]["memoryLimit"] == 262144 and out["info"]["queryTimeout"] == 2000
+
+
+def test_console_media_and_html(process_gateway: ProcessGateway, alice: Keys) -> None:
+    out = run_py("bai-1.1.11", """
+        import json
+        from ai.backend.client.kernel import Kernel
+        k = Kernel.get_or_create('python3', client_token='media-111')
+        r = k.execute(code=(
+            "import base64\\n"
+            "from IPython.display import display, HTML, Image\\n"
+            "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\\n"
+            "display(Image(data=png))\\n"
+            "display(HTML('<b>bold</b>'))\\n"
+            "print('text')"), mode='query')
+        k.destroy()
+        print(json.dumps(r))
+    """, process_gateway.url, alice)
+    kinds = [item[0] for item in out["console"]]
+    assert kinds == ["media", "html", "stdout"], out
+    assert out["console"][0][1][0] == "image/png" and out["console"][0][1][1].startswith("iVBORw0KGgo")
+    assert out["console"][1][1] == "<b>bold</b>"
 
 
 def test_406_over_hard_limits_starts_nothing(process_gateway: ProcessGateway, alice: Keys) -> None:
