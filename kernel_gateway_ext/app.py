@@ -21,11 +21,13 @@ from traitlets.config import Application, catch_config_error
 from ._version import __version__
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
+from .api.skaha import handlers as sk
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
 from .folders import FolderManager
+from .sessions import SessionManager
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
@@ -101,6 +103,7 @@ class Gateway(Application):
 
     store = Instance(Store, allow_none=True)
     folders = Instance(FolderManager, allow_none=True)
+    sessions = Instance(SessionManager, allow_none=True)
     keypairs = Instance(KeyPairs, allow_none=True)
     kernel_manager = Instance(GatewayKernelManager, allow_none=True)
     kernel_spec_manager = Instance(GatewayKernelSpecManager, allow_none=True)
@@ -108,7 +111,7 @@ class Gateway(Application):
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, GatewayKernelManager, GatewayKernelSpecManager,
+        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, SessionManager, GatewayKernelManager, GatewayKernelSpecManager,
                 DockerProvisioner, DockerEngine]
 
     def __init__(self, **kwargs: Any) -> None:
@@ -136,6 +139,7 @@ class Gateway(Application):
         self.store = Store(parent=self, log=self.log)
         self.keypairs = KeyPairs(parent=self, log=self.log, store=self.store)
         self.folders = FolderManager(parent=self, log=self.log, store=self.store)
+        self.sessions = SessionManager(parent=self, log=self.log, store=self.store, folders=self.folders)
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
         self.kernel_manager = self.kernel_manager_class(
@@ -168,6 +172,12 @@ class Gateway(Application):
             (rf"{b}v2/folders/{V2_FOLDER}/files", v2folders.FolderFilesHandler),
             (rf"{b}v2/admin/graphql", v2admin.GraphQLHandler),
             (rf"{b}v2/stream/kernel/{V2_ID}/pty", v2stream.PtyHandler),
+            # Skaha sessions (v0: skaha 1.7, v1: canfar 1.5)
+            (rf"{b}skaha/(?P<what>availability|capabilities)", sk.VosiHandler),
+            (rf"{b}skaha/{sk.VERSION}/session/?", sk.SessionsHandler),
+            (rf"{b}skaha/{sk.VERSION}/session/{sk.SESSION_ID}/?", sk.SessionHandler),
+            (rf"{b}skaha/{sk.VERSION}/image/?", sk.ImagesHandler),
+            (rf"{b}skaha/{sk.VERSION}/context/?", sk.ContextHandler),
         ]
         return web.Application(
             routes,  # type: ignore[arg-type]
@@ -254,6 +264,8 @@ class Gateway(Application):
             self._forget_kernel_bridges(kernel_id)
         if self.kernel_manager is not None:
             await self.kernel_manager.shutdown_everything()
+        if self.sessions is not None and self.docker_available:
+            await self.sessions.shutdown()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None

@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS keypairs (
     created REAL NOT NULL,
     revoked REAL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    data TEXT NOT NULL              -- the session record as JSON
+);
 CREATE TABLE IF NOT EXISTS folders (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,

@@ -1,0 +1,144 @@
+"""/skaha/v0|v1/session, image, context; /skaha/availability and /skaha/capabilities."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ...errors import BadRequest
+from ..base import BaseHandler
+
+SESSION_ID = r"(?P<session_id>[a-z0-9]{1,32})"
+VERSION = r"(?P<version>v0|v1)"
+
+
+class SkahaHandler(BaseHandler):
+    """Bearer-token auth (any X-Skaha-Authentication-Type); errors as short plain text."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        from ...errors import GatewayError
+
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            status_code, message = exc.status, exc.message
+            self.set_status(status_code)
+        else:
+            message = self._reason if status_code < 500 else "internal server error"
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(message + "\n")
+
+    def params(self) -> dict[str, list[str]]:
+        """Query string and form body alike (the clients send the query string)."""
+        return {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.arguments.items()}
+
+    @property
+    def sessions(self) -> Any:
+        return self.gateway.sessions
+
+
+class SessionsHandler(SkahaHandler):
+    async def get(self, version: str) -> None:
+        p = self.params()
+        view = (p.get("view") or [""])[-1]
+        if view == "all":
+            recs = self.sessions.list(None)
+            self.write_json([{"userid": r.owner, "type": r.type, "status": r.status,
+                              "startTime": (await self.sessions.model(r, ""))["startTime"]} for r in recs])
+            return
+        recs = self.sessions.list(self.identity.owner_filter(), (p.get("type") or [None])[-1],
+                                  (p.get("status") or [None])[-1])
+        if view == "stats":
+            all_recs = self.sessions.list(None)
+            running = [r for r in all_recs if r.status in ("Pending", "Running")]
+            self.write_json({
+                "instances": {"session": len(running), "desktopApp": 0,
+                              "headless": sum(1 for r in running if r.type == "headless"), "total": len(running)},
+                "cores": {"requestedCPUCores": sum(r.cores for r in running),
+                          "cpuCoresAvailable": self.sessions.host_cores()},
+                "ram": {"requestedRAM": f"{sum(r.ram for r in running)}G", "ramAvailable": f"{self.sessions.host_ram_gb()}G"},
+            })
+            return
+        models = await asyncio.gather(*(self.sessions.model(r, self.gateway.base_url) for r in recs))
+        self.write_json(list(models))
+
+    async def post(self, version: str) -> None:
+        rec = await self.sessions.create(self.identity.user, self.params())
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(rec.id + "\n")
+
+
+class SessionHandler(SkahaHandler):
+    async def get(self, version: str, session_id: str) -> None:
+        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        view = self.get_query_argument("view", "")
+        if view == "logs":
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(await self.sessions.logs(rec))
+        elif view == "events":
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(self.sessions.events_table(rec))
+        else:
+            self.write_json(await self.sessions.model(rec, self.gateway.base_url))
+
+    async def post(self, version: str, session_id: str) -> None:
+        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        action = self.get_argument("action", "")
+        if action != "renew":
+            raise BadRequest(f"unknown action {action!r}; supported: renew")
+        await self.sessions.renew(rec)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(rec.id + "\n")
+
+    async def delete(self, version: str, session_id: str) -> None:
+        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        await self.sessions.delete(rec)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish("")
+
+
+class ImagesHandler(SkahaHandler):
+    async def get(self, version: str) -> None:
+        kind = self.get_query_argument("type", None)
+        self.write_json(await self.sessions.catalogue(kind))
+
+
+class ContextHandler(SkahaHandler):
+    def get(self, version: str) -> None:
+        self.write_json(self.sessions.context())
+
+
+AVAILABILITY = """<?xml version="1.0" encoding="UTF-8"?>
+<vosi:availability xmlns:vosi="http://www.ivoa.net/xml/VOSIAvailability/v1.0">
+  <vosi:available>true</vosi:available>
+  <vosi:note>kernel_gateway_ext skaha sessions are accepting requests</vosi:note>
+</vosi:availability>
+"""
+
+CAPABILITIES = """<?xml version="1.0" encoding="UTF-8"?>
+<vosi:capabilities xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0"
+    xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <capability standardID="ivo://ivoa.net/std/VOSI#capabilities">
+    <interface xsi:type="vs:ParamHTTP" role="std"><accessURL use="full">{base}skaha/capabilities</accessURL></interface>
+  </capability>
+  <capability standardID="ivo://ivoa.net/std/VOSI#availability">
+    <interface xsi:type="vs:ParamHTTP" role="std"><accessURL use="full">{base}skaha/availability</accessURL></interface>
+  </capability>
+  <capability standardID="vos://cadc.nrc.ca~vospace/CADC/std/Proc#sessions-1.0">
+    <interface xsi:type="vs:ParamHTTP" role="std" version="1.0"><accessURL use="base">{base}skaha/v1</accessURL></interface>
+  </capability>
+  <capability standardID="vos://cadc.nrc.ca~vospace/CADC/std/Proc#sessions-0.1">
+    <interface xsi:type="vs:ParamHTTP" role="std" version="0.1"><accessURL use="base">{base}skaha/v0</accessURL></interface>
+  </capability>
+</vosi:capabilities>
+"""
+
+
+class VosiHandler(BaseHandler):
+    auth_required = False
+
+    def get(self, what: str) -> None:
+        self.set_header("Content-Type", "text/xml; charset=utf-8")
+        base = f"{self.request.protocol}://{self.request.host}{self.gateway.base_url}"
+        self.finish((AVAILABILITY if what == "availability" else CAPABILITIES).replace("{base}", base))
+
+
+

@@ -1,0 +1,401 @@
+"""Skaha-style sessions: headless containers with requested cores and RAM, the owner's folders
+mounted, status from Docker events, an events table, logs, and expiry (timers, no polling)."""
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import re
+import secrets
+import shlex
+import string
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import docker.errors
+import docker.types
+from traitlets import Dict, Float, Instance, Int, List, Unicode
+
+from ..config import EnvConfigurable, env
+from ..errors import BadRequest, EngineUnavailable, NotFound
+from ..folders import FolderManager
+from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
+from ..store import Store
+
+LABEL_SESSION_ID = "org.kge.session.id"
+LABEL_SESSION_TYPES = "org.kge.session-types"
+KINDS = ("headless", "notebook", "desktop", "carta", "firefly", "contributed", "desktop-app")
+STATUS_ALIASES = {"completed": "Succeeded", "succeeded": "Succeeded", "failed": "Error", "error": "Error",
+                  "pending": "Pending", "running": "Running", "terminating": "Terminating"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    owner: str
+    name: str
+    type: str
+    image: str
+    local_image: str
+    cores: int
+    ram: int
+    gpus: int
+    cmd: str | None
+    args: str | None
+    env: dict[str, str]
+    created: float
+    expiry: float
+    status: str = "Pending"
+    container_id: str | None = None
+    start_time: float | None = None
+    exit_code: int | None = None
+    events: list[list[Any]] = field(default_factory=list)  # [type, reason, message, first, last]
+
+    def event(self, kind: str, reason: str, message: str) -> None:
+        now = time.time()
+        last = self.events[-1] if self.events else None
+        if last and last[0] == kind and last[1] == reason and last[2] == message:
+            last[4] = now
+        else:
+            self.events.append([kind, reason, message, now, now])
+
+
+class SessionManager(EnvConfigurable):
+    store = Instance(Store)
+    folders = Instance(FolderManager)
+    core_options = env(List(Int(), [1, 2, 4, 8, 16], help="Cores a session may ask for (capped by the host)."),
+                       "KGE_SESSION_CORE_OPTIONS")
+    ram_options = env(List(Int(), [1, 2, 4, 8, 16, 32, 64], help="RAM (GB) a session may ask for (capped by the host)."),
+                      "KGE_SESSION_RAM_OPTIONS")
+    default_cores = Int(1, help="Cores of a session that asks for none.").tag(config=True)
+    default_ram = Int(4, help="RAM (GB) of a session that asks for none.").tag(config=True)
+    max_gpus = env(Int(0, help="Most GPUs a session may ask for (0: this host offers none)."), "KGE_SESSION_MAX_GPUS")
+    lifetimes = Dict(
+        {"headless": 24 * 3600.0, "notebook": 4 * 24 * 3600.0},
+        help="Seconds a session of each kind lives (renew pushes expiryTime forward by as much).",
+    ).tag(config=True)
+    default_lifetime = env(Float(24 * 3600.0, help="Lifetime of kinds not in `lifetimes`."), "KGE_SESSION_LIFETIME")
+    image_map = Dict(
+        {"images.canfar.net/skaha/terminal:*": "kge-kernel:latest",
+         "images.canfar.net/chimefrb/testing:*": "kge-kernel:latest",
+         "images.canfar.net/skaha/base:*": "kge-kernel:latest",
+         "docker.io/library/python:*": "kge-kernel:latest",
+         "python:*": "kge-kernel:latest",
+         "kge-kernel:latest": "kge-kernel:latest"},
+        help="Image names clients send (glob patterns) -> local images.",
+    ).tag(config=True)
+    user = Unicode("1000:1000", help="uid:gid session containers run as.").tag(config=True)
+    pids_limit = Int(1024, help="Process limit of a session container.").tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.records: dict[str, SessionRecord] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def engine(self) -> DockerEngine:
+        return DockerEngine.instance()
+
+    # ---- what may be asked for ----------------------------------------------------------------
+    def host_cores(self) -> int:
+        return os.cpu_count() or 1
+
+    def host_ram_gb(self) -> int:
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+        except (ValueError, OSError):
+            return max(self.ram_options)
+
+    def allowed_cores(self) -> list[int]:
+        return [c for c in self.core_options if c <= self.host_cores()] or [1]
+
+    def allowed_ram(self) -> list[int]:
+        return [r for r in self.ram_options if r <= self.host_ram_gb()] or [1]
+
+    def context(self) -> dict[str, Any]:
+        cores, ram = self.allowed_cores(), self.allowed_ram()
+        default_cores = self.default_cores if self.default_cores in cores else cores[0]
+        default_ram = self.default_ram if self.default_ram in ram else ram[0]
+        return {
+            "cores": {"default": default_cores, "defaultRequest": default_cores, "defaultLimit": max(cores),
+                      "defaultHeadless": default_cores, "options": cores},
+            "memoryGB": {"default": default_ram, "defaultRequest": default_ram, "defaultLimit": max(ram),
+                         "defaultHeadless": default_ram, "options": ram},
+            "gpus": {"options": list(range(1, self.max_gpus + 1))},
+            "maxInteractiveSessions": 3,
+        }
+
+    async def local_images(self) -> dict[str, dict[str, Any]]:
+        """Local images built for sessions (labelled by docker/): tag -> {types, digest}."""
+        images = await self.engine.run(lambda: self.engine.client.images.list(filters={"label": "org.kge.image"}))
+        out: dict[str, dict[str, Any]] = {}
+        for img in images:
+            types = [t for t in (img.labels.get(LABEL_SESSION_TYPES) or "").split(",") if t]
+            for tag in img.tags:
+                out[tag] = {"types": types, "digest": img.id}
+        return out
+
+    async def catalogue(self, kind: str | None = None) -> list[dict[str, Any]]:
+        local = await self.local_images()
+        items = []
+        for name, target in sorted(self.image_map.items()):
+            if target not in local:
+                continue
+            shown = name.replace(":*", ":latest").replace("*", "latest")
+            items.append({"id": shown, "types": local[target]["types"], "digest": local[target]["digest"]})
+        if kind:
+            items = [i for i in items if kind in i["types"]]
+        return items
+
+    async def resolve_image(self, name: str, kind: str) -> str:
+        local = await self.local_images()
+        for pattern, target in self.image_map.items():
+            if fnmatch.fnmatchcase(name, pattern) and target in local:
+                if kind not in local[target]["types"]:
+                    raise BadRequest(f"image {name!r} cannot run {kind} sessions; it supports {', '.join(local[target]['types'])}")
+                return target
+        known = ", ".join(i["id"] for i in await self.catalogue()) or "none"
+        raise BadRequest(f"unknown image {name!r}; this gateway runs: {known}")
+
+    # ---- create -------------------------------------------------------------------------------
+    async def create(self, owner: str, params: dict[str, list[str]]) -> SessionRecord:
+        def one(key: str, default: str | None = None) -> str | None:
+            values = params.get(key)
+            return values[-1] if values else default
+
+        kind = (one("type") or "headless").lower()
+        if kind not in KINDS:
+            raise BadRequest(f"unknown session type {kind!r}; one of {', '.join(KINDS)}")
+        if kind != "headless":
+            raise BadRequest(f"{kind} sessions are not offered by this gateway (no image with a {kind} server); "
+                             "headless sessions are")
+        name = one("name") or ""
+        if not NAME_RE.match(name):
+            raise BadRequest("'name' is required: 1-64 letters, digits, - and _")
+        image = one("image") or ""
+        if not image:
+            raise BadRequest("'image' is required")
+        cores = self._int(one("cores"), "cores", self.allowed_cores(), self.default_cores)
+        ram = self._int(one("ram"), "ram", self.allowed_ram(), self.default_ram)
+        gpus = self._int(one("gpus"), "gpus", list(range(0, self.max_gpus + 1)), 0)
+        env_: dict[str, str] = {}
+        for item in params.get("env", []):
+            key, sep, value = item.partition("=")
+            if not sep or not ENV_NAME_RE.match(key):
+                raise BadRequest(f"malformed env {item!r}: expected NAME=VALUE")
+            env_[key] = value
+        cmd, args = one("cmd"), one("args")
+        if args is not None:
+            try:
+                shlex.split(args)
+            except ValueError as e:
+                raise BadRequest(f"malformed args: {e}") from e
+        local_image = await self.resolve_image(image, kind)
+        now = time.time()
+        rec = SessionRecord(
+            id="".join(secrets.choice(ID_ALPHABET) for _ in range(8)), owner=owner, name=name, type=kind,
+            image=image, local_image=local_image, cores=cores, ram=ram, gpus=gpus, cmd=cmd, args=args, env=env_,
+            created=now, expiry=now + self.lifetime(kind),
+        )
+        rec.event("Normal", "Created", f"session {rec.name} created from {image}")
+        self.records[rec.id] = rec
+        await self._save(rec)
+        self._schedule_expiry(rec)
+        task = asyncio.ensure_future(self._start(rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return rec
+
+    def _int(self, raw: str | None, what: str, allowed: list[int], default: int) -> int:
+        if raw is None or raw == "":
+            return default if default in allowed or what == "gpus" else allowed[0]
+        try:
+            value = int(raw)
+        except ValueError as e:
+            raise BadRequest(f"{what} must be an integer; allowed: {allowed}") from e
+        if value not in allowed and not (what == "gpus" and value == 0):
+            raise BadRequest(f"{what}={value} is not offered; allowed: {allowed}")
+        return value
+
+    def lifetime(self, kind: str) -> float:
+        return float(self.lifetimes.get(kind, self.default_lifetime))
+
+    async def _start(self, rec: SessionRecord) -> None:
+        engine = self.engine
+        try:
+            mounts = []
+            for folder in await self.folders.list(rec.owner):
+                mounts.append(docker.types.Mount(target=f"/home/work/{folder['name']}",
+                                                 source=str(self.folders.path_of(folder["id"])), type="bind"))
+            command = [rec.cmd, *shlex.split(rec.args or "")] if rec.cmd else None
+            env_ = {**rec.env, "HOME": "/home/work", "SKAHA_SESSION_ID": rec.id, "SKAHA_SESSION_NAME": rec.name}
+
+            def create() -> dict[str, Any]:
+                api = engine.client.api
+                host_config = api.create_host_config(
+                    mem_limit=rec.ram * 2**30, memswap_limit=rec.ram * 2**30, nano_cpus=rec.cores * 10**9,
+                    pids_limit=self.pids_limit, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
+                    mounts=mounts or None,
+                    device_requests=[docker.types.DeviceRequest(count=rec.gpus, capabilities=[["gpu"]])] if rec.gpus else None,
+                )
+                return api.create_container(
+                    image=rec.local_image, command=command, environment=env_, user=self.user, working_dir="/home/work",
+                    hostname=f"session-{rec.id}", detach=True, host_config=host_config,
+                    labels={LABEL_MANAGED: "true", LABEL_GATEWAY: engine.gateway_id, LABEL_KIND: "session",
+                            LABEL_SESSION_ID: rec.id, LABEL_OWNER: rec.owner},
+                )
+
+            created = await engine.run(create)
+            if rec.status == "Terminating" or rec.id not in self.records:
+                await engine.remove(created["Id"])
+                return
+            rec.container_id = created["Id"]
+            engine.subscribe(rec.container_id, lambda ev, r=rec: self._on_event(r, ev))
+            await engine.api("start", rec.container_id)
+        except (docker.errors.APIError, EngineUnavailable) as e:
+            rec.status = "Error"
+            rec.event("Warning", "Failed", f"the container could not start: {getattr(e, 'explanation', None) or e}")
+            if rec.container_id:
+                await engine.remove(rec.container_id)
+                rec.container_id = None
+        await self._save(rec)
+
+    def _on_event(self, rec: SessionRecord, event: dict[str, Any]) -> None:
+        action = event.get("Action") or event.get("status") or ""
+        if rec.status == "Terminating":
+            return
+        if action == "start":
+            rec.status, rec.start_time = "Running", time.time()
+            rec.event("Normal", "Started", "container started")
+        elif action == "oom":
+            rec.event("Warning", "OOMKilled", f"out of memory (limit {rec.ram}G)")
+        elif action == "die":
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            code = int(attrs.get("exitCode", "-1") or -1)
+            rec.exit_code = code
+            rec.status = "Succeeded" if code == 0 else "Error"
+            rec.event("Normal" if code == 0 else "Warning", "Exited", f"exited with code {code}")
+        else:
+            return
+        asyncio.ensure_future(self._save(rec))
+
+    # ---- read ---------------------------------------------------------------------------------
+    def get(self, session_id: str, owner: str | None) -> SessionRecord:
+        rec = self.records.get(session_id)
+        if rec is None or (owner is not None and rec.owner != owner):
+            raise NotFound(f"session {session_id!r} not found")
+        return rec
+
+    def list(self, owner: str | None, kind: str | None = None, status: str | None = None) -> list[SessionRecord]:
+        want = STATUS_ALIASES.get(status.lower(), status) if status else None
+        return [r for r in self.records.values()
+                if (owner is None or r.owner == owner) and (not kind or r.type == kind) and (not want or r.status == want)]
+
+    async def usage(self, rec: SessionRecord) -> tuple[str, str]:
+        """Live RAM and CPU in use, from the container's stats."""
+        if rec.status != "Running" or rec.container_id is None:
+            return "<none>", "<none>"
+        try:
+            raw = await self.engine.api("stats", rec.container_id, stream=False, one_shot=True)
+        except docker.errors.APIError:
+            return "<none>", "<none>"
+        mem = raw.get("memory_stats") or {}
+        used = max(0, int(mem.get("usage", 0)) - int((mem.get("stats") or {}).get("cache", 0)))
+        cpu = raw.get("cpu_stats") or {}
+        pre = raw.get("precpu_stats") or {}
+        delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+        sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        cores = (delta / sys_delta) * (cpu.get("online_cpus") or self.host_cores()) if sys_delta > 0 else 0.0
+        return f"{used / 2**30:.3f}G", f"{cores:.3f}"
+
+    async def model(self, rec: SessionRecord, base_url: str) -> dict[str, Any]:
+        ram_in_use, cores_in_use = await self.usage(rec)
+        uid, _, gid = self.user.partition(":")
+        return {
+            "id": rec.id, "userid": rec.owner, "runAsUID": uid, "runAsGID": gid or uid, "supplementalGroups": [],
+            "appid": "<none>", "image": rec.image, "type": rec.type, "status": rec.status, "name": rec.name,
+            "startTime": iso(rec.start_time or rec.created), "expiryTime": iso(rec.expiry),
+            "connectURL": "not-applicable", "requestedRAM": f"{rec.ram}G", "requestedCPUCores": str(rec.cores),
+            "requestedGPUCores": str(rec.gpus) if rec.gpus else "<none>", "ramInUse": ram_in_use,
+            "gpuRAMInUse": "<none>", "cpuCoresInUse": cores_in_use, "gpuUtilization": "<none>",
+            "isFixedResources": True,
+        }
+
+    async def logs(self, rec: SessionRecord) -> str:
+        if rec.container_id is None:
+            return ""
+        try:
+            raw = await self.engine.api("logs", rec.container_id, stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode(errors="replace")
+
+    def events_table(self, rec: SessionRecord) -> str:
+        rows = [["TYPE", "REASON", "MESSAGE", "FIRST-TIME", "LAST-TIME"]]
+        rows += [[k, r, m.replace("\n", " "), iso(f) or "", iso(l) or ""] for k, r, m, f, l in rec.events]
+        if len(rows) == 1:
+            return "<none>\n"
+        widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+        return "".join("   ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+
+    # ---- change -------------------------------------------------------------------------------
+    async def renew(self, rec: SessionRecord) -> None:
+        rec.expiry = time.time() + self.lifetime(rec.type)
+        rec.event("Normal", "Renewed", f"expires {iso(rec.expiry)}")
+        self._schedule_expiry(rec)
+        await self._save(rec)
+
+    async def delete(self, rec: SessionRecord, reason: str = "deleted") -> None:
+        rec.status = "Terminating"
+        timer = self._timers.pop(rec.id, None)
+        if timer is not None:
+            timer.cancel()
+        if rec.container_id is not None:
+            self.engine.unsubscribe(rec.container_id)
+            await self.engine.remove(rec.container_id)
+        self.records.pop(rec.id, None)
+        await self.store.run(lambda c: c.execute("DELETE FROM sessions WHERE id = ?", (rec.id,)))
+        self.log.info("Session %s %s", rec.id, reason)
+
+    def _schedule_expiry(self, rec: SessionRecord) -> None:
+        old = self._timers.pop(rec.id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, rec.expiry - time.time())
+        self._timers[rec.id] = loop.call_later(delay, lambda: asyncio.ensure_future(self._expire(rec.id)))
+
+    async def _expire(self, session_id: str) -> None:
+        rec = self.records.get(session_id)
+        if rec is not None and rec.expiry <= time.time() + 0.5:
+            await self.delete(rec, "expired")
+
+    async def _save(self, rec: SessionRecord) -> None:
+        if rec.id not in self.records:
+            return
+        data = json.dumps(asdict(rec))
+        await self.store.run(lambda c: c.execute(
+            "INSERT INTO sessions (id, owner, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            (rec.id, rec.owner, data)))
+
+    async def shutdown(self) -> None:
+        """Gateway exit: every session container goes (nothing may stay behind)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for rec in list(self.records.values()):
+            try:
+                await self.delete(rec, "stopped with the gateway")
+            except Exception as e:  # noqa: BLE001 - best effort for each
+                self.log.warning("Session %s: cleanup incomplete: %s", rec.id, e)
