@@ -56,7 +56,19 @@ _client_venv() {  # _client_venv NAME "PACKAGE==VER" "EXTRA DEPS"
   echo "$want" > "$dir/.kge-installed"
 }
 
+_client_venv_with_deps() {  # _client_venv_with_deps NAME "REQUIREMENTS..." (a normal install)
+  local dir="$KGE_CLIENT_VENVS/$1" want="$2"
+  if [ "$(cat "$dir/.kge-installed" 2>/dev/null)" = "$want" ]; then return 0; fi
+  say "installing $2 into $dir"
+  rm -rf "$dir" && python3 -m venv "$dir"
+  # shellcheck disable=SC2086
+  "$dir/bin/pip" install -q --disable-pip-version-check $2 2>&1 | grep -v "WARNING: Location" >&2 || true
+  echo "$want" > "$dir/.kge-installed"
+}
+
 ensure_client_venvs() {
+  _client_venv_with_deps skaha-1.7.0 "skaha==1.7.0"
+  _client_venv_with_deps canfar-1.5.2 "canfar==1.5.2 typer==0.27.2"
   _client_venv bai-1.1.11 "backend.ai-client==1.1.11" "$V2_CLIENT_DEPS"
   _client_venv bai-1.4.2 "backend.ai-client==1.4.2" "$V2_CLIENT_DEPS tqdm aiohttp==3.9.5 yarl==1.9.4"
   _client_venv sorna-0.9.8 "sorna-client==0.9.8" "$V2_CLIENT_DEPS simplejson"

@@ -394,6 +394,8 @@ class SessionManager(EnvConfigurable):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        # Starts in flight create containers: let them land first, so none is created after.
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for rec in list(self.records.values()):
             try:
                 await self.delete(rec, "stopped with the gateway")

@@ -53,7 +53,7 @@ def client_env(url: str, keys: Keys, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_py(client: str, code: str, url: str, keys: Keys, timeout: float = 180, **extra: str) -> Any:
+def run_py(client: str, code: str, url: str, keys: Keys, timeout: float = 180, **extra: str) -> Any:  # noqa: D401
     """Run `code` with the client's Python; it prints one JSON document, which is returned."""
     proc = subprocess.run([str(venv(client) / "bin" / "python"), "-c", textwrap.dedent(code)],
                           capture_output=True, text=True, timeout=timeout, env=client_env(url, keys, **extra))
@@ -67,4 +67,14 @@ def run_cli(args: list[str], url: str, keys: Keys, timeout: float = 180, check: 
                           timeout=timeout, env=client_env(url, keys), cwd=cwd)
     if check:
         assert proc.returncode == 0, f"backend.ai {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def run_canfar(args: list[str], url: str, keys: Keys, home: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The canfar CLI, configured by CANFAR_URL / CANFAR_TOKEN, with its own HOME."""
+    env = client_env(url, keys, CANFAR_URL=url.rstrip("/") + "/skaha/v1", CANFAR_TOKEN=keys.token, HOME=home,
+                     COLUMNS="200", NO_COLOR="1")
+    proc = subprocess.run([str(venv("canfar-1.5.2") / "bin" / "canfar"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, f"canfar {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
