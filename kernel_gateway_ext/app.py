@@ -21,7 +21,7 @@ from traitlets.config import Application, catch_config_error
 from ._version import __version__
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
-from .api.skaha import handlers as sk
+from .api.skaha import handlers as sk, proxy as skproxy
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
 from .auth.keypairs import KeyPairs
@@ -139,7 +139,8 @@ class Gateway(Application):
         self.store = Store(parent=self, log=self.log)
         self.keypairs = KeyPairs(parent=self, log=self.log, store=self.store)
         self.folders = FolderManager(parent=self, log=self.log, store=self.store)
-        self.sessions = SessionManager(parent=self, log=self.log, store=self.store, folders=self.folders)
+        self.sessions = SessionManager(parent=self, log=self.log, store=self.store, folders=self.folders,
+                                       keypairs=self.keypairs, base_url=self.base_url)
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
         self.kernel_manager = self.kernel_manager_class(
@@ -178,6 +179,8 @@ class Gateway(Application):
             (rf"{b}skaha/{sk.VERSION}/session/{sk.SESSION_ID}/?", sk.SessionHandler),
             (rf"{b}skaha/{sk.VERSION}/image/?", sk.ImagesHandler),
             (rf"{b}skaha/{sk.VERSION}/context/?", sk.ContextHandler),
+            (rf"{b}skaha/session/{sk.SESSION_ID}/{skproxy.WS_PATHS}", skproxy.NotebookWebSocketProxy),
+            (rf"{b}skaha/session/{sk.SESSION_ID}/(?P<path>.*)", skproxy.NotebookProxyHandler),
         ]
         return web.Application(
             routes,  # type: ignore[arg-type]
@@ -186,6 +189,7 @@ class Gateway(Application):
             websocket_ping_interval=30,
             websocket_max_message_size=64 * 1024 * 1024,
             log_function=self._log_request,
+            cookie_secret=self.keypairs._secret("tornado-cookies", "kge"),
         )
 
     def _log_request(self, handler: web.RequestHandler) -> None:

@@ -20,6 +20,7 @@ from ..config import apply_env, env
 
 BASE_LOCAL = "kge-base:bookworm"
 KERNEL_IMAGE = "kge-kernel:latest"
+NOTEBOOK_IMAGE = "kge-notebook:latest"
 BASH_KERNEL_WHEEL = "bash_kernel==0.10.0"
 CONTEXT_LABEL = "org.kge.context-hash"
 
@@ -63,6 +64,9 @@ class BuildImagesApp(Application):
             self.ensure_local_base(client, root)
         self.ensure_wheels(root / "kernel" / "wheels")
         self.build(client, root / "kernel", self.tag, base)
+        # The notebook-session image is built on the kernel image: rebuilt whenever that changes.
+        self.build(client, root / "notebook", NOTEBOOK_IMAGE, self.tag,
+                   extra=client.images.get(self.tag).id)
 
     def exists(self, client: Any, tag: str) -> Any:
         import docker.errors
@@ -91,8 +95,8 @@ class BuildImagesApp(Application):
             check=True,
         )
 
-    def build(self, client: Any, context: Path, tag: str, base: str) -> None:
-        digest = context_hash(context, base)
+    def build(self, client: Any, context: Path, tag: str, base: str, extra: str = "") -> None:
+        digest = context_hash(context, base + extra)
         image = self.exists(client, tag)
         if image is not None and not self.force and image.labels.get(CONTEXT_LABEL) == digest:
             print(f"build-images: {tag} is up to date", flush=True)

@@ -33,6 +33,10 @@ STATUS_ALIASES = {"completed": "Succeeded", "succeeded": "Succeeded", "failed": 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ID_ALPHABET = string.ascii_lowercase + string.digits
+NOTEBOOK_PORT = 8888
+NOTEBOOK_CMD = ["python3", "-m", "jupyter_server", "--config=/run/kge/jupyter_server_config.json",
+                "--ServerApp.ip=0.0.0.0", f"--ServerApp.port={NOTEBOOK_PORT}", "--ServerApp.open_browser=False",
+                "--ServerApp.allow_remote_access=True", "--ServerApp.root_dir=/home/work"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -59,6 +63,7 @@ class SessionRecord:
     container_id: str | None = None
     start_time: float | None = None
     exit_code: int | None = None
+    ip: str | None = None  # the container's address (notebook sessions are proxied to it)
     events: list[list[Any]] = field(default_factory=list)  # [type, reason, message, first, last]
 
     def event(self, kind: str, reason: str, message: str) -> None:
@@ -73,6 +78,7 @@ class SessionRecord:
 class SessionManager(EnvConfigurable):
     store = Instance(Store)
     folders = Instance(FolderManager)
+    keypairs = Instance("kernel_gateway_ext.auth.keypairs.KeyPairs")
     core_options = env(List(Int(), [1, 2, 4, 8, 16], help="Cores a session may ask for (capped by the host)."),
                        "KGE_SESSION_CORE_OPTIONS")
     ram_options = env(List(Int(), [1, 2, 4, 8, 16, 32, 64], help="RAM (GB) a session may ask for (capped by the host)."),
@@ -91,10 +97,14 @@ class SessionManager(EnvConfigurable):
          "images.canfar.net/skaha/base:*": "kge-kernel:latest",
          "docker.io/library/python:*": "kge-kernel:latest",
          "python:*": "kge-kernel:latest",
-         "kge-kernel:latest": "kge-kernel:latest"},
+         "kge-kernel:latest": "kge-kernel:latest",
+         "images.canfar.net/skaha/notebook:*": "kge-notebook:latest",
+         "images.canfar.net/skaha/jupyter:*": "kge-notebook:latest",
+         "kge-notebook:latest": "kge-notebook:latest"},
         help="Image names clients send (glob patterns) -> local images.",
     ).tag(config=True)
     user = Unicode("1000:1000", help="uid:gid session containers run as.").tag(config=True)
+    base_url = Unicode("/", help="The gateway's URL prefix (set by the app).")
     pids_limit = Int(1024, help="Process limit of a session container.").tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -177,9 +187,9 @@ class SessionManager(EnvConfigurable):
         kind = (one("type") or "headless").lower()
         if kind not in KINDS:
             raise BadRequest(f"unknown session type {kind!r}; one of {', '.join(KINDS)}")
-        if kind != "headless":
+        if kind not in ("headless", "notebook"):
             raise BadRequest(f"{kind} sessions are not offered by this gateway (no image with a {kind} server); "
-                             "headless sessions are")
+                             "headless and notebook sessions are")
         name = one("name") or ""
         if not NAME_RE.match(name):
             raise BadRequest("'name' is required: 1-64 letters, digits, - and _")
@@ -228,6 +238,26 @@ class SessionManager(EnvConfigurable):
             raise BadRequest(f"{what}={value} is not offered; allowed: {allowed}")
         return value
 
+    def notebook_path(self, session_id: str) -> str:
+        return f"{self.base_url}skaha/session/{session_id}/"
+
+    def notebook_token(self, session_id: str) -> str:
+        """The session's Jupyter server token: derived from the master key, never stored."""
+        return self.keypairs._secret(f"notebook-{session_id}", "jupyter-server")
+
+    def _notebook_config(self, rec: SessionRecord) -> bytes:
+        import io
+        import tarfile
+
+        data = json.dumps({"ServerApp": {"token": self.notebook_token(rec.id)}}).encode()
+        uid, _, gid = self.user.partition(":")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            ti = tarfile.TarInfo("jupyter_server_config.json")
+            ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(data), 0o400, int(time.time()), int(uid), int(gid or uid)
+            tar.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+
     def lifetime(self, kind: str) -> float:
         return float(self.lifetimes.get(kind, self.default_lifetime))
 
@@ -239,6 +269,8 @@ class SessionManager(EnvConfigurable):
                 mounts.append(docker.types.Mount(target=f"/home/work/{folder['name']}",
                                                  source=str(self.folders.path_of(folder["id"])), type="bind"))
             command = [rec.cmd, *shlex.split(rec.args or "")] if rec.cmd else None
+            if rec.type == "notebook":
+                command = NOTEBOOK_CMD + [f"--ServerApp.base_url={self.notebook_path(rec.id)}"]
             env_ = {**rec.env, "HOME": "/home/work", "SKAHA_SESSION_ID": rec.id, "SKAHA_SESSION_NAME": rec.name}
 
             def create() -> dict[str, Any]:
@@ -262,7 +294,13 @@ class SessionManager(EnvConfigurable):
                 return
             rec.container_id = created["Id"]
             engine.subscribe(rec.container_id, lambda ev, r=rec: self._on_event(r, ev))
+            if rec.type == "notebook":
+                # The server's token as a file only its user reads: never in env or inspect.
+                await engine.api("put_archive", rec.container_id, "/run/kge", self._notebook_config(rec))
             await engine.api("start", rec.container_id)
+            info = await engine.api("inspect_container", rec.container_id)
+            nets = info.get("NetworkSettings", {}).get("Networks") or {}
+            rec.ip = next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), None)
         except (docker.errors.APIError, EngineUnavailable) as e:
             rec.status = "Error"
             rec.event("Warning", "Failed", f"the container could not start: {getattr(e, 'explanation', None) or e}")
@@ -319,14 +357,16 @@ class SessionManager(EnvConfigurable):
         cores = (delta / sys_delta) * (cpu.get("online_cpus") or self.host_cores()) if sys_delta > 0 else 0.0
         return f"{used / 2**30:.3f}G", f"{cores:.3f}"
 
-    async def model(self, rec: SessionRecord, base_url: str) -> dict[str, Any]:
+    async def model(self, rec: SessionRecord, external_base: str) -> dict[str, Any]:
+        """`external_base`: how the caller reaches the gateway, e.g. http://host:8888/."""
         ram_in_use, cores_in_use = await self.usage(rec)
         uid, _, gid = self.user.partition(":")
         return {
             "id": rec.id, "userid": rec.owner, "runAsUID": uid, "runAsGID": gid or uid, "supplementalGroups": [],
             "appid": "<none>", "image": rec.image, "type": rec.type, "status": rec.status, "name": rec.name,
             "startTime": iso(rec.start_time or rec.created), "expiryTime": iso(rec.expiry),
-            "connectURL": "not-applicable", "requestedRAM": f"{rec.ram}G", "requestedCPUCores": str(rec.cores),
+            "connectURL": (external_base.rstrip("/") + self.notebook_path(rec.id)) if rec.type == "notebook"
+            else "not-applicable", "requestedRAM": f"{rec.ram}G", "requestedCPUCores": str(rec.cores),
             "requestedGPUCores": str(rec.gpus) if rec.gpus else "<none>", "ramInUse": ram_in_use,
             "gpuRAMInUse": "<none>", "cpuCoresInUse": cores_in_use, "gpuUtilization": "<none>",
             "isFixedResources": True,

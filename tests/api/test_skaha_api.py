@@ -93,3 +93,52 @@ async def test_owners_folders_expiry_and_vosi(gateway, docker_client) -> None:
     unknown_view = await c.fetch("GET", f"/skaha/v0/session/{sid.strip()}?view=event", headers=ha, token=None)
     assert unknown_view.status == 200 and json.loads(unknown_view.body)["id"] == sid.strip()
     assert (await c.fetch("POST", f"/skaha/v0/session/{sid.strip()}?action=explode", headers=ha, token=None)).status == 400
+
+
+async def test_notebook_session_through_the_proxy(gateway, docker_client) -> None:
+    """A notebook session's connectURL opens a working Jupyter server: HTTP and a kernel
+    websocket through the gateway, authenticated as the owner."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    from tests.wsclient import KernelWS
+
+    owner, other = create_keys("nbo-" + uuid.uuid4().hex[:6]), create_keys("nbx-" + uuid.uuid4().hex[:6])
+    status, sid = await create(gateway, owner, name="nb", image="images.canfar.net/skaha/notebook:latest",
+                               type="notebook", cores="1", ram="2")
+    assert status == 200, sid
+    sid = sid.strip()
+    info = await wait_status(gateway, owner, sid, ("Running",))
+    url = info["connectURL"]
+    assert url.endswith(f"/skaha/session/{sid}/") and url.startswith("http://")
+    # the server's token is in no env and no label of the container
+    (container,) = docker_client.containers.list(filters={"label": f"org.kge.session.id={sid}"})
+    token = gateway.app.sessions.notebook_token(sid)
+    assert token not in str(container.attrs)
+    c = Client(url, None)
+    bearer = {"Authorization": f"Bearer {owner.token}"}
+    for _ in range(100):
+        r = await c.fetch("GET", "/api", headers=bearer, token=None)
+        if r.status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert r.status == 200 and "version" in r.json
+    assert (await c.fetch("GET", "/api", token=None)).status == 401
+    assert (await c.fetch("GET", "/api", headers={"Authorization": f"Bearer {other.token}"}, token=None)).status == 404
+    r = await c.fetch("POST", "/api/kernels", {"name": "python3"}, headers=bearer, token=None)
+    assert r.status == 201, r.body
+    ws = await KernelWS.connect(url, r.json["id"], owner.token)
+    out = await ws.execute("import os\nprint(os.getuid(), os.getcwd())")
+    assert ws.stdout(out) == "1000 /home/work\n"
+    ws.close()
+    # a browser visits with ?token= once and then rides on the signed cookie
+    first = await AsyncHTTPClient().fetch(url + f"api?token={owner.token}", raise_error=False)
+    cookie = first.headers.get("Set-Cookie", "").split(";")[0]
+    assert first.code == 200 and cookie.startswith("kge_user=")
+    again = await AsyncHTTPClient().fetch(HTTPRequest(url + "api/kernels", headers={"Cookie": cookie}), raise_error=False)
+    assert again.code == 200 and len(json.loads(again.body)) == 1
+    c2, h = skaha(gateway, owner)
+    assert (await c2.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=h, token=None)).status == 200
+    assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.session.id={sid}"})
+    # kinds no image serves are refused, not hung
+    status, body = await create(gateway, owner, name="desk", image=IMAGE, type="desktop")
+    assert status == 400 and "desktop" in body

@@ -97,7 +97,9 @@ print(json.dumps(dict(info=info, logs=logs, images=images.fetch(), headless=imag
     assert out["info"][0]["status"] == "Succeeded"
     assert list(out["logs"].values()) == ["from async\n"]
     assert "images.canfar.net/skaha/terminal:latest" in out["images"]
-    assert out["headless"] and out["notebook"] == []
+    assert "images.canfar.net/skaha/terminal:latest" in out["headless"]
+    assert "images.canfar.net/skaha/notebook:latest" in out["notebook"]
+    assert "images.canfar.net/skaha/terminal:latest" not in out["notebook"]  # no Jupyter server in it
     ctx = out["ctx"]
     assert ctx["cores"]["options"] and ctx["memoryGB"]["options"] and "maxInteractiveSessions" in ctx
 

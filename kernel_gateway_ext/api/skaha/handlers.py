@@ -34,6 +34,10 @@ class SkahaHandler(BaseHandler):
     def sessions(self) -> Any:
         return self.gateway.sessions
 
+    @property
+    def external_base(self) -> str:
+        return f"{self.request.protocol}://{self.request.host}/"
+
 
 class SessionsHandler(SkahaHandler):
     async def get(self, version: str) -> None:
@@ -42,7 +46,7 @@ class SessionsHandler(SkahaHandler):
         if view == "all":
             recs = self.sessions.list(None)
             self.write_json([{"userid": r.owner, "type": r.type, "status": r.status,
-                              "startTime": (await self.sessions.model(r, ""))["startTime"]} for r in recs])
+                              "startTime": (await self.sessions.model(r, self.external_base))["startTime"]} for r in recs])
             return
         recs = self.sessions.list(self.identity.owner_filter(), (p.get("type") or [None])[-1],
                                   (p.get("status") or [None])[-1])
@@ -57,7 +61,7 @@ class SessionsHandler(SkahaHandler):
                 "ram": {"requestedRAM": f"{sum(r.ram for r in running)}G", "ramAvailable": f"{self.sessions.host_ram_gb()}G"},
             })
             return
-        models = await asyncio.gather(*(self.sessions.model(r, self.gateway.base_url) for r in recs))
+        models = await asyncio.gather(*(self.sessions.model(r, self.external_base) for r in recs))
         self.write_json(list(models))
 
     async def post(self, version: str) -> None:
@@ -77,7 +81,7 @@ class SessionHandler(SkahaHandler):
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish(self.sessions.events_table(rec))
         else:
-            self.write_json(await self.sessions.model(rec, self.gateway.base_url))
+            self.write_json(await self.sessions.model(rec, self.external_base))
 
     async def post(self, version: str, session_id: str) -> None:
         rec = self.sessions.get(session_id, self.identity.owner_filter())

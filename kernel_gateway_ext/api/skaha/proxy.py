@@ -1,0 +1,140 @@
+"""/skaha/session/ID/…: the owner's way into a notebook session's Jupyter server.
+
+The caller authenticates as the session's owner (token, Bearer, or the cookie a `?token=` visit
+sets); the gateway forwards HTTP and websockets to the container with the server's own token,
+which never leaves the gateway.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from urllib.parse import urlencode
+
+from tornado import httpclient, websocket
+from tornado.httputil import HTTPHeaders
+
+from ...auth import Identity, extract_token
+from ...errors import GatewayError, NotFound, Unauthorized
+from .handlers import SkahaHandler
+
+COOKIE = "kge_user"
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie", "server", "date"}
+WS_PATHS = r"(?P<path>api/kernels/[^/]+/channels|api/events/subscribe|terminals/websocket/[^/]+)"
+
+
+class ProxyMixin(SkahaHandler):
+    async def prepare(self) -> None:
+        token = extract_token(self.request)
+        identity = await self.gateway.authenticator.identify(token) if token else None
+        if identity is not None and self.get_query_argument("token", None):
+            # A browser that came with ?token= keeps its identity in a signed cookie.
+            self.set_signed_cookie(COOKIE, f"{identity.user}|{int(identity.admin)}", httponly=True, samesite="Strict")
+        if identity is None:
+            raw = self.get_signed_cookie(COOKIE, max_age_days=1)
+            if raw:
+                user, _, admin = raw.decode().partition("|")
+                identity = Identity(user, admin=admin == "1")
+        if identity is None:
+            raise Unauthorized("authentication required")
+        self.identity = identity
+
+    def target(self, session_id: str) -> tuple[str, str]:
+        """(upstream base like host:8888, the server's token) for the caller's notebook session."""
+        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        if rec.type != "notebook":
+            raise NotFound(f"session {session_id!r} has no notebook server")
+        if rec.status != "Running" or not rec.ip:
+            raise GatewayError(f"session {session_id} is {rec.status}", status=503)
+        return f"{rec.ip}:8888", self.sessions.notebook_token(session_id)
+
+    def upstream_uri(self) -> str:
+        args = [(k, v.decode()) for k, vs in self.request.query_arguments.items() if k != "token" for v in vs]
+        return self.request.path + (("?" + urlencode(args)) if args else "")
+
+    def upstream_headers(self, token: str) -> HTTPHeaders:
+        headers = HTTPHeaders()
+        for name, value in self.request.headers.get_all():
+            if name.lower() not in HOP_BY_HOP | {"authorization", "cookie", "host", "x-skaha-authentication-type",
+                                                 "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                                                 "sec-websocket-protocol"}:
+                headers.add(name, value)
+        headers["Authorization"] = f"token {token}"
+        return headers
+
+
+class NotebookProxyHandler(ProxyMixin):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    async def proxy(self, session_id: str, path: str = "") -> None:
+        host, token = self.target(session_id)
+        body = self.request.body if self.request.method not in ("GET", "HEAD", "OPTIONS") else None
+        req = httpclient.HTTPRequest(
+            f"http://{host}{self.upstream_uri()}", method=self.request.method, headers=self.upstream_headers(token),
+            body=body, follow_redirects=False, request_timeout=300, allow_nonstandard_methods=True, decompress_response=False,
+        )
+        resp = await httpclient.AsyncHTTPClient().fetch(req, raise_error=False)
+        if resp.code == 599:
+            raise GatewayError("the notebook server is not answering yet", status=503)
+        self.set_status(resp.code, resp.reason)
+        self._headers = HTTPHeaders()
+        for name, value in resp.headers.get_all():
+            if name.lower() not in HOP_BY_HOP:
+                self.add_header(name, value)
+        if resp.code in (204, 304):
+            self.finish()
+        else:
+            self.finish(resp.body or b"")
+
+    get = head = post = put = patch = delete = options = proxy  # type: ignore[assignment]
+
+
+class NotebookWebSocketProxy(ProxyMixin, websocket.WebSocketHandler):
+    upstream: websocket.WebSocketClientConnection | None = None
+
+    def set_default_headers(self) -> None:
+        pass
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # authenticated as the owner above; the server behind checks its own token
+
+    async def get(self, session_id: str, path: str) -> None:  # type: ignore[override]
+        host, token = self.target(session_id)
+        wanted = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        req = httpclient.HTTPRequest(f"ws://{host}{self.upstream_uri()}", headers=self.upstream_headers(token),
+                                     request_timeout=60)
+        try:
+            self.upstream = await websocket.websocket_connect(req, subprotocols=wanted or None,
+                                                              max_message_size=64 * 2**20)
+        except (httpclient.HTTPClientError, OSError) as e:
+            raise GatewayError(f"the notebook server refused the websocket: {e}", status=502) from e
+        await super().get(session_id, path)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self.upstream.selected_subprotocol if self.upstream is not None else None
+
+    def open(self, session_id: str, path: str) -> None:  # type: ignore[override]
+        self.set_nodelay(True)
+        asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        assert self.upstream is not None
+        while True:
+            msg = await self.upstream.read_message()
+            if msg is None:
+                self.close()
+                return
+            try:
+                await self.write_message(msg, binary=isinstance(msg, bytes))
+            except websocket.WebSocketClosedError:
+                return
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.upstream is not None:
+            await self.upstream.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
