@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 import sys
 from typing import Any
 
@@ -51,6 +52,12 @@ class Gateway(Application):
     base_url = env(Unicode("/", help="URL prefix of every route."), "KGE_BASE_URL")
     allow_origin = env(Unicode("", help="Access-Control-Allow-Origin for browsers ('*' for any)."), "KGE_ALLOW_ORIGIN")
     config_file = env(Unicode("", help="A traitlets config file (Python) to load."), "KGE_CONFIG")
+    certfile = env(Unicode("", help="TLS certificate (PEM): serve https."), "KGE_CERTFILE")
+    keyfile = env(Unicode("", help="TLS private key (PEM) of the certificate."), "KGE_KEYFILE")
+    client_ca = env(
+        Unicode("", help="CA bundle (PEM) for X.509 client certificates: a verified certificate's CN is the caller's user."),
+        "KGE_CLIENT_CA",
+    )
     require_docker = env(
         Bool(False, help="Refuse to start without a Docker engine instead of falling back to local kernels."),
         "KGE_REQUIRE_DOCKER",
@@ -249,16 +256,28 @@ class Gateway(Application):
         await self.check_docker()
         self.kernel_manager.on_removal(self._forget_kernel_bridges)
         app = self.make_app()
-        self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024)
+        self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024,
+                                                 ssl_options=self._ssl_context())
         sockets = _bind(self.ip, self.port)
         self.port = sockets[0].getsockname()[1]
         self.http_server.add_sockets(sockets)
         self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.certfile:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.certfile, self.keyfile or None)
+        if self.client_ca:
+            # Optional: token callers need no certificate; a presented one must verify.
+            ctx.load_verify_locations(self.client_ca)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
     @property
     def url(self) -> str:
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"http://{host}:{self.port}{self.base_url}"
+        return f"{'https' if self.certfile else 'http'}://{host}:{self.port}{self.base_url}"
 
     async def stop_server(self) -> None:
         """Stop listening, shut every kernel down (their containers go), release the engine."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from tornado import web
+from tornado import iostream, web
 
 from ..auth import Identity, extract_token
 from ..errors import BadRequest, GatewayError, Unauthorized
@@ -23,8 +23,19 @@ class GatewayMixin:
     def gateway(self) -> "Gateway":
         return self.settings["gateway"]
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client certificate the TLS layer verified against the client CA, if any.
+        (Tornado's get_ssl_certificate raises on a plain-HTTP connection.)"""
+        stream = getattr(self.request.connection, "stream", None)
+        if not isinstance(stream, iostream.SSLIOStream):
+            return None
+        return self.request.get_ssl_certificate()  # type: ignore[return-value]
+
     async def authenticate(self) -> Identity:
-        identity = await self.gateway.authenticator.identify(extract_token(self.request))
+        authenticator = self.gateway.authenticator
+        identity = await authenticator.identify(extract_token(self.request))
+        if identity is None:
+            identity = authenticator.identify_certificate(self.peer_certificate())
         if identity is None:
             raise Unauthorized("authentication required")
         return identity

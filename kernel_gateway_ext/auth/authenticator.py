@@ -48,6 +48,16 @@ class Authenticator(EnvConfigurable):
             self.auth_token = secrets.token_urlsafe(32)
             self.generated_token = True
 
+    def identify_certificate(self, cert: dict[str, Any] | None) -> Identity | None:
+        """A verified X.509 client certificate: its subject's CN is the user."""
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName" and value:
+                    return Identity(str(value))
+        return None
+
     async def identify(self, token: str | None) -> Identity | None:
         if not token:
             return None

@@ -1,0 +1,51 @@
+"""Optional TLS with X.509 client certificates: a verified certificate's CN is the caller."""
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+
+def make_pki(d: Path) -> dict[str, str]:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kge-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "x509-" + uuid.uuid4().hex[:6], [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+            "-out", f"{name}.pem", *ext)
+    (d / "rogue").mkdir()
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rogue", "-keyout", "rogue/r.key",
+        "-out", "rogue/r.pem")
+    return {k: str(d / v) for k, v in {"ca": "ca.pem", "cert": "server.pem", "key": "server.key",
+                                        "ccert": "client.pem", "ckey": "client.key",
+                                        "rcert": "rogue/r.pem", "rkey": "rogue/r.key"}.items()}
+
+
+async def test_client_certificate_identity(make_gateway, tmp_path) -> None:
+    pki = make_pki(tmp_path)
+    async with make_gateway(f"--Gateway.certfile={pki['cert']}", f"--Gateway.keyfile={pki['key']}",
+                            f"--Gateway.client_ca={pki['ca']}") as gw:
+        assert gw.url.startswith("https://")
+        client = AsyncHTTPClient()
+
+        async def get(path: str, **kw) -> int:
+            req = HTTPRequest(gw.url + path, ca_certs=pki["ca"], **kw)
+            try:
+                return (await client.fetch(req, raise_error=False)).code
+            except Exception:  # noqa: BLE001 - a refused handshake
+                return -1
+
+        # with its certificate the caller is authenticated (as the certificate's CN)
+        assert await get("skaha/v0/session", client_cert=pki["ccert"], client_key=pki["ckey"]) == 200
+        assert await get("api/kernels", client_cert=pki["ccert"], client_key=pki["ckey"]) == 200
+        # without one, a token still works; with neither, 401
+        assert await get("skaha/v0/session") == 401
+        assert await get("api/kernels", headers={"Authorization": f"token {gw.client.token}"}) == 200
+        # a certificate from another CA is refused in the handshake
+        assert await get("skaha/v0/session", client_cert=pki["rcert"], client_key=pki["rkey"]) in (-1, 599)
