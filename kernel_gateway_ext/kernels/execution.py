@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import zmq
 from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -96,27 +95,12 @@ class Runner:
         self._lock = asyncio.Lock()
 
     def _connect(self) -> None:
-        """Our sockets to the kernel: ZMQStreams on the IOLoop, like the websocket bridges.
-
-        Not zmq.asyncio recv futures: with a send on the same socket from another coroutine, a
-        pending recv can miss the edge-triggered wake-up and never see the reply."""
         self.close()
-        from .manager import zmq_url
+        from .manager import kernel_stream
 
-        info = self.km.get_connection_info()
-        ctx = zmq.Context.instance()
         ident = uuid.uuid4().hex.encode()
         for channel in ("shell", "stdin", "iopub"):
-            sock = ctx.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
-            sock.linger = 0
-            sock.setsockopt(zmq.RECONNECT_IVL, 20)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if channel == "iopub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            else:
-                sock.setsockopt(zmq.IDENTITY, ident)  # stdin must share shell's identity
-            sock.connect(zmq_url(info, channel))
-            stream = ZMQStream(sock)
+            stream = kernel_stream(self.km, channel, ident)
             stream.on_recv(lambda parts, ch=channel: self._on_recv(ch, parts))
             self._streams[channel] = stream
         self._generation = self.km.generation

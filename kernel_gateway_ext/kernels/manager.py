@@ -70,6 +70,27 @@ def zmq_url(info: dict[str, Any], channel: str) -> str:
     return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
 
 
+# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
+RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
+
+
+def kernel_stream(km: "GatewayKernel", channel: str, identity: bytes | None = None) -> ZMQStream:
+    """A ZMQStream on the IOLoop to one of the kernel's channels (iopub: subscribed to all).
+
+    ZMQStreams, not zmq.asyncio recv futures: with sends on the same socket from elsewhere, a
+    pending asyncio recv can miss its edge-triggered wake-up and never see a reply."""
+    sock = zmq.Context.instance().socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if channel == "iopub":
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    elif identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)  # stdin replies route to the shell sender's identity
+    sock.connect(zmq_url(km.get_connection_info(), channel))
+    return ZMQStream(sock)
+
+
 class GatewayKernel(AsyncKernelManager):
     """One kernel of the store."""
 
@@ -174,7 +195,6 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         apply_env(self, set(kwargs))
         self._starting: dict[str, GatewayKernel] = {}
         self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._zmq = zmq.Context.instance()
         self._removal_callbacks: list[Callable[[str], None]] = []
 
     def on_removal(self, callback: Callable[[str], None]) -> None:
@@ -385,11 +405,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
     # ---- activity and death -------------------------------------------------------------------
     def _watch(self, km: GatewayKernel) -> None:
         self._unwatch(km)
-        sock = self._zmq.socket(zmq.SUB)
-        sock.linger = 0
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(zmq_url(km.get_connection_info(), "iopub"))
-        stream = ZMQStream(sock)
+        stream = kernel_stream(km, "iopub")
         session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
 
         def on_iopub(parts: list[bytes]) -> None:

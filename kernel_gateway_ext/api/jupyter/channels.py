@@ -23,7 +23,7 @@ from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ...errors import BadRequest
-from ...kernels.manager import GatewayKernel, zmq_url
+from ...kernels.manager import GatewayKernel, kernel_stream, zmq_url
 from ..base import BaseHandler
 from .wire import V1_SUBPROTOCOL, decode_legacy, decode_v1, encode_legacy, encode_legacy_raw, encode_v1
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
 NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
-# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
-RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
 
 Sink = Callable[[str, list[bytes]], None]
 
@@ -59,19 +57,8 @@ class ChannelBridge:
     def connect(self) -> None:
         """(Re)create the sockets to the kernel's current address."""
         self.close_sockets()
-        info = self.km.get_connection_info()
-        ctx = zmq.Context.instance()
         for channel in (*CLIENT_CHANNELS, "iopub"):
-            sock = ctx.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
-            sock.linger = 0
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            if channel == "iopub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            else:
-                sock.setsockopt(zmq.IDENTITY, self.identity)
-            sock.connect(zmq_url(info, channel))
-            stream = ZMQStream(sock)
+            stream = kernel_stream(self.km, channel, self.identity)
             stream.on_recv(lambda parts, ch=channel: self._from_kernel(ch, parts))
             self.streams[channel] = stream
         self.generation = self.km.generation
