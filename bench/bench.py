@@ -4,7 +4,7 @@ one run, with the same client code against both. Prints JSON and ours/reference 
 
     .venv/bin/python bench/bench.py [--kernels 20] [--rounds 5] [--out bench/results/latest.json]
 
-Measures: start -> first execute_reply, warm execute round trip, GET /api/kernels requests/s
+Measures: start -> first execute_reply (cold, and served by a warm pool), warm execute round trip, GET /api/kernels requests/s
 with 0 and N kernels running (and GET /api latency: an event loop blocked by Docker calls shows
 there), restart -> reply on the same websocket (and whether it survives), N concurrent starts,
 memory per kernel. The reference runs in its own venv (bench/.venv-kg, made on first use).
@@ -231,6 +231,46 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
     return res
 
 
+async def wait_pool_full(t: Target, timeout: float = 180) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        pools = json.loads((await t.fetch("GET", "/api")).body).get("pools", {})
+        if pools and all(p["ready"] >= p["size"] for p in pools.values()):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the pool did not fill")
+
+
+async def measure_pooled(t: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """Starts served by the warm pool: one at a time (refilled between), then N at once."""
+    res: dict[str, Any] = {}
+    await wait_pool_full(t)
+    times = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        kid = await t.start_kernel()
+        ws = await t.ws(kid)
+        await ws.execute("1")
+        times.append(time.perf_counter() - t0)
+        ws.close()
+        await t.delete(kid)
+        await wait_pool_full(t)
+    res["pooled_start_to_first_reply_s"] = summary(times)
+
+    async def start_and_answer() -> str:
+        kid = await t.start_kernel()
+        ws = await t.ws(kid)
+        await ws.execute("1", timeout=120)
+        ws.close()
+        return kid
+
+    t0 = time.perf_counter()
+    kids = await asyncio.gather(*(start_and_answer() for _ in range(args.kernels)))
+    res[f"pooled_concurrent_starts_{args.kernels}_to_reply_s"] = round(time.perf_counter() - t0, 3)
+    await asyncio.gather(*(t.delete(k) for k in kids))
+    return res
+
+
 def ratio(ours: Any, ref: Any) -> Any:
     if isinstance(ours, dict) and isinstance(ref, dict):
         return round(ours["median"] / ref["median"], 3) if ref.get("median") else None
@@ -255,7 +295,17 @@ async def main() -> None:
                                                    f"--KernelGatewayApp.auth_token={TOKEN}",
                                                    "--JupyterWebsocketPersonality.list_kernels=True",
                                                    "--KernelGatewayApp.log_level=WARN"])
+    pooled = Target("kernel_gateway_ext (pool)", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
+                                                  f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}-pool",
+                                                  "--log-level=WARN", "--GatewayKernelManager.pool_sizes",
+                                                  f"python3={args.kernels}"])
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    await pooled.start()
+    try:
+        print("bench: pooled starts", file=sys.stderr)
+        results[pooled.name] = await measure_pooled(pooled, args)
+    finally:
+        pooled.stop()
     for target, gid in ((ours, gateway_id), (ref, None)):
         await target.start()
         try:
@@ -264,6 +314,11 @@ async def main() -> None:
             target.stop()
     a, b = results[ours.name], results[ref.name]
     results["ratio_ours_over_reference"] = {k: ratio(a[k], b[k]) for k in a if ratio(a[k], b[k]) is not None}
+    p = results[pooled.name]
+    results["ratio_ours_over_reference"]["pooled_start_vs_reference_start"] = ratio(
+        p["pooled_start_to_first_reply_s"], b["start_to_first_reply_s"])
+    results["ratio_ours_over_reference"][f"pooled_concurrent_{args.kernels}_vs_reference"] = ratio(
+        p[f"pooled_concurrent_starts_{args.kernels}_to_reply_s"], b[f"concurrent_starts_{args.kernels}_to_reply_s"])
     text = json.dumps(results, indent=2)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -211,7 +211,11 @@ class Gateway(Application):
         )
 
     def status_model(self) -> dict[str, Any]:
-        return {"docker": self.docker_available, "kernels": len(self.kernel_manager.list()), "warnings": self.warnings}
+        mgr = self.kernel_manager
+        return {"docker": self.docker_available, "kernels": len(mgr.list()), "warnings": self.warnings,
+                "pools": {name: {"ready": len(mgr._pool.get(name, [])), "size": size}
+                          for name, size in mgr.pool_sizes.items()},
+                "pool_hits": mgr.pool_hits, "pool_misses": mgr.pool_misses}
 
     def release_bridge(self, bridge: channels.ChannelBridge) -> None:
         """A websocket closed: keep its session's sockets a while for a reconnect, or close them."""
@@ -262,6 +266,8 @@ class Gateway(Application):
         self.port = sockets[0].getsockname()[1]
         self.http_server.add_sockets(sockets)
         self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
+        if self.docker_available:
+            self.kernel_manager.fill_pools()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.certfile:

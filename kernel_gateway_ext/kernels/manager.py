@@ -180,6 +180,12 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         Float(3600.0, help="Longest execTimeout (s) a caller may set; also the default when none is set."),
         "KGE_HARD_EXEC_TIMEOUT",
     )
+    pool_sizes = env(
+        Dict(value_trait=Int(), help="Ready kernels kept per kernelspec, handed to starts that they can serve "
+             "exactly (e.g. --GatewayKernelManager.pool_sizes python3=4; env: JSON)."),
+        "KGE_POOL_SIZES",
+    )
+    pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
     run_flush_interval = env(
         Float(3.0, help="Seconds a REST execute waits before answering 'continued'."), "KGE_RUN_FLUSH_INTERVAL"
     )
@@ -195,6 +201,13 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         apply_env(self, set(kwargs))
         self._starting: dict[str, GatewayKernel] = {}
         self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pool: dict[str, list[GatewayKernel]] = {}
+        self._pool_filling: dict[str, int] = {}
+        self._pool_sem: asyncio.Semaphore | None = None
+        self._fill_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.pool_hits = 0
+        self.pool_misses = 0
         self._removal_callbacks: list[Callable[[str], None]] = []
 
     def on_removal(self, callback: Callable[[str], None]) -> None:
@@ -274,20 +287,41 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         """Start a kernel for `owner` and return it once it answers kernel_info.
 
         `env` is a Jupyter request's (only KERNEL_* and the allow-list pass); `user_env` is what
-        a REST caller explicitly set for its kernel, passed as given."""
+        a REST caller explicitly set for its kernel, passed as given. A pooled kernel is handed
+        out when it can be made exactly what was asked; otherwise the start is cold."""
         name = kernel_name or self.kernel_spec_manager.default_name
-        if self.max_kernels and len(self._kernels) + len(self._starting) >= self.max_kernels:
-            raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
         self.check_limits(limits, exec_timeout)
-        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels,
-                                     user_env=user_env)
-        km, name, kernel_id = self.pre_start_kernel(name, kwargs)
-        assert isinstance(km, GatewayKernel)
+        km = await self._take_pooled(name, env, limits, mounts, labels, user_env)
+        if km is None:
+            if self.max_kernels and self._count() >= self.max_kernels:
+                raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
+            km = await self._launch(name, owner=owner, env=env, limits=limits, mounts=mounts, labels=labels,
+                                    user_env=user_env)
         km.owner = owner
         km.lang = lang or name
         km.client_token = client_token
         km.limits = limits or KernelLimits()
         km.exec_timeout = exec_timeout
+        if km.docker is not None:
+            km.docker.owner = owner
+        km.execution_state = "idle"
+        self._kernels[km.kernel_id] = km
+        self._watch(km)
+        self.log.info("Kernel started: %s (%s) for %s", km.kernel_id, name, owner)
+        return km
+
+    def _count(self) -> int:
+        return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())
+
+    async def _launch(self, name: str, *, owner: str, env: dict[str, Any] | None = None,
+                      limits: KernelLimits | None = None, mounts: list[dict[str, Any]] | None = None,
+                      labels: dict[str, str] | None = None, user_env: dict[str, str] | None = None) -> GatewayKernel:
+        """A new kernel, answering kernel_info, not yet in the store; nothing left on failure."""
+        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels,
+                                     user_env=user_env)
+        km, name, kernel_id = self.pre_start_kernel(name, kwargs)
+        assert isinstance(km, GatewayKernel)
+        km.owner = owner
         kwargs["kernel_id"] = kernel_id
         self._starting[kernel_id] = km
         try:
@@ -295,18 +329,118 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             await self.wait_ready(km)
         except BaseException as e:
             await self._discard(km)
-            if isinstance(e, GatewayError):
-                raise
-            if isinstance(e, asyncio.CancelledError):
+            if isinstance(e, (GatewayError, asyncio.CancelledError)):
                 raise
             raise KernelStartFailed(f"kernel {name!r} failed to start: {e}") from e
         finally:
             self._starting.pop(kernel_id, None)
-        km.execution_state = "idle"
-        self._kernels[kernel_id] = km
-        self._watch(km)
-        self.log.info("Kernel started: %s (%s) for %s", kernel_id, name, owner)
         return km
+
+    # ---- the warm pool ------------------------------------------------------------------------
+    def fill_pools(self) -> None:
+        """Start what each pool lacks, in the background, within max_kernels."""
+        if self._closing:
+            return
+        if self._pool_sem is None:
+            self._pool_sem = asyncio.Semaphore(max(1, self.pool_concurrency))
+        for name, size in self.pool_sizes.items():
+            missing = size - len(self._pool.get(name, [])) - self._pool_filling.get(name, 0)
+            for _ in range(max(0, missing)):
+                if self.max_kernels and self._count() + sum(self._pool_filling.values()) >= self.max_kernels:
+                    return
+                self._pool_filling[name] = self._pool_filling.get(name, 0) + 1
+                task = asyncio.ensure_future(self._fill_one(name))
+                self._fill_tasks.add(task)
+                task.add_done_callback(self._fill_tasks.discard)
+
+    async def _fill_one(self, name: str) -> None:
+        assert self._pool_sem is not None
+        try:
+            async with self._pool_sem:
+                km = await self._launch(name, owner="")
+        except Exception as e:  # noqa: BLE001 - a failing pool must not take the gateway down
+            self.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
+            asyncio.get_running_loop().call_later(10.0, self.fill_pools)
+            return
+        finally:
+            self._pool_filling[name] = self._pool_filling.get(name, 1) - 1
+        km.execution_state = "idle"
+        if km.docker is not None:
+            km.docker.exit_callback = lambda code, k=km: self._pooled_died(name, k)
+        self._pool.setdefault(name, []).append(km)
+
+    def _pooled_died(self, name: str, km: GatewayKernel) -> None:
+        if km in self._pool.get(name, []):
+            self._pool[name].remove(km)
+            asyncio.ensure_future(self._discard(km))
+            self.fill_pools()
+
+    async def _take_pooled(self, name: str, env: dict[str, Any] | None, limits: KernelLimits | None,
+                           mounts: list[dict[str, Any]] | None, labels: dict[str, str] | None,
+                           user_env: dict[str, str] | None) -> GatewayKernel | None:
+        """A ready kernel made exactly what was asked, or None (then the start is cold)."""
+        ready = self._pool.get(name)
+        if not ready:
+            if name in self.pool_sizes:
+                self.pool_misses += 1
+            return None
+        # Mounts, limits and labels are fixed when a container is made: only defaults pool.
+        if mounts or labels or (limits is not None and limits != KernelLimits()):
+            self.pool_misses += 1
+            return None
+        allowed = set(self.env_allowlist)
+        wanted = {k: str(v) for k, v in (env or {}).items() if k.startswith("KERNEL_") or k in allowed}
+        wanted.update(user_env or {})
+        spec = self.kernel_spec_manager.get_kernel_spec(name)
+        if wanted and not (spec.language or "").lower().startswith("python"):
+            self.pool_misses += 1
+            return None
+        km = ready.pop(0)
+        self.fill_pools()
+        if not await km.is_alive():
+            await self._discard(km)
+            self.pool_misses += 1
+            return None
+        if wanted:
+            try:
+                await self._apply_env(km, wanted)
+            except Exception as e:  # noqa: BLE001 - never hand out a kernel that differs
+                self.log.warning("Pool %s: could not set the env of a pooled kernel (%s)", name, e)
+                await self._discard(km)
+                self.pool_misses += 1
+                return None
+        if km.docker is not None:
+            km.docker.exit_callback = None  # _watch sets the store's own
+        self.pool_hits += 1
+        return km
+
+    async def _apply_env(self, km: GatewayKernel, wanted: dict[str, str], timeout: float = 10.0) -> None:
+        """Give a pooled Python kernel the requested environment: os.environ (and so every
+        subprocess it starts) holds exactly what a cold start would have had."""
+        import json as _json
+
+        code = f"import os as _o; _o.environ.update({_json.dumps(wanted)}); del _o"
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(zmq_url(km.get_connection_info(), "shell"))
+        try:
+            msg = session.msg("execute_request", {"code": code, "silent": True, "store_history": False,
+                                                  "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+            session.send(sock, msg)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if not await sock.poll(left * 1000):
+                    break
+                _, fed = session.feed_identities(await sock.recv_multipart())
+                reply = session.deserialize(fed)
+                if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                    if reply["content"].get("status") != "ok":
+                        raise KernelStartFailed("setting the environment failed")
+                    return
+            raise KernelStartFailed("the pooled kernel did not answer")
+        finally:
+            sock.close(0)
 
     # ---- REST callers: limits, languages, get-or-create by client token ------------------------
     def check_limits(self, limits: KernelLimits | None, exec_timeout: float | None) -> None:
@@ -545,7 +679,13 @@ class GatewayKernelManager(AsyncMultiKernelManager):
 
     async def shutdown_everything(self) -> None:
         """Stop every kernel now (gateway exit): nothing may stay behind."""
+        self._closing = True
+        # Refills in flight are creating containers: let them land, then remove them too.
+        await asyncio.gather(*list(self._fill_tasks), return_exceptions=True)
         kms = list(self._kernels.values()) + list(self._starting.values())
+        for pooled in self._pool.values():
+            kms += pooled
+        self._pool.clear()
         for km in kms:
             self._unwatch(km)  # type: ignore[arg-type]
         results = await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True)

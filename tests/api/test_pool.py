@@ -1,0 +1,52 @@
+"""The warm pool: ready kernels handed to starts they can serve exactly, refilled in the background."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.wsclient import KernelWS
+from tests.conftest import TOKEN
+
+
+async def wait_pool(gw, name: str, size: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(gw.app.kernel_manager._pool.get(name, [])) < size:
+        assert time.monotonic() < deadline, "the pool did not fill"
+        await asyncio.sleep(0.1)
+
+
+async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_client) -> None:
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=2") as gw:
+        mgr = gw.app.kernel_manager
+        await wait_pool(gw, "python3", 2)
+        assert (await gw.client.fetch("GET", "/api/kernels")).json == []  # pooled kernels are not listed
+        t0 = time.monotonic()
+        r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_USERNAME": "pooled-ann"}})
+        took = time.monotonic() - t0
+        assert r.status == 201 and mgr.pool_hits == 1 and took < 0.5, (took, mgr.pool_hits)
+        kid = r.json["id"]
+        ws = await KernelWS.connect(gw.url, kid, TOKEN)
+        out = ws.stdout(await ws.execute("import os, subprocess\nprint(os.environ['KERNEL_USERNAME'], "
+                                          "subprocess.run(['sh', '-c', 'echo $KERNEL_USERNAME'], capture_output=True, text=True).stdout.strip())"))
+        assert out == "pooled-ann pooled-ann\n"
+        ws.close()
+        # the pool refills in the background
+        await wait_pool(gw, "python3", 2)
+        # what a pooled kernel cannot be (other limits, a non-python env) starts cold, never differs
+        from kernel_gateway_ext.provisioners.limits import KernelLimits
+
+        km = await mgr.start(owner="x", kernel_name="python3", limits=KernelLimits(memory_bytes=300 * 2**20))
+        assert mgr.pool_hits == 1 and mgr.pool_misses >= 1
+        (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={km.kernel_id}"})
+        assert container.attrs["HostConfig"]["Memory"] == 300 * 2**20
+        await mgr.shutdown(km.kernel_id, now=True)
+        assert (await gw.client.fetch("DELETE", f"/api/kernels/{kid}")).status == 204
+        # a pooled kernel killed from outside is replaced
+        victim = mgr._pool["python3"][0]
+        docker_client.containers.get(victim.docker.container_id).kill()
+        for _ in range(100):
+            if victim not in mgr._pool["python3"] and len(mgr._pool["python3"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert victim not in mgr._pool["python3"]
+        await wait_pool(gw, "python3", 2)
