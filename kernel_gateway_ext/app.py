@@ -27,7 +27,9 @@ from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kern
 from .auth import Authenticator
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
+from .api.base import BaseHandler
 from .folders import FolderManager
+from .metrics import Metrics
 from .sessions import SessionManager
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
@@ -153,12 +155,15 @@ class Gateway(Application):
         self.kernel_manager = self.kernel_manager_class(
             parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager
         )
+        self.metrics = Metrics(self)
+        self.kernel_manager.observer = self._observe_kernel
 
     # ---- the web app ----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         b = self.base_url
         routes: list[tuple[str, type, dict[str, Any]] | tuple[str, type]] = [
             (rf"{b}api/?", jh.ApiHandler),
+            (rf"{b}metrics", MetricsHandler),
             (rf"{b}api/kernelspecs/?", jh.KernelSpecsHandler),
             (rf"{b}api/kernelspecs/{jh.KERNEL_NAME}/?", jh.KernelSpecHandler),
             (rf"{b}kernelspecs/{jh.KERNEL_NAME}/(?P<path>.+)", jh.KernelSpecResourceHandler),
@@ -237,8 +242,16 @@ class Gateway(Application):
             bridge.close()
 
     # ---- lifecycle ------------------------------------------------------------------------------
+    def _observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
+        if event == "start":
+            self.metrics.starts.labels(kernelspec, source).inc()
+            self.metrics.start_seconds.labels(source).observe(seconds)
+        elif event == "start_failure":
+            self.metrics.start_failures.labels(kernelspec).inc()
+
     async def check_docker(self) -> None:
         engine = DockerEngine.instance(parent=self)
+        engine.call_observer = lambda method, seconds: self.metrics.docker_seconds.labels(method).observe(seconds)
         self.docker_available = await engine.ping()
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
@@ -323,6 +336,14 @@ class Gateway(Application):
         sig = await stop
         self.log.info("Received %s: shutting down kernels", signal.Signals(sig).name)
         await self.stop_server()
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus text format (authenticated like every other route)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.gateway.metrics.render())
 
 
 def _bind(ip: str, port: int) -> list[socket.socket]:

@@ -291,12 +291,19 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         out when it can be made exactly what was asked; otherwise the start is cold."""
         name = kernel_name or self.kernel_spec_manager.default_name
         self.check_limits(limits, exec_timeout)
+        began = time.monotonic()
         km = await self._take_pooled(name, env, limits, mounts, labels, user_env)
+        source = "pooled" if km is not None else "cold"
         if km is None:
             if self.max_kernels and self._count() >= self.max_kernels:
                 raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
-            km = await self._launch(name, owner=owner, env=env, limits=limits, mounts=mounts, labels=labels,
-                                    user_env=user_env)
+            try:
+                km = await self._launch(name, owner=owner, env=env, limits=limits, mounts=mounts, labels=labels,
+                                        user_env=user_env)
+            except GatewayError:
+                self._observe("start_failure", name)
+                raise
+        self._observe("start", name, source, time.monotonic() - began)
         km.owner = owner
         km.lang = lang or name
         km.client_token = client_token
@@ -309,6 +316,13 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self._watch(km)
         self.log.info("Kernel started: %s (%s) for %s", km.kernel_id, name, owner)
         return km
+
+    # Set by the app: called as observe(event, kernelspec, source, seconds) for metrics.
+    observer: Callable[..., None] | None = None
+
+    def _observe(self, *args: Any) -> None:
+        if self.observer is not None:
+            self.observer(*args)
 
     def _count(self) -> int:
         return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())

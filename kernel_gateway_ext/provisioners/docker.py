@@ -353,7 +353,8 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         try:
             # Built in the worker thread too: the first use of the client talks to the engine.
             resp = await asyncio.wait_for(
-                engine.run(lambda: engine.client.api.create_container(**self._create_kwargs(cmd))),
+                engine.run(lambda: engine.client.api.create_container(**self._create_kwargs(cmd)),
+                           method="create_container"),
                 self.launch_timeout,
             )
             created = resp["Id"]

@@ -79,9 +79,11 @@ class DockerEngine(SingletonConfigurable):
                 self._client = self._make_client()
             return self._client
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking Docker call in the pool. Connection failures become EngineUnavailable."""
+    async def run(self, fn: Callable[..., T], *args: Any, method: str = "call", **kwargs: Any) -> T:
+        """Run a blocking Docker call in the pool (timed as `method` for metrics).
+        Connection failures become EngineUnavailable."""
         loop = asyncio.get_running_loop()
+        began = time.monotonic()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except docker.errors.DockerException as e:
@@ -90,11 +92,17 @@ class DockerEngine(SingletonConfigurable):
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
         except (ConnectionError, OSError) as e:
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
+        finally:
+            if self.call_observer is not None:
+                self.call_observer(method, time.monotonic() - began)
+
+    # Set by the app for metrics: called with (method, seconds) after each API call.
+    call_observer: Callable[[str, float], None] | None = None
 
     async def api(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call docker-py's low-level `APIClient.<method>` in the pool (the client itself is made
         there too: its first use negotiates the API version over the socket)."""
-        return await self.run(lambda: getattr(self.client.api, method)(*args, **kwargs))
+        return await self.run(lambda: getattr(self.client.api, method)(*args, **kwargs), method=method)
 
     def ping_sync(self) -> bool:
         try:

@@ -288,7 +288,7 @@ class SessionManager(EnvConfigurable):
                             LABEL_SESSION_ID: rec.id, LABEL_OWNER: rec.owner},
                 )
 
-            created = await engine.run(create)
+            created = await engine.run(create, method="create_container")
             if rec.status == "Terminating" or rec.id not in self.records:
                 await engine.remove(created["Id"])
                 return

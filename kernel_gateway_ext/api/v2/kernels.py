@@ -137,6 +137,8 @@ class KernelHandler(KernelMixin):
             raise BadRequest("'code' must be a string and 'runId' a string or null")
         mgr = self.gateway.kernel_manager
         timeout = km.exec_timeout or mgr.hard_exec_timeout
+        if mode in ("query", "batch"):
+            self.gateway.metrics.executes.labels("v2").inc()
         if mode == "batch":
             result = await self.batch(km, body.get("options") or {}, run_id, timeout)
         else:

@@ -1,0 +1,58 @@
+"""Prometheus metrics (GET /metrics). One registry per gateway: live figures are read from the
+store at scrape time; events (starts, failures, executes, Docker calls) are counted as they happen."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+
+class Metrics:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.starts = PCounter("kge_kernel_starts", "Kernels started", ["kernelspec", "source"], registry=self.registry)
+        self.start_failures = PCounter("kge_kernel_start_failures", "Kernel starts that failed", ["kernelspec"],
+                                       registry=self.registry)
+        self.start_seconds = Histogram("kge_kernel_start_seconds", "Start to ready, seconds", ["source"],
+                                       buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=self.registry)
+        self.executes = PCounter("kge_executes", "Code runs started by REST callers", ["dialect"], registry=self.registry)
+        self.docker_seconds = Histogram("kge_docker_call_seconds", "Docker API call latency", ["method"],
+                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+                                        registry=self.registry)
+        self.registry.register(_Live(gateway))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live:
+    """Gauges read from the store when scraped: kernels, sessions, pools."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Any]:
+        gw = self.gateway
+        kernels = GaugeMetricFamily("kge_kernels", "Kernels by state and kernelspec", labels=["state", "kernelspec"])
+        for (state, spec), n in Counter((k.execution_state, k.kernel_name) for k in gw.kernel_manager.list()).items():
+            kernels.add_metric([state, spec], n)
+        yield kernels
+        sessions = GaugeMetricFamily("kge_sessions", "Skaha sessions by status and type", labels=["status", "type"])
+        if gw.sessions is not None:
+            for (status, kind), n in Counter((r.status, r.type) for r in gw.sessions.records.values()).items():
+                sessions.add_metric([status, kind], n)
+        yield sessions
+        pool = GaugeMetricFamily("kge_pool_ready", "Ready kernels in the warm pool", labels=["kernelspec"])
+        size = GaugeMetricFamily("kge_pool_size", "Configured warm pool size", labels=["kernelspec"])
+        mgr = gw.kernel_manager
+        for name, want in mgr.pool_sizes.items():
+            pool.add_metric([name], len(mgr._pool.get(name, [])))
+            size.add_metric([name], want)
+        yield pool
+        yield size

@@ -1,0 +1,28 @@
+"""GET /metrics: Prometheus text with live kernel gauges, start counters and Docker latency."""
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics(gateway) -> None:
+    c = gateway.client
+    assert (await c.fetch("GET", "/metrics", token=None)).status == 401
+    kid = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+    r = await c.fetch("GET", "/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    m = samples(r.body.decode())
+    assert m[("kge_kernels", (("kernelspec", "python3"), ("state", "idle")))] == 1
+    assert m[("kge_kernel_starts_total", (("kernelspec", "python3"), ("source", "cold")))] == 1
+    assert m[("kge_kernel_start_seconds_count", (("source", "cold"),))] == 1
+    assert m[("kge_docker_call_seconds_count", (("method", "create_container"),))] >= 1
+    await c.fetch("DELETE", f"/api/kernels/{kid}")
+    m = samples((await c.fetch("GET", "/metrics")).body.decode())
+    assert not any(name == "kge_kernels" for name, _ in m)
