@@ -145,6 +145,16 @@ async def restart_reply(t: Target, rounds: int) -> tuple[list[float], int]:
     return times, survived
 
 
+async def start_and_answer(t: Target) -> str:
+    """A start counts when the kernel answered an execute: a gateway that answers the POST
+    before its kernel is ready (the reference does) gets no credit for that."""
+    kid = await t.start_kernel()
+    ws = await t.ws(kid)
+    await ws.execute("1", timeout=120)
+    ws.close()
+    return kid
+
+
 async def requests_per_second(t: Target, path: str, seconds: float = 3.0, concurrency: int = 8) -> float:
     count = 0
     deadline = time.perf_counter() + seconds
@@ -211,17 +221,9 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
     res["api_latency_ms_0"] = summary(await latency(t, "/api"))
     print(f"bench: {t.name}: {args.kernels} concurrent starts", file=sys.stderr)
 
-    async def start_and_answer() -> str:
-        # A start counts when the kernel answered an execute: a gateway that answers the POST
-        # before its kernel is ready (the reference does) gets no credit for that.
-        kid = await t.start_kernel()
-        ws = await t.ws(kid)
-        await ws.execute("1", timeout=120)
-        ws.close()
-        return kid
 
     t0 = time.perf_counter()
-    kids = await asyncio.gather(*(start_and_answer() for _ in range(args.kernels)))
+    kids = await asyncio.gather(*(start_and_answer(t) for _ in range(args.kernels)))
     res[f"concurrent_starts_{args.kernels}_to_reply_s"] = round(time.perf_counter() - t0, 3)
     await asyncio.sleep(1.0)
     res[f"api_kernels_rps_{args.kernels}"] = round(await requests_per_second(t, "/api/kernels"), 1)
@@ -257,15 +259,9 @@ async def measure_pooled(t: Target, args: argparse.Namespace) -> dict[str, Any]:
         await wait_pool_full(t)
     res["pooled_start_to_first_reply_s"] = summary(times)
 
-    async def start_and_answer() -> str:
-        kid = await t.start_kernel()
-        ws = await t.ws(kid)
-        await ws.execute("1", timeout=120)
-        ws.close()
-        return kid
 
     t0 = time.perf_counter()
-    kids = await asyncio.gather(*(start_and_answer() for _ in range(args.kernels)))
+    kids = await asyncio.gather(*(start_and_answer(t) for _ in range(args.kernels)))
     res[f"pooled_concurrent_starts_{args.kernels}_to_reply_s"] = round(time.perf_counter() - t0, 3)
     await asyncio.gather(*(t.delete(k) for k in kids))
     return res
