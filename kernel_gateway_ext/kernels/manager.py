@@ -200,7 +200,9 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         super().__init__(**kwargs)
         apply_env(self, set(kwargs))
         self._starting: dict[str, GatewayKernel] = {}
-        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # (owner, token) -> [lock, users]: get-or-create is serialized per token, and an entry is
+        # dropped when nobody holds or awaits it (tokens are often random: unbounded otherwise).
+        self._token_locks: dict[tuple[str, str], list[Any]] = {}
         self._pool: dict[str, list[GatewayKernel]] = {}
         self._pool_filling: dict[str, int] = {}
         self._pool_sem: asyncio.Semaphore | None = None
@@ -481,16 +483,23 @@ class GatewayKernelManager(AsyncMultiKernelManager):
 
     async def get_or_start(self, *, owner: str, client_token: str, lang: str, **start_kw: Any) -> tuple[GatewayKernel, bool]:
         """The owner's kernel for `client_token` (created False), or a new one (created True)."""
-        lock = self._token_locks.setdefault((owner, client_token), asyncio.Lock())
-        async with lock:
-            for km in self.list(owner):
-                if km.client_token == client_token:
-                    if km.lang != lang:
-                        raise BadRequest(f"session token {client_token!r} is in use with another language ({km.lang})")
-                    return km, False
-            kernel_name = self.resolve_lang(lang)
-            km = await self.start(owner=owner, kernel_name=kernel_name, lang=lang, client_token=client_token, **start_kw)
-            return km, True
+        key = (owner, client_token)
+        entry = self._token_locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                for km in self.list(owner):
+                    if km.client_token == client_token:
+                        if km.lang != lang:
+                            raise BadRequest(f"session token {client_token!r} is in use with another language ({km.lang})")
+                        return km, False
+                kernel_name = self.resolve_lang(lang)
+                km = await self.start(owner=owner, kernel_name=kernel_name, lang=lang, client_token=client_token, **start_kw)
+                return km, True
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._token_locks.pop(key, None)
 
     async def _discard(self, km: GatewayKernel) -> None:
         """Remove every trace of a kernel that failed to start."""
