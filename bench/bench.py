@@ -95,7 +95,8 @@ class Target:
         return await KernelWS.connect(self.url, kid, TOKEN, scheme="token")  # the reference knows no Bearer
 
 
-async def start_to_reply(t: Target, rounds: int) -> list[float]:
+async def start_to_reply(t: Target, rounds: int, between: Any = None) -> list[float]:
+    """Start -> first execute_reply, one kernel at a time; `between()` is awaited after each."""
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -105,6 +106,8 @@ async def start_to_reply(t: Target, rounds: int) -> list[float]:
         out.append(time.perf_counter() - t0)
         ws.close()
         await t.delete(kid)
+        if between is not None:
+            await between()
     return out
 
 
@@ -247,16 +250,7 @@ async def measure_pooled(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     """Starts served by the warm pool: one at a time (refilled between), then N at once."""
     res: dict[str, Any] = {}
     await wait_pool_full(t)
-    times = []
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        kid = await t.start_kernel()
-        ws = await t.ws(kid)
-        await ws.execute("1")
-        times.append(time.perf_counter() - t0)
-        ws.close()
-        await t.delete(kid)
-        await wait_pool_full(t)
+    times = await start_to_reply(t, args.rounds, between=lambda: wait_pool_full(t))
     res["pooled_start_to_first_reply_s"] = summary(times)
 
 
