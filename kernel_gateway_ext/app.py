@@ -31,6 +31,7 @@ from .api.base import BaseHandler
 from .folders import FolderManager
 from .metrics import Metrics
 from .sessions import SessionManager
+from .kernels.jupyter_sessions import JupyterSessions
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
@@ -64,9 +65,15 @@ class Gateway(Application):
         Bool(False, help="Refuse to start without a Docker engine instead of falling back to local kernels."),
         "KGE_REQUIRE_DOCKER",
     )
-    remove_orphans = env(
-        Bool(True, help="At start, remove containers this gateway id left behind (a crashed run)."),
-        "KGE_REMOVE_ORPHANS",
+    adopt = env(
+        Bool(True, help="At start, take over the kernels and sessions an earlier process of this gateway id "
+                        "left running (after kill -9, or a stop with keep_on_exit). Off: remove them."),
+        "KGE_ADOPT",
+    )
+    keep_on_exit = env(
+        Bool(False, help="On SIGTERM/SIGINT leave kernel and session containers running for the next process "
+                         "to adopt (upgrades). Off: stop them all (nothing stays behind)."),
+        "KGE_KEEP_ON_EXIT",
     )
     ws_buffer_seconds = env(
         Float(60.0, help="Seconds a disconnected client session's output is kept for its reconnect."),
@@ -129,7 +136,7 @@ class Gateway(Application):
         self.docker_available = False
         self.warnings: list[str] = []
         self.bridges: dict[str, dict[str, channels.ChannelBridge]] = {}
-        self.jupyter_sessions: dict[str, js.JupyterSession] = {}
+        self.jupyter_sessions = JupyterSessions(None, "")
         self._stopping: asyncio.Future[None] | None = None
 
     @catch_config_error
@@ -153,8 +160,9 @@ class Gateway(Application):
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
         self.kernel_manager = self.kernel_manager_class(
-            parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager
+            parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager, store=self.store
         )
+        self.kernel_manager.derive_secret = self.keypairs._secret
         self.metrics = Metrics(self)
         self.kernel_manager.observer = self._observe_kernel
 
@@ -253,12 +261,11 @@ class Gateway(Application):
         engine = DockerEngine.instance(parent=self)
         engine.call_observer = lambda method, seconds: self.metrics.docker_seconds.labels(method).observe(seconds)
         self.docker_available = await engine.ping()
+        # Records are kept only for what can be adopted: container kernels.
+        self.jupyter_sessions = JupyterSessions(self.store if self.docker_available else None, engine.gateway_id)
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
-            if self.remove_orphans:
-                for c in await engine.list_ours():
-                    self.log.warning("Removing container %s left by an earlier run", c.short_id)
-                    await engine.remove(c.id)
+            await self.reconcile(engine)
             return
         msg = "No Docker engine answers: kernels run as LOCAL PROCESSES without isolation or limits."
         if self.require_docker:
@@ -268,10 +275,27 @@ class Gateway(Application):
         self.log.warning(msg)
         self.log.warning("!" * 80)
 
+    async def reconcile(self, engine: DockerEngine) -> None:
+        """Match this gateway id's containers with the store's records: adopt what a record owns,
+        remove what nobody owns any more, drop records whose container is gone."""
+        containers = await engine.list_ours()
+        adopted: set[str] = set()
+        if self.adopt:
+            adopted |= await self.kernel_manager.adopt(containers)
+            adopted |= await self.sessions.adopt(containers)
+            await self.jupyter_sessions.load({km.kernel_id for km in self.kernel_manager.list()})
+        else:
+            await self.store.delete_records(engine.gateway_id)
+        for c in containers:
+            if c.id not in adopted:
+                self.log.warning("Removing container %s: nobody owns it any more", c.short_id)
+                await engine.remove(c.id)
+
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests)."""
-        await self.check_docker()
         self.kernel_manager.on_removal(self._forget_kernel_bridges)
+        self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
+        await self.check_docker()
         app = self.make_app()
         self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024,
                                                  ssl_options=self._ssl_context())
@@ -304,10 +328,12 @@ class Gateway(Application):
             self.http_server.stop()
         for kernel_id in list(self.bridges):
             self._forget_kernel_bridges(kernel_id)
+        keep = self.keep_on_exit and self.docker_available
         if self.kernel_manager is not None:
-            await self.kernel_manager.shutdown_everything()
+            await self.kernel_manager.shutdown_everything(keep=keep)
         if self.sessions is not None and self.docker_available:
-            await self.sessions.shutdown()
+            await self.sessions.shutdown(keep=keep)
+        await self.jupyter_sessions.flush()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None

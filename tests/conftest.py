@@ -199,9 +199,10 @@ class ProcessGateway:
     log_path: str
 
 
-def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None = None) -> ProcessGateway:
+def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None = None,
+                          gateway_id: str | None = None) -> ProcessGateway:
     port = free_port()
-    gateway_id = new_gateway_id("proc-")
+    gateway_id = gateway_id or new_gateway_id("proc-")
     log_path = os.path.join(tmp_dir, f"gateway-{port}.log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kernel_gateway_ext", f"--port={port}", f"--auth-token={TOKEN}",

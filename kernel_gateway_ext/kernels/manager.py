@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_client.session import Session
 from traitlets import Dict, Float, Instance, Int, List, Unicode
 from zmq.eventloop.zmqstream import ZMQStream
@@ -42,11 +44,14 @@ from ..provisioners.docker import (
     LAUNCH_USER_ENV,
     DockerProvisioner,
 )
+from ..provisioners.engine import LABEL_KIND, DockerEngine
 from ..provisioners.limits import KernelLimits, parse_memory
+from ..store import Store
 from .execution import Runner
 from .specs import GatewayKernelSpecManager
 
 DOCKER_PROVISIONER = "docker-provisioner"
+RECORD_KIND = "kernel"  # the store's record kind for kernels
 # Requests whose status messages do not make a kernel "busy" for clients and culling.
 UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
 # What a local (fallback) kernel process gets from the gateway's environment.
@@ -115,6 +120,21 @@ class GatewayKernel(AsyncKernelManager):
         self.exec_timeout: float | None = None
         self.num_queries = 0
         self._runner: Runner | None = None
+        # The connection key is derived from the master key and this nonce (kept in the store):
+        # an adopting gateway can talk to the kernel again, and the database holds no key.
+        self.key_nonce = ""
+        self.persisted = False
+
+    def record(self) -> dict[str, Any]:
+        """What the store keeps so that a later gateway process can adopt this kernel."""
+        prov = self.docker
+        return {
+            "kernel_name": self.kernel_name, "lang": self.lang, "client_token": self.client_token,
+            "limits": {k: v for k, v in vars(self.limits).items() if v is not None},
+            "exec_timeout": self.exec_timeout, "created": self.created.timestamp(),
+            "restart_count": self.restart_count, "key_nonce": self.key_nonce,
+            "container_id": prov.container_id if prov is not None else None,
+        }
 
     def runner(self, flush_interval: float) -> Runner:
         if self._runner is None:
@@ -196,9 +216,14 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         help="Languages and image names REST callers may name, mapped to kernelspecs.",
     ).tag(config=True)
 
+    store = Instance(Store, allow_none=True, help="Where kernel records outlive the process (set by the app).")
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         apply_env(self, set(kwargs))
+        # Set by the app: (purpose, nonce) -> a secret derived from the master key.
+        self.derive_secret: Callable[[str, str], str] | None = None
+        self._store_tasks: set[asyncio.Future[Any]] = set()
         self._starting: dict[str, GatewayKernel] = {}
         # (owner, token) -> [lock, users]: get-or-create is serialized per token, and an entry is
         # dropped when nobody holds or awaits it (tokens are often random: unbounded otherwise).
@@ -217,9 +242,100 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self._removal_callbacks.append(callback)
 
     def _removed(self, kernel_id: str) -> None:
-        self._kernels.pop(kernel_id, None)
+        km = self._kernels.pop(kernel_id, None)
+        if km is not None and getattr(km, "persisted", False) and self.store is not None:
+            self._store_task(self.store.delete_record(RECORD_KIND, kernel_id))
         for cb in self._removal_callbacks:
             cb(kernel_id)
+
+    # ---- persistence: records in the store, adoption after a restart ----------------------------
+    def _store_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._store_tasks.add(task)
+        task.add_done_callback(self._store_tasks.discard)
+
+    async def persist(self, km: GatewayKernel) -> None:
+        """Write (or update) the kernel's record; only container kernels can be adopted."""
+        if self.store is None or km.docker is None or km.kernel_id not in self._kernels:
+            return
+        await self.store.put_record(RECORD_KIND, km.kernel_id, DockerEngine.instance().gateway_id, km.owner, km.record())
+        km.persisted = True
+
+    async def flush_store(self) -> None:
+        """Wait for record writes and deletions in flight."""
+        while self._store_tasks:
+            await asyncio.gather(*list(self._store_tasks), return_exceptions=True)
+
+    def _derive_key(self, km: GatewayKernel, kernel_id: str) -> None:
+        if self.derive_secret is None:
+            return
+        km.key_nonce = km.key_nonce or secrets.token_hex(16)
+        km.session.key = self.derive_secret(f"kernel:{kernel_id}", km.key_nonce).encode()
+
+    async def adopt(self, containers: list[Any]) -> set[str]:
+        """Take over the kernels an earlier process of this gateway id left running (kill -9,
+        or a stop with keep_on_exit): same id, owner, key and state. Returns the container ids
+        adopted; records whose container is gone are dropped."""
+        if self.store is None:
+            return set()
+        gateway = DockerEngine.instance().gateway_id
+        by_id = {c.id: c for c in containers if c.labels.get(LABEL_KIND) == "kernel"}
+        adopted: set[str] = set()
+        for rec in await self.store.records(RECORD_KIND, gateway):
+            container = by_id.get(rec.get("container_id") or "")
+            if container is None:
+                self.log.warning("Kernel %s: its container is gone; dropping its record", rec["id"])
+                await self.store.delete_record(RECORD_KIND, rec["id"])
+                continue
+            try:
+                km = await self._adopt_one(rec, container.id)
+            except Exception as e:  # noqa: BLE001 - one broken record must not stop the gateway
+                self.log.warning("Kernel %s could not be adopted (%s); removing it", rec["id"], e)
+                self._kernels.pop(rec["id"], None)
+                await self.store.delete_record(RECORD_KIND, rec["id"])
+                continue
+            adopted.add(container.id)
+            self.log.info("Kernel adopted: %s (%s) of %s, %s", km.kernel_id, km.kernel_name, km.owner, km.execution_state)
+        return adopted
+
+    async def _adopt_one(self, rec: dict[str, Any], container_id: str) -> GatewayKernel:
+        kernel_id, name = rec["id"], rec["kernel_name"]
+        km, name, _ = self.pre_start_kernel(name, {"kernel_id": kernel_id})
+        assert isinstance(km, GatewayKernel)
+        km.kernel_id = kernel_id
+        km.owner = rec["owner"]
+        km.lang = rec.get("lang") or name
+        km.client_token = rec.get("client_token")
+        km.limits = KernelLimits(**(rec.get("limits") or {}))
+        km.exec_timeout = rec.get("exec_timeout")
+        km.created = datetime.fromtimestamp(float(rec.get("created") or time.time()), timezone.utc)
+        km.restart_count = int(rec.get("restart_count") or 0)
+        km.key_nonce = rec["key_nonce"]
+        km._attempted_start = True  # started, by an earlier process: restarts then make fresh futures
+        self._derive_key(km, kernel_id)
+        # What a restart re-runs start_kernel with (the container stays; these are not re-applied).
+        km._launch_args = self._launch_kwargs(name, owner=km.owner, env_=None, limits=km.limits, mounts=None,
+                                              labels=None)
+        km.provisioner = KernelProvisionerFactory.instance(parent=self.parent).create_provisioner_instance(
+            kernel_id, km.kernel_spec, parent=km)
+        prov = km.docker
+        if prov is None:
+            raise KernelStartFailed(f"kernelspec {name!r} no longer runs in containers")
+        await prov.load_provisioner_info({"container_id": container_id, "owner": km.owner})
+        km.load_connection_info(prov.connection_info)
+        km.persisted = True
+        self._kernels[kernel_id] = km
+        if await prov.poll() is None:
+            try:
+                await self.wait_ready(km, timeout=10.0)
+                km.execution_state = "idle"
+            except KernelStartFailed as e:
+                km.execution_state, km.reason = "dead", f"did not answer after the gateway restarted: {e}"
+        else:
+            km.execution_state = "dead"
+            km.reason = "killed: out of memory" if prov.oom_killed else f"exited with code {await prov.poll()}"
+        self._watch(km)
+        return km
 
     # ---- lookup -------------------------------------------------------------------------------
     def get(self, kernel_id: str, owner: str | None = None) -> GatewayKernel:
@@ -316,6 +432,10 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.execution_state = "idle"
         self._kernels[km.kernel_id] = km
         self._watch(km)
+        try:
+            await self.persist(km)
+        except Exception as e:  # noqa: BLE001 - the kernel works; it just would not survive a crash
+            self.log.warning("Kernel %s: its record could not be written: %s", km.kernel_id, e)
         self.log.info("Kernel started: %s (%s) for %s", km.kernel_id, name, owner)
         return km
 
@@ -338,6 +458,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km, name, kernel_id = self.pre_start_kernel(name, kwargs)
         assert isinstance(km, GatewayKernel)
         km.owner = owner
+        if DOCKER_PROVISIONER == (km.kernel_spec.metadata.get("kernel_provisioner") or {}).get("provisioner_name"):
+            self._derive_key(km, kernel_id)
         kwargs["kernel_id"] = kernel_id
         self._starting[kernel_id] = km
         try:
@@ -637,6 +759,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             km._runner.reset()
         km.touch()
         await km.notify_and_wait("restarted")
+        if km.persisted:
+            self._store_task(self.persist(km))
         return km
 
     async def _process_exit_watch(self, km: GatewayKernel, timeout: float = 10.0) -> "asyncio.Future[None]":
@@ -700,15 +824,25 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             self._removed(kernel_id)
             self.log.info("Kernel shut down: %s", kernel_id)
 
-    async def shutdown_everything(self) -> None:
-        """Stop every kernel now (gateway exit): nothing may stay behind."""
+    async def shutdown_everything(self, keep: bool = False) -> None:
+        """Gateway exit. Pooled and starting kernels always go; the others stop too unless
+        `keep`, when their containers and records stay for the next process to adopt."""
         self._closing = True
         # Refills in flight are creating containers: let them land, then remove them too.
         await asyncio.gather(*list(self._fill_tasks), return_exceptions=True)
-        kms = list(self._kernels.values()) + list(self._starting.values())
+        kms = list(self._starting.values())
         for pooled in self._pool.values():
             kms += pooled
         self._pool.clear()
+        if keep:
+            for km in list(self._kernels.values()):
+                self._unwatch(km)  # type: ignore[arg-type]
+                if km._runner is not None:  # type: ignore[attr-defined]
+                    km._runner.close()  # type: ignore[attr-defined]
+                if not km.persisted:  # type: ignore[attr-defined]
+                    kms.append(km)  # a local process cannot be adopted: stop it
+        else:
+            kms += list(self._kernels.values())
         for km in kms:
             self._unwatch(km)  # type: ignore[arg-type]
         results = await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True)
@@ -716,3 +850,4 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             if isinstance(res, BaseException):
                 self.log.warning("Kernel %s did not shut down cleanly: %s", km.kernel_id, res)
             self._removed(km.kernel_id)
+        await self.flush_store()

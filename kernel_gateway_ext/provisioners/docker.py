@@ -488,9 +488,18 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
-        await super().load_provisioner_info(provisioner_info)
+        """Take over a kernel container another gateway process started (adoption after a crash
+        or an upgrade): follow its events, read its state and, when it runs, its address."""
+        info = {"kernel_id": self.kernel_id, "connection_info": {}, **provisioner_info}
+        await super().load_provisioner_info(info)
         self.container_id = provisioner_info.get("container_id")
         self.owner = provisioner_info.get("owner", "")
-        if self.container_id:
-            self._watch()
-            await self._refresh_state()
+        if not self.container_id:
+            return
+        self._watch()
+        await self._refresh_state()
+        if self._exit_code is None:
+            await self._read_address()
+        else:  # a dead container has no address until a restart starts it again
+            self.connection_info = {"ip": "127.0.0.1", "transport": "tcp", "key": self._key(),
+                                    "signature_scheme": self._signature_scheme(), **CONTAINER_PORTS}

@@ -11,7 +11,7 @@ import secrets
 import shlex
 import string
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..folders import FolderManager
 from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
 from ..store import Store
 
+RECORD_KIND = "skaha-session"  # the store's record kind
 LABEL_SESSION_ID = "org.kge.session.id"
 LABEL_SESSION_TYPES = "org.kge.session-types"
 KINDS = ("headless", "notebook", "desktop", "carta", "firefly", "contributed", "desktop-app")
@@ -405,7 +406,7 @@ class SessionManager(EnvConfigurable):
             self.engine.unsubscribe(rec.container_id)
             await self.engine.remove(rec.container_id)
         self.records.pop(rec.id, None)
-        await self.store.run(lambda c: c.execute("DELETE FROM sessions WHERE id = ?", (rec.id,)))
+        await self.store.delete_record(RECORD_KIND, rec.id)
         self.log.info("Session %s %s", rec.id, reason)
 
     def _schedule_expiry(self, rec: SessionRecord) -> None:
@@ -424,19 +425,66 @@ class SessionManager(EnvConfigurable):
     async def _save(self, rec: SessionRecord) -> None:
         if rec.id not in self.records:
             return
-        data = json.dumps(asdict(rec))
-        await self.store.run(lambda c: c.execute(
-            "INSERT INTO sessions (id, owner, data) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
-            (rec.id, rec.owner, data)))
+        data = {k: v for k, v in asdict(rec).items() if k not in ("id", "owner")}
+        await self.store.put_record(RECORD_KIND, rec.id, self.engine.gateway_id, rec.owner, data)
 
-    async def shutdown(self) -> None:
-        """Gateway exit: every session container goes (nothing may stay behind)."""
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def adopt(self, containers: list[Any]) -> set[str]:
+        """Take over the sessions an earlier process of this gateway id left: their records come
+        back with the same ids and owners, status from the container, expiry timers re-armed.
+        Returns the container ids adopted; a record whose container is gone is dropped."""
+        # By the session-id label, not the record's container id: a gateway killed between
+        # creating the container and recording its id must still find it.
+        by_session = {c.labels.get(LABEL_SESSION_ID): c for c in containers if c.labels.get(LABEL_KIND) == "session"}
+        names = {f.name for f in fields(SessionRecord)}
+        adopted: set[str] = set()
+        for data in await self.store.records(RECORD_KIND, self.engine.gateway_id):
+            rec = SessionRecord(**{k: v for k, v in data.items() if k in names})
+            container = by_session.get(rec.id)
+            state = (container.attrs.get("State") or {}) if container is not None else {}
+            if rec.status == "Terminating" or (container is None and rec.status != "Pending"):
+                # Being deleted, or its container was removed from outside: finish that.
+                await self.store.delete_record(RECORD_KIND, rec.id)
+                continue
+            if container is None or state.get("Status") == "created":
+                # The gateway died mid-start: start it again from the record (the half-made
+                # container, not adopted, is removed by the caller).
+                rec.container_id, rec.status = None, "Pending"
+                self.records[rec.id] = rec
+                self._schedule_expiry(rec)
+                task = asyncio.ensure_future(self._start(rec))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
+            rec.container_id = container.id
+            self.records[rec.id] = rec
+            adopted.add(container.id)
+            self.engine.subscribe(container.id, lambda ev, r=rec: self._on_event(r, ev))
+            if state.get("Running"):
+                rec.status = "Running"
+            else:
+                rec.exit_code = int(state.get("ExitCode", -1))
+                rec.status = "Succeeded" if rec.exit_code == 0 else "Error"
+                if state.get("OOMKilled"):
+                    rec.event("Warning", "OOMKilled", f"out of memory (limit {rec.ram}G)")
+            rec.event("Normal", "Adopted", "the gateway restarted and took the session over")
+            await self._save(rec)
+            self._schedule_expiry(rec)
+            self.log.info("Session adopted: %s (%s) of %s, %s", rec.id, rec.type, rec.owner, rec.status)
+        return adopted
+
+    async def shutdown(self, keep: bool = False) -> None:
+        """Gateway exit: every session container goes (nothing may stay behind), unless `keep`,
+        when containers and records stay for the next process to adopt."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         # Starts in flight create containers: let them land first, so none is created after.
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for rec in list(self.records.values()):
+            if keep and rec.container_id is not None:
+                self.engine.unsubscribe(rec.container_id)
+                continue
             try:
                 await self.delete(rec, "stopped with the gateway")
             except Exception as e:  # noqa: BLE001 - best effort for each

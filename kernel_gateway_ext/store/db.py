@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -24,10 +25,15 @@ CREATE TABLE IF NOT EXISTS keypairs (
     created REAL NOT NULL,
     revoked REAL
 );
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
+-- What must outlive the gateway process: kernels, Jupyter sessions and Skaha sessions, each
+-- under the gateway id whose containers carry it (gateways may share one state folder).
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,             -- 'kernel', 'jupyter-session', 'skaha-session'
+    id TEXT NOT NULL,
+    gateway TEXT NOT NULL,
     owner TEXT NOT NULL,
-    data TEXT NOT NULL              -- the session record as JSON
+    data TEXT NOT NULL,             -- the record as JSON (never a secret)
+    PRIMARY KEY (kind, id)
 );
 CREATE TABLE IF NOT EXISTS folders (
     id TEXT PRIMARY KEY,
@@ -82,6 +88,31 @@ class Store(EnvConfigurable):
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._connect()))
+
+    # ---- records that outlive the process ---------------------------------------------------------
+    async def put_record(self, kind: str, record_id: str, gateway: str, owner: str, data: dict[str, Any]) -> None:
+        body = json.dumps(data, sort_keys=True)
+        await self.run(lambda c: c.execute(
+            "INSERT INTO records (kind, id, gateway, owner, data) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(kind, id) DO UPDATE SET owner = excluded.owner, data = excluded.data",
+            (kind, record_id, gateway, owner, body)))
+
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        await self.run(lambda c: c.execute("DELETE FROM records WHERE kind = ? AND id = ?", (kind, record_id)))
+
+    async def records(self, kind: str, gateway: str) -> list[dict[str, Any]]:
+        """Every record of `kind` kept for `gateway`: its data plus id and owner."""
+        rows = await self.run(lambda c: c.execute(
+            "SELECT id, owner, data FROM records WHERE kind = ? AND gateway = ?", (kind, gateway)).fetchall())
+        return [{**json.loads(r["data"]), "id": r["id"], "owner": r["owner"]} for r in rows]
+
+    async def delete_records(self, gateway: str) -> None:
+        await self.run(lambda c: c.execute("DELETE FROM records WHERE gateway = ?", (gateway,)))
+
+    async def count_records(self, gateway: str | None = None) -> int:
+        sql, args = ("SELECT COUNT(*) FROM records", ()) if gateway is None else \
+            ("SELECT COUNT(*) FROM records WHERE gateway = ?", (gateway,))
+        return int(await self.run(lambda c: c.execute(sql, args).fetchone()[0]))
 
     def close(self) -> None:
         def _close() -> None:

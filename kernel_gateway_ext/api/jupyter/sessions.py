@@ -2,30 +2,19 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BadRequest, KernelNotFound, NotFound
+from ...kernels.jupyter_sessions import JupyterSession, JupyterSessions
 from ..base import BaseHandler
 from .handlers import _env_from_body
 
 SESSION_ID = r"(?P<session_id>[\w-]+)"
 
 
-@dataclass
-class JupyterSession:
-    id: str
-    owner: str
-    path: str
-    name: str
-    type: str
-    kernel_id: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class SessionsMixin(BaseHandler):
     @property
-    def sessions(self) -> dict[str, JupyterSession]:
+    def sessions(self) -> JupyterSessions:
         return self.gateway.jupyter_sessions
 
     def visible(self, s: JupyterSession) -> bool:
@@ -35,8 +24,7 @@ class SessionsMixin(BaseHandler):
         try:
             km = self.gateway.kernel_manager.get(s.kernel_id)
         except KernelNotFound:
-            self.sessions.pop(s.id, None)  # its kernel is gone: so is the session
-            return None
+            return None  # its kernel is gone: the session goes with it (JupyterSessions.kernel_removed)
         return {
             "id": s.id,
             "path": s.path,
@@ -80,7 +68,7 @@ class SessionsMixin(BaseHandler):
 
 class SessionsHandler(SessionsMixin):
     def get(self) -> None:
-        models = [self.model(s) for s in list(self.sessions.values()) if self.visible(s)]
+        models = [self.model(s) for s in self.sessions.values() if self.visible(s)]
         self.write_json([m for m in models if m is not None])
 
     async def post(self) -> None:
@@ -96,7 +84,7 @@ class SessionsHandler(SessionsMixin):
             id=str(uuid.uuid4()), owner=self.identity.user, path=path,
             name=f.get("name", ""), type=f.get("type", "notebook"), kernel_id=kernel_id,
         )
-        self.sessions[s.id] = s
+        await self.sessions.save(s)
         self.set_header("Location", f"{self.gateway.base_url}api/sessions/{s.id}")
         self.write_json(self.model(s), status=201)
 
@@ -115,11 +103,12 @@ class SessionHandler(SessionsMixin):
             s.kernel_id = await self.kernel_for(body)
             if old != s.kernel_id and not any(o.kernel_id == old for o in self.sessions.values() if o is not s):
                 await self.gateway.kernel_manager.shutdown(old)
+        await self.sessions.save(s)
         self.write_json(self.model(s))
 
     async def delete(self, session_id: str) -> None:
         s = self.lookup(session_id)
-        self.sessions.pop(s.id, None)
+        await self.sessions.remove(s.id)
         try:
             await self.gateway.kernel_manager.shutdown(s.kernel_id)
         except KernelNotFound:
