@@ -20,6 +20,7 @@ from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from ._version import __version__
+from .api import openapi
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
 from .api.skaha import handlers as sk, proxy as skproxy
@@ -163,6 +164,10 @@ class Gateway(Application):
             parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager, store=self.store
         )
         self.kernel_manager.derive_secret = self.keypairs._secret
+        # One memory budget for the host: kernels and sessions draw from it.
+        self.kernel_manager.other_memory = self.sessions.promised_memory
+        self.sessions.check_capacity = self.kernel_manager.check_capacity
+        self.sessions.on_cull = lambda kind: self.metrics.culls.labels(f"session:{kind}", "expired").inc()
         self.metrics = Metrics(self)
         self.kernel_manager.observer = self._observe_kernel
 
@@ -172,6 +177,7 @@ class Gateway(Application):
         routes: list[tuple[str, type, dict[str, Any]] | tuple[str, type]] = [
             (rf"{b}api/?", jh.ApiHandler),
             (rf"{b}metrics", MetricsHandler),
+            (rf"{b}openapi/(?P<dialect>jupyter|v2|skaha)\.json", openapi.OpenAPIHandler),
             (rf"{b}api/kernelspecs/?", jh.KernelSpecsHandler),
             (rf"{b}api/kernelspecs/{jh.KERNEL_NAME}/?", jh.KernelSpecHandler),
             (rf"{b}kernelspecs/{jh.KERNEL_NAME}/(?P<path>.+)", jh.KernelSpecResourceHandler),
@@ -256,6 +262,10 @@ class Gateway(Application):
             self.metrics.start_seconds.labels(source).observe(seconds)
         elif event == "start_failure":
             self.metrics.start_failures.labels(kernelspec).inc()
+        elif event == "cull":
+            self.metrics.culls.labels("kernel", source).inc()
+        elif event == "rejected":
+            self.metrics.rejections.labels(source).inc()
 
     async def check_docker(self) -> None:
         engine = DockerEngine.instance(parent=self)

@@ -84,6 +84,13 @@ class TooManyKernels(GatewayError):
     kind = "too-many-kernels"
 
 
+class OverCapacity(GatewayError):
+    """The host's memory budget for kernels and sessions is spent; try again later."""
+
+    status = 429
+    kind = "over-capacity"
+
+
 class KernelStartFailed(GatewayError):
     """The kernel could not be started."""
 

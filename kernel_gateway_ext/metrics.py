@@ -21,6 +21,9 @@ class Metrics:
                                        registry=self.registry)
         self.start_seconds = Histogram("kge_kernel_start_seconds", "Start to ready, seconds", ["source"],
                                        buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=self.registry)
+        self.culls = PCounter("kge_culls", "Kernels and sessions given back by culling or expiry", ["what", "reason"],
+                              registry=self.registry)
+        self.rejections = PCounter("kge_start_rejections", "Starts refused by a limit", ["reason"], registry=self.registry)
         self.executes = PCounter("kge_executes", "Code runs started by REST callers", ["dialect"], registry=self.registry)
         self.docker_seconds = Histogram("kge_docker_call_seconds", "Docker API call latency", ["method"],
                                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
@@ -56,3 +59,9 @@ class _Live:
             size.add_metric([name], want)
         yield pool
         yield size
+        promised = GaugeMetricFamily("kge_memory_promised_bytes", "Memory promised to kernels and sessions")
+        promised.add_metric([], mgr.promised_memory())
+        yield promised
+        budget = GaugeMetricFamily("kge_memory_budget_bytes", "The host's memory budget (0: none)")
+        budget.add_metric([], mgr.budget_bytes())
+        yield budget

@@ -22,7 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_client.session import Session
-from traitlets import Dict, Float, Instance, Int, List, Unicode
+from traitlets import Bool, Dict, Float, Instance, Int, List, Unicode
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ..config import apply_env, env
@@ -34,6 +34,7 @@ from ..errors import (
     KernelSpecNotFound,
     KernelStartFailed,
     LimitExceeded,
+    OverCapacity,
     TooManyKernels,
 )
 from ..provisioners.docker import (
@@ -47,6 +48,7 @@ from ..provisioners.docker import (
 from ..provisioners.engine import LABEL_KIND, DockerEngine
 from ..provisioners.limits import KernelLimits, parse_memory
 from ..store import Store
+from .culling import Deadlines
 from .execution import Runner
 from .specs import GatewayKernelSpecManager
 
@@ -109,6 +111,9 @@ class GatewayKernel(AsyncKernelManager):
         self.reason = ""
         self.connections = 0
         self.restarting = False
+        self.stopping = False
+        # Restart and shutdown never overlap (jupyter_client's start/stop futures would clash).
+        self.lifecycle = asyncio.Lock()
         self.restart_count = 0
         self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
         self._listeners: set[Listener] = set()
@@ -118,6 +123,7 @@ class GatewayKernel(AsyncKernelManager):
         self.lang = ""
         self.limits = KernelLimits()
         self.exec_timeout: float | None = None
+        self.idle_timeout: float | None = None  # a REST caller's own (v2 idleTimeout); None: the server's
         self.num_queries = 0
         self._runner: Runner | None = None
         # The connection key is derived from the master key and this nonce (kept in the store):
@@ -131,7 +137,7 @@ class GatewayKernel(AsyncKernelManager):
         return {
             "kernel_name": self.kernel_name, "lang": self.lang, "client_token": self.client_token,
             "limits": {k: v for k, v in vars(self.limits).items() if v is not None},
-            "exec_timeout": self.exec_timeout, "created": self.created.timestamp(),
+            "exec_timeout": self.exec_timeout, "idle_timeout": self.idle_timeout, "created": self.created.timestamp(),
             "restart_count": self.restart_count, "key_nonce": self.key_nonce,
             "container_id": prov.container_id if prov is not None else None,
         }
@@ -189,7 +195,15 @@ class GatewayKernelManager(AsyncMultiKernelManager):
     ready_timeout = env(
         Float(60.0, help="Seconds a new kernel may take to answer kernel_info."), "KGE_KERNEL_READY_TIMEOUT"
     )
-    max_kernels = env(Int(0, help="Most kernels at once (0: no limit)."), "KGE_MAX_KERNELS")
+    max_kernels = env(Int(0, help="Most kernels at once, pooled ones included (0: no limit)."), "KGE_MAX_KERNELS")
+    max_kernels_per_owner = env(Int(0, help="Most kernels one owner may have at once (0: no limit)."),
+                                "KGE_MAX_KERNELS_PER_OWNER")
+    memory_budget = env(
+        Unicode("", help="Memory all kernels and Skaha sessions together may be promised (their container limits), "
+                         "e.g. '48g' or '90%' of the host; a start beyond it answers 429. Empty: no budget "
+                         "(limits are caps, and callers such as the CANFAR clients ask generously)."),
+        "KGE_MEMORY_BUDGET",
+    )
     env_allowlist = env(
         List(Unicode(), help="Request env names passed to kernels besides KERNEL_*."), "KGE_ENV_ALLOWLIST"
     )
@@ -206,6 +220,14 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         "KGE_POOL_SIZES",
     )
     pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
+    cull_idle_timeout = env(
+        Float(0.0, help="Shut kernels down after this many seconds without activity (0: never), as "
+                        "jupyter_server's MappingKernelManager.cull_idle_timeout."),
+        "KGE_CULL_IDLE_TIMEOUT",
+    )
+    cull_busy = env(Bool(False, help="Cull busy kernels too (an execution that runs longer than the timeout)."),
+                    "KGE_CULL_BUSY")
+    cull_connected = env(Bool(False, help="Cull kernels that still have an open websocket."), "KGE_CULL_CONNECTED")
     run_flush_interval = env(
         Float(3.0, help="Seconds a REST execute waits before answering 'continued'."), "KGE_RUN_FLUSH_INTERVAL"
     )
@@ -224,6 +246,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         # Set by the app: (purpose, nonce) -> a secret derived from the master key.
         self.derive_secret: Callable[[str, str], str] | None = None
         self._store_tasks: set[asyncio.Future[Any]] = set()
+        self._default_mem_limit: str | None = None
+        self.deadlines = Deadlines(self.log)
         self._starting: dict[str, GatewayKernel] = {}
         # (owner, token) -> [lock, users]: get-or-create is serialized per token, and an entry is
         # dropped when nobody holds or awaits it (tokens are often random: unbounded otherwise).
@@ -242,6 +266,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self._removal_callbacks.append(callback)
 
     def _removed(self, kernel_id: str) -> None:
+        self.deadlines.cancel(kernel_id)
         km = self._kernels.pop(kernel_id, None)
         if km is not None and getattr(km, "persisted", False) and self.store is not None:
             self._store_task(self.store.delete_record(RECORD_KIND, kernel_id))
@@ -295,6 +320,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
                 await self.store.delete_record(RECORD_KIND, rec["id"])
                 continue
             adopted.add(container.id)
+            self.arm_cull(km)
             self.log.info("Kernel adopted: %s (%s) of %s, %s", km.kernel_id, km.kernel_name, km.owner, km.execution_state)
         return adopted
 
@@ -308,6 +334,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.client_token = rec.get("client_token")
         km.limits = KernelLimits(**(rec.get("limits") or {}))
         km.exec_timeout = rec.get("exec_timeout")
+        km.idle_timeout = rec.get("idle_timeout")
         km.created = datetime.fromtimestamp(float(rec.get("created") or time.time()), timezone.utc)
         km.restart_count = int(rec.get("restart_count") or 0)
         km.key_nonce = rec["key_nonce"]
@@ -399,6 +426,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         labels: dict[str, str] | None = None,
         user_env: dict[str, str] | None = None,
         exec_timeout: float | None = None,
+        idle_timeout: float | None = None,
         lang: str = "",
         client_token: str | None = None,
     ) -> GatewayKernel:
@@ -409,12 +437,21 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         out when it can be made exactly what was asked; otherwise the start is cold."""
         name = kernel_name or self.kernel_spec_manager.default_name
         self.check_limits(limits, exec_timeout)
+        if self.max_kernels_per_owner and len(self.list(owner)) + self._starting_for(owner) >= self.max_kernels_per_owner:
+            self._observe("rejected", name, "owner_max")
+            raise TooManyKernels(f"{owner} already has the maximum of {self.max_kernels_per_owner} kernels")
         began = time.monotonic()
         km = await self._take_pooled(name, env, limits, mounts, labels, user_env)
         source = "pooled" if km is not None else "cold"
         if km is None:
             if self.max_kernels and self._count() >= self.max_kernels:
+                self._observe("rejected", name, "max_kernels")
                 raise TooManyKernels(f"the gateway runs its maximum of {self.max_kernels} kernels")
+            try:
+                self.check_capacity(self.memory_of(name, limits))  # a pooled kernel is promised already
+            except OverCapacity:
+                self._observe("rejected", name, "memory_budget")
+                raise
             try:
                 km = await self._launch(name, owner=owner, env=env, limits=limits, mounts=mounts, labels=labels,
                                         user_env=user_env)
@@ -427,11 +464,13 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km.client_token = client_token
         km.limits = limits or KernelLimits()
         km.exec_timeout = exec_timeout
+        km.idle_timeout = idle_timeout
         if km.docker is not None:
             km.docker.owner = owner
         km.execution_state = "idle"
         self._kernels[km.kernel_id] = km
         self._watch(km)
+        self.arm_cull(km)
         try:
             await self.persist(km)
         except Exception as e:  # noqa: BLE001 - the kernel works; it just would not survive a crash
@@ -445,6 +484,61 @@ class GatewayKernelManager(AsyncMultiKernelManager):
     def _observe(self, *args: Any) -> None:
         if self.observer is not None:
             self.observer(*args)
+
+    def _starting_for(self, owner: str) -> int:
+        return sum(1 for km in self._starting.values() if km.owner == owner)
+
+    # ---- the host's memory budget -----------------------------------------------------------------
+    # Set by the app: the memory promised to things outside this manager (Skaha sessions).
+    other_memory: Callable[[], int] = staticmethod(lambda: 0)  # type: ignore[assignment]
+
+    def budget_bytes(self) -> int:
+        """The memory budget in bytes (0: none)."""
+        text = self.memory_budget.strip()
+        if not text:
+            return 0
+        if text.endswith("%"):
+            try:
+                host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError):
+                return 0
+            return int(host * float(text[:-1]) / 100)
+        return parse_memory(text)
+
+    def memory_of(self, name: str, limits: KernelLimits | None) -> int:
+        """The memory a kernel of `name` with `limits` is promised (its container's limit)."""
+        if limits is not None and limits.memory_bytes:
+            return limits.memory_bytes
+        try:
+            spec = self.kernel_spec_manager.get_kernel_spec(name)
+        except Exception:  # noqa: BLE001 - an unknown spec fails later with its own error
+            return 0
+        prov = (spec.metadata.get("kernel_provisioner") or {})
+        if prov.get("provisioner_name") != DOCKER_PROVISIONER:
+            return 0
+        configured = (prov.get("config") or {}).get("mem_limit")
+        if not configured:
+            if self._default_mem_limit is None:  # the provisioners' configured default (traits, env)
+                self._default_mem_limit = DockerProvisioner(parent=self).mem_limit
+            configured = self._default_mem_limit
+        return parse_memory(configured)
+
+    def promised_memory(self) -> int:
+        kms = list(self._kernels.values()) + list(self._starting.values()) + [k for v in self._pool.values() for k in v]
+        total = 0
+        for km in kms:
+            prov = km.docker  # type: ignore[attr-defined]
+            if prov is not None:
+                total += prov.limits.memory_bytes or parse_memory(prov.mem_limit)
+        return total + self.other_memory()
+
+    def check_capacity(self, wanted: int) -> None:
+        """429 when `wanted` more bytes would promise more memory than the host's budget."""
+        budget = self.budget_bytes()
+        if budget and wanted and self.promised_memory() + wanted > budget:
+            gib = 2**30
+            raise OverCapacity(f"the host's memory budget is spent: {self.promised_memory() / gib:.1f} GiB of "
+                               f"{budget / gib:.1f} GiB promised, {wanted / gib:.1f} GiB more asked")
 
     def _count(self) -> int:
         return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())
@@ -485,6 +579,9 @@ class GatewayKernelManager(AsyncMultiKernelManager):
             missing = size - len(self._pool.get(name, [])) - self._pool_filling.get(name, 0)
             for _ in range(max(0, missing)):
                 if self.max_kernels and self._count() + sum(self._pool_filling.values()) >= self.max_kernels:
+                    return
+                budget = self.budget_bytes()
+                if budget and self.promised_memory() + (sum(self._pool_filling.values()) + 1) * self.memory_of(name, None) > budget:
                     return
                 self._pool_filling[name] = self._pool_filling.get(name, 0) + 1
                 task = asyncio.ensure_future(self._fill_one(name))
@@ -724,12 +821,57 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
         km.notify("dead", reason=km.reason)
 
+    # ---- giving resources back: idle culling -------------------------------------------------------
+    def idle_timeout_of(self, km: GatewayKernel) -> float:
+        """The caller's own timeout (v2 idleTimeout), never longer than the server's."""
+        server = self.cull_idle_timeout
+        if km.idle_timeout:
+            return min(km.idle_timeout, server) if server > 0 else km.idle_timeout
+        return server
+
+    def arm_cull(self, km: GatewayKernel, at: float | None = None) -> None:
+        """(Re)arm the kernel's idle deadline: last activity + its timeout."""
+        timeout = self.idle_timeout_of(km)
+        if timeout <= 0 or self._closing:
+            self.deadlines.cancel(km.kernel_id)
+            return
+        when = at if at is not None else km.last_activity.timestamp() + timeout
+        self.deadlines.arm(km.kernel_id, when, lambda: self._cull_if_idle(km.kernel_id))
+
+    async def _cull_if_idle(self, kernel_id: str) -> None:
+        km = self._kernels.get(kernel_id)
+        if km is None:
+            return
+        assert isinstance(km, GatewayKernel)
+        timeout = self.idle_timeout_of(km)
+        if timeout <= 0:
+            return
+        now = time.time()
+        idle_for = now - km.last_activity.timestamp()
+        if idle_for < timeout:
+            self.arm_cull(km)  # there was activity since: the deadline moved
+            return
+        if km.execution_state == "busy" and not self.cull_busy:
+            self.arm_cull(km, at=now + timeout)
+            return
+        if km.connections and not self.cull_connected:
+            self.arm_cull(km, at=now + timeout)
+            return
+        self.log.warning("Culling kernel %s (%s) of %s: idle for %.0f s (timeout %.0f s)",
+                         km.kernel_id, km.kernel_name, km.owner, idle_for, timeout)
+        self._observe("cull", km.kernel_name, "idle")
+        await self.shutdown(kernel_id, now=True)
+
     # ---- actions ------------------------------------------------------------------------------
     async def restart(self, kernel_id: str, owner: str | None = None) -> GatewayKernel:
         """Restart in place: same id, address and key; open connections keep working."""
         km = self.get(kernel_id, owner)
-        if km.restarting:
-            raise KernelDead("kernel is already restarting", status=409)
+        if km.restarting or km.stopping or km.lifecycle.locked():
+            raise KernelDead("kernel is already restarting or shutting down", status=409)
+        async with km.lifecycle:
+            return await self._restart(km)
+
+    async def _restart(self, km: GatewayKernel) -> GatewayKernel:
         km.restarting = True
         km.execution_state = "restarting"
         km.notify("restarting")
@@ -810,10 +952,22 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         km = self.get(kernel_id, owner)
         if km.execution_state == "dead":
             raise KernelDead("kernel is dead; restart it first")
+        if km.restarting or km.stopping:
+            # A signal now would reach a kernel process before it can handle it.
+            raise KernelDead("kernel is restarting or shutting down", status=409)
         await km.interrupt_kernel()
 
     async def shutdown(self, kernel_id: str, owner: str | None = None, now: bool = False) -> None:
+        """Stop a kernel. Concurrent calls for the same kernel wait for the first one."""
         km = self.get(kernel_id, owner)
+        km.stopping = True
+        async with km.lifecycle:  # waits for a restart in flight, or for another shutdown
+            if self._kernels.get(kernel_id) is not km:
+                return  # another caller finished it
+            await self._shutdown(km, now)
+
+    async def _shutdown(self, km: GatewayKernel, now: bool) -> None:
+        kernel_id = km.kernel_id
         self._unwatch(km)
         km.notify("shutdown")
         if km._runner is not None:
@@ -828,6 +982,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         """Gateway exit. Pooled and starting kernels always go; the others stop too unless
         `keep`, when their containers and records stay for the next process to adopt."""
         self._closing = True
+        await self.deadlines.close()
         # Refills in flight are creating containers: let them land, then remove them too.
         await asyncio.gather(*list(self._fill_tasks), return_exceptions=True)
         kms = list(self._starting.values())

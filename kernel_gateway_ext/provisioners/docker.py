@@ -470,7 +470,8 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
         try:
             raw = await self.engine.api("stats", self.container_id, stream=False, one_shot=True)
-        except docker.errors.APIError:
+        except (docker.errors.APIError, EngineUnavailable):
+            # A container exiting right now answers with an empty body; info still answers.
             return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
         mem = raw.get("memory_stats") or {}
         cache = (mem.get("stats") or {}).get("cache", 0)

@@ -11,6 +11,7 @@ import secrets
 import shlex
 import string
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from traitlets import Dict, Float, Instance, Int, List, Unicode
 from ..config import EnvConfigurable, env
 from ..errors import BadRequest, EngineUnavailable, NotFound
 from ..folders import FolderManager
+from ..kernels.culling import Deadlines
 from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
 from ..store import Store
 
@@ -110,8 +112,11 @@ class SessionManager(EnvConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Set by the app: the kernel store's check of the host's memory budget.
+        self.check_capacity: Callable[[int], None] | None = None
+        self.on_cull: Callable[[str], None] | None = None  # metrics: a session expired
         self.records: dict[str, SessionRecord] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.deadlines = Deadlines(self.log)  # expiryTime: the same mechanism as kernel culling
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -213,6 +218,8 @@ class SessionManager(EnvConfigurable):
             except ValueError as e:
                 raise BadRequest(f"malformed args: {e}") from e
         local_image = await self.resolve_image(image, kind)
+        if self.check_capacity is not None:
+            self.check_capacity(ram * 2**30)  # 429 past the host's memory budget
         now = time.time()
         rec = SessionRecord(
             id="".join(secrets.choice(ID_ALPHABET) for _ in range(8)), owner=owner, name=name, type=kind,
@@ -329,6 +336,10 @@ class SessionManager(EnvConfigurable):
             return
         asyncio.ensure_future(self._save(rec))
 
+    def promised_memory(self) -> int:
+        """Bytes promised to sessions that hold memory (pending or running)."""
+        return sum(r.ram * 2**30 for r in self.records.values() if r.status in ("Pending", "Running"))
+
     # ---- read ---------------------------------------------------------------------------------
     def get(self, session_id: str, owner: str | None) -> SessionRecord:
         rec = self.records.get(session_id)
@@ -347,7 +358,7 @@ class SessionManager(EnvConfigurable):
             return "<none>", "<none>"
         try:
             raw = await self.engine.api("stats", rec.container_id, stream=False, one_shot=True)
-        except docker.errors.APIError:
+        except (docker.errors.APIError, EngineUnavailable):  # exiting right now: an empty body
             return "<none>", "<none>"
         mem = raw.get("memory_stats") or {}
         used = max(0, int(mem.get("usage", 0)) - int((mem.get("stats") or {}).get("cache", 0)))
@@ -399,9 +410,7 @@ class SessionManager(EnvConfigurable):
 
     async def delete(self, rec: SessionRecord, reason: str = "deleted") -> None:
         rec.status = "Terminating"
-        timer = self._timers.pop(rec.id, None)
-        if timer is not None:
-            timer.cancel()
+        self.deadlines.cancel(rec.id)
         if rec.container_id is not None:
             self.engine.unsubscribe(rec.container_id)
             await self.engine.remove(rec.container_id)
@@ -410,17 +419,18 @@ class SessionManager(EnvConfigurable):
         self.log.info("Session %s %s", rec.id, reason)
 
     def _schedule_expiry(self, rec: SessionRecord) -> None:
-        old = self._timers.pop(rec.id, None)
-        if old is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, rec.expiry - time.time())
-        self._timers[rec.id] = loop.call_later(delay, lambda: asyncio.ensure_future(self._expire(rec.id)))
+        self.deadlines.arm(rec.id, rec.expiry, lambda: self._expire(rec.id))
 
     async def _expire(self, session_id: str) -> None:
         rec = self.records.get(session_id)
-        if rec is not None and rec.expiry <= time.time() + 0.5:
-            await self.delete(rec, "expired")
+        if rec is None:
+            return
+        if rec.expiry > time.time() + 0.5:
+            self._schedule_expiry(rec)  # renewed meanwhile
+            return
+        if self.on_cull is not None:
+            self.on_cull(rec.type)
+        await self.delete(rec, "expired")
 
     async def _save(self, rec: SessionRecord) -> None:
         if rec.id not in self.records:
@@ -476,9 +486,7 @@ class SessionManager(EnvConfigurable):
     async def shutdown(self, keep: bool = False) -> None:
         """Gateway exit: every session container goes (nothing may stay behind), unless `keep`,
         when containers and records stay for the next process to adopt."""
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        await self.deadlines.close()
         # Starts in flight create containers: let them land first, so none is created after.
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for rec in list(self.records.values()):

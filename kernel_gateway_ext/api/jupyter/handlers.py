@@ -105,8 +105,17 @@ class KernelsHandler(BaseHandler):
 
 
 class KernelHandler(BaseHandler):
-    def get(self, kernel_id: str) -> None:
-        self.write_json(self.gateway.kernel_manager.get(kernel_id, self.identity.owner_filter()).model())
+    async def get(self, kernel_id: str) -> None:
+        mgr = self.gateway.kernel_manager
+        km = mgr.get(kernel_id, self.identity.owner_filter())
+        model = km.model()
+        if km.docker is not None:
+            # One kernel's info carries its container's figures (the list stays cheap for polling).
+            stats = await km.docker.stats()
+            model["stats"] = {"memory_bytes": stats["memory"], "memory_max_bytes": stats["memory_max"],
+                              "memory_limit_bytes": mgr.memory_of(km.kernel_name, km.limits),
+                              "cpu_seconds": stats["cpu_ns"] / 1e9}
+        self.write_json(model)
 
     async def delete(self, kernel_id: str) -> None:
         await self.gateway.kernel_manager.shutdown(kernel_id, self.identity.owner_filter())

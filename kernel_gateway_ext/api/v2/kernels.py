@@ -66,6 +66,8 @@ class KernelCreateHandler(V2Handler):
         cores = _number(config.get("instanceCores"), "instanceCores")
         gpus = _number(config.get("instanceGPUs"), "instanceGPUs", integer=True)
         exec_ms = _number(limits_in.get("execTimeout"), "limits.execTimeout")
+        # idleTimeout (ms, like execTimeout): the kernel is culled after so long without activity.
+        idle_ms = _number(limits_in.get("idleTimeout", config.get("idleTimeout")), "idleTimeout")
         limits = KernelLimits(memory_bytes=mem or None, cpus=cores or None, gpus=int(gpus or 0))
         user_env = {**_env(config.get("envs")), **_env(config.get("environ"))}
         mounts_in = config.get("mounts") if config.get("mounts") is not None else body.get("mounts")
@@ -76,7 +78,7 @@ class KernelCreateHandler(V2Handler):
         mounts = await gw.folders.mounts(self.identity.user, mounts_in)
         km, created = await mgr.get_or_start(
             owner=self.identity.user, client_token=token, lang=lang, limits=limits, mounts=mounts,
-            user_env=user_env, exec_timeout=exec_timeout,
+            user_env=user_env, exec_timeout=exec_timeout, idle_timeout=idle_ms / 1000.0 if idle_ms else None,
         )
         self.write_json({"kernelId": km.kernel_id, "created": created}, status=201)
 
@@ -95,7 +97,7 @@ class KernelMixin(V2Handler):
             "age": int((now - km.created_monotonic) * 1000),
             "idle": int(max(0.0, time.time() - km.last_activity.timestamp()) * 1000),
             "queryTimeout": int((km.exec_timeout or 0) * 1000),
-            "idleTimeout": 0,
+            "idleTimeout": int(self.gateway.kernel_manager.idle_timeout_of(km) * 1000),
             "memoryLimit": mem_limit // 1024,
             "maxCpuCredit": int((km.exec_timeout or 0) * 1000),
             "numQueriesExecuted": km.num_queries,
