@@ -14,7 +14,13 @@ PROBLEM_BASE = "https://api.backend.ai/probs/"
 
 class V2Handler(BaseHandler):
     async def prepare(self) -> None:
-        if self.auth_required:
+        if not self.auth_required:
+            return
+        scheme = self.request.headers.get("Authorization", "").strip().split(" ", 1)[0].lower()
+        if scheme in ("token", "bearer"):
+            # A key pair token (AK:SK) or the gateway's token, as the other dialects accept.
+            self.identity = await self.authenticate()
+        else:
             self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs)
 
     def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
