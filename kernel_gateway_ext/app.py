@@ -288,6 +288,8 @@ class Gateway(Application):
     async def reconcile(self, engine: DockerEngine) -> None:
         """Match this gateway id's containers with the store's records: adopt what a record owns,
         remove what nobody owns any more, drop records whose container is gone."""
+        # Events missed while the engine was unreachable are made up for by re-reading state.
+        engine.on_reconnect(lambda: asyncio.ensure_future(self.sessions.refresh()))
         containers = await engine.list_ours()
         adopted: set[str] = set()
         if self.adopt:

@@ -157,9 +157,12 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._exit_code = None
             self._exited.clear()
         elif action == "destroy":
+            died_now = self._exit_code is None and not self._exited.is_set()
             if self._exit_code is None:
                 self._exit_code = -1
             self._exited.set()
+            if died_now and self.exit_callback is not None:
+                self.exit_callback(self._exit_code)
 
     async def _refresh_state(self) -> None:
         """Read the container's state once (after the event stream reconnects)."""
@@ -177,6 +180,9 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if state.get("Running"):
             self._exit_code = None
             self._exited.clear()
+        elif self._exit_code is None and not self._exited.is_set():
+            # It died while the event stream was away: report it as the missed event would have.
+            self._on_event({"Action": "die", "Actor": {"Attributes": {"exitCode": str(state.get("ExitCode", -1))}}})
         else:
             self._exit_code = int(state.get("ExitCode", -1))
             self._exited.set()
@@ -184,7 +190,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def _watch(self) -> None:
         assert self.container_id is not None
         self.engine.subscribe(self.container_id, self._on_event)
-        self.engine.on_reconnect(lambda: asyncio.ensure_future(self._refresh_state()))
+        self.engine.on_reconnect(lambda: asyncio.ensure_future(self._refresh_state()), self.container_id)
 
     # ---- signals --------------------------------------------------------------------------------
     async def _signal_container(self, signum: int) -> None:

@@ -59,7 +59,7 @@ class DockerEngine(SingletonConfigurable):
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="docker")
         self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
-        self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None], str | None]] = []
         self._lock = threading.Lock()
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
@@ -153,10 +153,14 @@ class DockerEngine(SingletonConfigurable):
             subs[:] = [s for s in subs if callback is not None and s[1] is not callback]
             if not subs:
                 self._subscribers.pop(container_id, None)
+                # A container's reconnect callbacks go with its last subscriber (no growth with churn).
+                self._reconnect_callbacks = [r for r in self._reconnect_callbacks if r[2] != container_id]
 
-    def on_reconnect(self, callback: Callable[[], None]) -> None:
-        """Call `callback()` on the current loop whenever the event stream (re)connects."""
-        self._reconnect_callbacks.append((asyncio.get_running_loop(), callback))
+    def on_reconnect(self, callback: Callable[[], None], container_id: str | None = None) -> None:
+        """Call `callback()` on the current loop whenever the event stream (re)connects; one
+        registered for a container is dropped when that container is unsubscribed."""
+        with self._lock:
+            self._reconnect_callbacks.append((asyncio.get_running_loop(), callback, container_id))
         self._ensure_events_thread()
 
     def _ensure_events_thread(self) -> None:
@@ -205,7 +209,9 @@ class DockerEngine(SingletonConfigurable):
                 loop.call_soon_threadsafe(cb, event)
 
     def _dispatch_reconnect(self) -> None:
-        for loop, cb in list(self._reconnect_callbacks):
+        with self._lock:
+            callbacks = list(self._reconnect_callbacks)
+        for loop, cb, _ in callbacks:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(cb)
 

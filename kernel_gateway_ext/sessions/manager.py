@@ -483,6 +483,26 @@ class SessionManager(EnvConfigurable):
             self.log.info("Session adopted: %s (%s) of %s, %s", rec.id, rec.type, rec.owner, rec.status)
         return adopted
 
+    async def refresh(self) -> None:
+        """Re-read every session's container (the event stream was away: events may be missed)."""
+        for rec in list(self.records.values()):
+            if rec.container_id is None or rec.status not in ("Pending", "Running"):
+                continue
+            try:
+                info = await self.engine.api("inspect_container", rec.container_id)
+            except docker.errors.NotFound:
+                info = {"State": {"Running": False, "ExitCode": -1}}
+            except (docker.errors.APIError, EngineUnavailable):
+                continue
+            state = info.get("State") or {}
+            if state.get("Running"):
+                if rec.status != "Running":
+                    self._on_event(rec, {"Action": "start"})
+            else:
+                if state.get("OOMKilled"):
+                    self._on_event(rec, {"Action": "oom"})
+                self._on_event(rec, {"Action": "die", "Actor": {"Attributes": {"exitCode": str(state.get("ExitCode", -1))}}})
+
     async def shutdown(self, keep: bool = False) -> None:
         """Gateway exit: every session container goes (nothing may stay behind), unless `keep`,
         when containers and records stay for the next process to adopt."""
