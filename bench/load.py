@@ -61,7 +61,11 @@ async def load(url: str, token: str, *, clients: int, kernels: int, seconds: flo
     deadline = time.monotonic() + seconds
 
     async def client(n: int) -> None:
-        ws = await KernelWS.connect(url, ids[n % kernels], token)
+        try:
+            ws = await KernelWS.connect(url, ids[n % kernels], token, scheme="token")
+        except Exception as e:  # noqa: BLE001 - counted, reported
+            errors.append(f"connect: {type(e).__name__}: {e}")
+            return
         try:
             while time.monotonic() < deadline:
                 began = time.perf_counter()
@@ -98,7 +102,7 @@ async def churn(url: str, token: str, *, cycles: int, concurrency: int = 4) -> d
                 kid = (await call(url, token, "POST", "/api/kernels", {"name": "python3"}))["id"]
                 try:
                     if n % 10 == 0:  # every tenth also runs code over a websocket
-                        ws = await KernelWS.connect(url, kid, token)
+                        ws = await KernelWS.connect(url, kid, token, scheme="token")
                         await ws.execute("x = 1")
                         ws.close()
                 finally:
@@ -164,11 +168,13 @@ async def main() -> None:
                   file=sys.stderr)
             r_load = await load(target.url, TOKEN, clients=args.clients, kernels=args.kernels, seconds=args.seconds)
             print(f"churn: {target.name}: {args.cycles} cycles", file=sys.stderr)
+            print(json.dumps({target.name: {"load": r_load}}), file=sys.stderr)
             r_churn = await churn(target.url, TOKEN, cycles=args.cycles)
             await asyncio.sleep(1.0)
             r_churn["left"] = (leftovers_ours(gateway_id, state_dir) if target is ours
                                else leftovers_reference(target.proc.pid))  # type: ignore[union-attr]
             results[target.name] = {"load": r_load, "churn": r_churn}
+            print(json.dumps({target.name: results[target.name]}), file=sys.stderr)
         finally:
             target.stop()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
