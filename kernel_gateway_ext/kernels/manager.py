@@ -54,6 +54,8 @@ from .specs import GatewayKernelSpecManager
 
 DOCKER_PROVISIONER = "docker-provisioner"
 RECORD_KIND = "kernel"  # the store's record kind for kernels
+MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
+WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
 # Requests whose status messages do not make a kernel "busy" for clients and culling.
 UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
 # What a local (fallback) kernel process gets from the gateway's environment.
@@ -593,6 +595,16 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         try:
             async with self._pool_sem:
                 km = await self._launch(name, owner="")
+                # One quiet execution warms the kernel's execute path: the caller's first
+                # execute then answers as fast as any later one.
+                language = (self.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
+                warm_up = WARM_UP_CODE.get(language.split()[0] if language else "")
+                if warm_up is not None:
+                    try:
+                        await self._execute_quietly(km, warm_up)
+                    except BaseException:
+                        await self._discard(km)
+                        raise
         except Exception as e:  # noqa: BLE001 - a failing pool must not take the gateway down
             self.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
             asyncio.get_running_loop().call_later(10.0, self.fill_pools)
@@ -649,18 +661,21 @@ class GatewayKernelManager(AsyncMultiKernelManager):
         self.pool_hits += 1
         return km
 
-    async def _apply_env(self, km: GatewayKernel, wanted: dict[str, str], timeout: float = 10.0) -> None:
+    async def _apply_env(self, km: GatewayKernel, wanted: dict[str, str]) -> None:
         """Give a pooled Python kernel the requested environment: os.environ (and so every
         subprocess it starts) holds exactly what a cold start would have had."""
         import json as _json
 
-        code = f"import os as _o; _o.environ.update({_json.dumps(wanted)}); del _o"
+        await self._execute_quietly(km, f"import os as _o; _o.environ.update({_json.dumps(wanted)}); del _o")
+
+    async def _execute_quietly(self, km: GatewayKernel, code: str, timeout: float = 10.0) -> None:
+        """Run `code` on the kernel's shell (no history, no output anyone sees); raise unless ok."""
         session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
         sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         sock.linger = 0
         sock.connect(zmq_url(km.get_connection_info(), "shell"))
         try:
-            msg = session.msg("execute_request", {"code": code, "silent": True, "store_history": False,
+            msg = session.msg("execute_request", {"code": code, "silent": False, "store_history": False,
                                                   "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
             session.send(sock, msg)
             deadline = time.monotonic() + timeout
@@ -671,7 +686,7 @@ class GatewayKernelManager(AsyncMultiKernelManager):
                 reply = session.deserialize(fed)
                 if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
                     if reply["content"].get("status") != "ok":
-                        raise KernelStartFailed("setting the environment failed")
+                        raise KernelStartFailed("the pooled kernel could not run its set-up code")
                     return
             raise KernelStartFailed("the pooled kernel did not answer")
         finally:
@@ -681,6 +696,8 @@ class GatewayKernelManager(AsyncMultiKernelManager):
     def check_limits(self, limits: KernelLimits | None, exec_timeout: float | None) -> None:
         """Requests above the server's hard limits are refused (406), nothing is started."""
         if limits is not None:
+            if limits.memory_bytes and limits.memory_bytes < MIN_MEMORY:
+                raise BadRequest(f"memory below the engine's minimum of {MIN_MEMORY // 2**20} MiB")
             if limits.memory_bytes and limits.memory_bytes > parse_memory(self.hard_mem_limit):
                 raise LimitExceeded(f"memory above this server's limit of {self.hard_mem_limit}")
             if limits.cpus and limits.cpus > self.hard_cpu_limit:

@@ -76,6 +76,9 @@ async def test_per_owner_limit_and_memory_budget(make_gateway) -> None:
         body = json.dumps({"lang": "python3", "clientSessionToken": "cap-big"}).encode()
         status, problem = await signed(gw, bob, "POST", "/v2/kernel/create", body)
         assert status == 429 and problem["type"].endswith("/over-capacity") and "memory budget" in problem["title"]
+        body = json.dumps({"lang": "python3", "clientSessionToken": "cap-tiny", "limits": {"maxMem": 1024}}).encode()
+        status, problem = await signed(gw, bob, "POST", "/v2/kernel/create", body)  # 1 MiB: impossible
+        assert status == 400 and "minimum of 6 MiB" in problem["title"], problem
         body = json.dumps({"lang": "python3", "clientSessionToken": "cap-small", "limits": {"maxMem": 512 * 1024}}).encode()
         status, created = await signed(gw, bob, "POST", "/v2/kernel/create", body)
         assert status == 201, created
