@@ -65,6 +65,12 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
         session_id, kid = r.json["id"], r.json["kernel"]["id"]
         ws = await KernelWS.connect(p1.url, kid, alice.token)
         assert (await ws.execute("x = 6 * 7"))["reply"]["status"] == "ok"
+        # A v2 kernel (its client token must survive too).
+        r = await a.fetch("POST", "/v2/kernel/create", {"lang": "python3", "clientSessionToken": "survivor",
+                                                         "limits": {"execTimeout": 30000}},
+                            headers={"Content-Type": "application/json"})
+        assert r.status == 201, r.body
+        v2_kid = r.json["kernelId"]
         skaha_h = {"Authorization": f"Bearer {alice.token}"}
         q = urlencode({"name": "job", "image": SKAHA_IMAGE, "cmd": "sleep", "args": "600"})
         r = await Client(p1.url, None).fetch("POST", f"/skaha/v0/session?{q}", headers=skaha_h, token=None)
@@ -75,7 +81,7 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
             if (await a.fetch("GET", "/api")).json["pools"]["python3"]["ready"] == 1:
                 break
             await asyncio.sleep(0.1)
-        assert len(ours(docker_client, gid, "kernel")) == 2
+        assert len(ours(docker_client, gid, "kernel")) == 3
     finally:
         p1.proc.kill()  # SIGKILL: no cleanup at all
         p1.proc.wait()
@@ -85,7 +91,10 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
     p2 = start_process_gateway(str(tmp_path), gateway_id=gid, env={"KGE_KEEP_ON_EXIT": "1"})
     try:
         a, b = Client(p2.url, alice.token), Client(p2.url, bob.token)
-        assert [k["id"] for k in (await a.fetch("GET", "/api/kernels")).json] == [kid]
+        assert sorted(k["id"] for k in (await a.fetch("GET", "/api/kernels")).json) == sorted([kid, v2_kid])
+        info = (await a.fetch("GET", "/v2/kernel/survivor")).json  # found by its client token again
+        assert info["queryTimeout"] == 30000 and info["executionState"] == "idle", info
+        assert (await b.fetch("GET", "/v2/kernel/survivor")).status == 404
         assert (await b.fetch("GET", "/api/kernels")).json == []  # the owner is kept
         assert (await b.fetch("GET", f"/api/kernels/{kid}")).status == 404
         sessions = (await a.fetch("GET", "/api/sessions")).json
@@ -93,10 +102,10 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
         assert await skaha_status(p2.url, skaha_id, skaha_h) == "Running"
         assert await value_of_x(p2.url, kid, alice.token) == "42"
         # The pooled kernel had no owner and no record: removed.
-        assert [c.labels["org.kge.kernel.id"] for c in ours(docker_client, gid, "kernel")] == [kid]
+        assert sorted(c.labels["org.kge.kernel.id"] for c in ours(docker_client, gid, "kernel")) == sorted([kid, v2_kid])
     finally:
         assert stop_process_gateway(p2) == 0  # keep_on_exit: containers stay for the next process
-    assert len(ours(docker_client, gid, "kernel")) == 1 and len(ours(docker_client, gid, "session")) == 1
+    assert len(ours(docker_client, gid, "kernel")) == 2 and len(ours(docker_client, gid, "session")) == 1
 
     p3 = start_process_gateway(str(tmp_path), gateway_id=gid)
     try:
