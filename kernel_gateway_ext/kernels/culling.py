@@ -12,6 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from traitlets import Bool, Float, HasTraits
+
+from ..config import env
+from .kernel import GatewayKernel
+
 
 class Deadlines:
     """One timer per key, re-armed when the deadline moves."""
@@ -52,3 +57,58 @@ class Deadlines:
             timer.cancel()
         self._timers.clear()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class CullingMixin(HasTraits):
+    """Part of GatewayKernelManager: idle kernels are shut down at their deadline."""
+
+    cull_idle_timeout = env(
+        Float(0.0, help="Shut kernels down after this many seconds without activity (0: never), as "
+                        "jupyter_server's MappingKernelManager.cull_idle_timeout."),
+        "KGE_CULL_IDLE_TIMEOUT",
+    )
+    cull_busy = env(Bool(False, help="Cull busy kernels too (an execution that runs longer than the timeout)."),
+                    "KGE_CULL_BUSY")
+    cull_connected = env(Bool(False, help="Cull kernels that still have an open websocket."), "KGE_CULL_CONNECTED")
+
+    deadlines: Deadlines
+
+    def idle_timeout_of(self, km: GatewayKernel) -> float:
+        """The caller's own timeout (v2 idleTimeout), never longer than the server's."""
+        server = self.cull_idle_timeout
+        if km.idle_timeout:
+            return min(km.idle_timeout, server) if server > 0 else km.idle_timeout
+        return server
+
+    def arm_cull(self, km: GatewayKernel, at: float | None = None) -> None:
+        """(Re)arm the kernel's idle deadline: last activity + its timeout."""
+        timeout = self.idle_timeout_of(km)
+        if timeout <= 0 or self._closing:
+            self.deadlines.cancel(km.kernel_id)
+            return
+        when = at if at is not None else km.last_activity.timestamp() + timeout
+        self.deadlines.arm(km.kernel_id, when, lambda: self._cull_if_idle(km.kernel_id))
+
+    async def _cull_if_idle(self, kernel_id: str) -> None:
+        km = self._kernels.get(kernel_id)
+        if km is None:
+            return
+        assert isinstance(km, GatewayKernel)
+        timeout = self.idle_timeout_of(km)
+        if timeout <= 0:
+            return
+        now = time.time()
+        idle_for = now - km.last_activity.timestamp()
+        if idle_for < timeout:
+            self.arm_cull(km)  # there was activity since: the deadline moved
+            return
+        if km.execution_state == "busy" and not self.cull_busy:
+            self.arm_cull(km, at=now + timeout)
+            return
+        if km.connections and not self.cull_connected:
+            self.arm_cull(km, at=now + timeout)
+            return
+        self.log.warning("Culling kernel %s (%s) of %s: idle for %.0f s (timeout %.0f s)",
+                         km.kernel_id, km.kernel_name, km.owner, idle_for, timeout)
+        self._observe("cull", km.kernel_name, "idle")
+        await self.shutdown(kernel_id, now=True)

@@ -24,22 +24,24 @@ async def wait_gone(c: Client, kernel_id: str, timeout: float = 15.0) -> float:
 
 
 async def test_idle_kernels_are_culled_busy_and_connected_ones_kept(make_gateway) -> None:
-    async with make_gateway("--GatewayKernelManager.cull_idle_timeout=1.5") as gw:
+    async with make_gateway("--GatewayKernelManager.cull_idle_timeout=3") as gw:
         c = gw.client
-        idle = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+        # Each kernel gets its websocket or its work right after it starts: cold starts take a
+        # while on a busy machine, and the idle clock runs from the start.
         connected = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
-        busy = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
         ws = await KernelWS.connect(gw.url, connected, TOKEN)
+        busy = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
         bws = await KernelWS.connect(gw.url, busy, TOKEN)
-        await bws.send(bws.msg("execute_request", {"code": "import time; time.sleep(4)", "silent": False,
+        await bws.send(bws.msg("execute_request", {"code": "import time; time.sleep(10)", "silent": False,
                                                     "store_history": False, "user_expressions": {},
                                                     "allow_stdin": False, "stop_on_error": True}))
         bws.close()  # busy, and nobody connected any more
+        idle = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
         await wait_gone(c, idle)
         assert (await c.fetch("GET", f"/api/kernels/{connected}")).status == 200
         assert (await c.fetch("GET", f"/api/kernels/{busy}")).json["execution_state"] == "busy"
         # Once its execution ends and the timeout passes, the busy one goes too.
-        await wait_gone(c, busy, timeout=10)
+        await wait_gone(c, busy, timeout=25)
         assert (await c.fetch("GET", f"/api/kernels/{connected}")).status == 200
         ws.close()
         await wait_gone(c, connected)

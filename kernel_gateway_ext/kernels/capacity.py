@@ -1,0 +1,107 @@
+"""What may be started: hard limits per kernel (406), kernel counts in total and per owner (403),
+and the host's memory budget shared with Skaha sessions (429)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from traitlets import Float, HasTraits, Int, Unicode
+
+from ..config import env
+from ..errors import BadRequest, LimitExceeded, OverCapacity
+from ..provisioners.docker import DockerProvisioner
+from ..provisioners.limits import KernelLimits, parse_memory
+
+DOCKER_PROVISIONER = "docker-provisioner"
+MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
+
+
+class CapacityMixin(HasTraits):
+    """Part of GatewayKernelManager: limits and the memory budget."""
+
+    max_kernels = env(Int(0, help="Most kernels at once, pooled ones included (0: no limit)."), "KGE_MAX_KERNELS")
+    max_kernels_per_owner = env(Int(0, help="Most kernels one owner may have at once (0: no limit)."),
+                                "KGE_MAX_KERNELS_PER_OWNER")
+    memory_budget = env(
+        Unicode("", help="Memory all kernels and Skaha sessions together may be promised (their container limits), "
+                         "e.g. '48g' or '90%' of the host; a start beyond it answers 429. Empty: no budget "
+                         "(limits are caps, and callers such as the CANFAR clients ask generously)."),
+        "KGE_MEMORY_BUDGET",
+    )
+    hard_mem_limit = env(Unicode("8g", help="Most memory one kernel may ask for (more: 406)."), "KGE_HARD_MEM_LIMIT")
+    hard_cpu_limit = env(Float(float(os.cpu_count() or 1), help="Most CPUs one kernel may ask for."), "KGE_HARD_CPU_LIMIT")
+    hard_gpu_limit = env(Int(0, help="Most GPUs one kernel may ask for (0: this host offers none)."), "KGE_HARD_GPU_LIMIT")
+    hard_exec_timeout = env(
+        Float(3600.0, help="Longest execTimeout (s) a caller may set; also the default when none is set."),
+        "KGE_HARD_EXEC_TIMEOUT",
+    )
+
+    _default_mem_limit: str | None = None
+
+    def _starting_for(self, owner: str) -> int:
+        return sum(1 for km in self._starting.values() if km.owner == owner)
+
+    # Set by the app: the memory promised to things outside this manager (Skaha sessions).
+    other_memory: Callable[[], int] = staticmethod(lambda: 0)  # type: ignore[assignment]
+
+    def budget_bytes(self) -> int:
+        """The memory budget in bytes (0: none)."""
+        text = self.memory_budget.strip()
+        if not text:
+            return 0
+        if text.endswith("%"):
+            try:
+                host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError):
+                return 0
+            return int(host * float(text[:-1]) / 100)
+        return parse_memory(text)
+
+    def memory_of(self, name: str, limits: KernelLimits | None) -> int:
+        """The memory a kernel of `name` with `limits` is promised (its container's limit)."""
+        if limits is not None and limits.memory_bytes:
+            return limits.memory_bytes
+        try:
+            spec = self.kernel_spec_manager.get_kernel_spec(name)
+        except Exception:  # noqa: BLE001 - an unknown spec fails later with its own error
+            return 0
+        prov = (spec.metadata.get("kernel_provisioner") or {})
+        if prov.get("provisioner_name") != DOCKER_PROVISIONER:
+            return 0
+        configured = (prov.get("config") or {}).get("mem_limit")
+        if not configured:
+            if self._default_mem_limit is None:  # the provisioners' configured default (traits, env)
+                self._default_mem_limit = DockerProvisioner(parent=self).mem_limit
+            configured = self._default_mem_limit
+        return parse_memory(configured)
+
+    def promised_memory(self) -> int:
+        kms = list(self._kernels.values()) + list(self._starting.values()) + [k for v in self._pool.values() for k in v]
+        total = 0
+        for km in kms:
+            prov = km.docker  # type: ignore[attr-defined]
+            if prov is not None:
+                total += prov.limits.memory_bytes or parse_memory(prov.mem_limit)
+        return total + self.other_memory()
+
+    def check_capacity(self, wanted: int) -> None:
+        """429 when `wanted` more bytes would promise more memory than the host's budget."""
+        budget = self.budget_bytes()
+        if budget and wanted and self.promised_memory() + wanted > budget:
+            gib = 2**30
+            raise OverCapacity(f"the host's memory budget is spent: {self.promised_memory() / gib:.1f} GiB of "
+                               f"{budget / gib:.1f} GiB promised, {wanted / gib:.1f} GiB more asked")
+
+    def check_limits(self, limits: KernelLimits | None, exec_timeout: float | None) -> None:
+        """Requests above the server's hard limits are refused (406), nothing is started."""
+        if limits is not None:
+            if limits.memory_bytes and limits.memory_bytes < MIN_MEMORY:
+                raise BadRequest(f"memory below the engine's minimum of {MIN_MEMORY // 2**20} MiB")
+            if limits.memory_bytes and limits.memory_bytes > parse_memory(self.hard_mem_limit):
+                raise LimitExceeded(f"memory above this server's limit of {self.hard_mem_limit}")
+            if limits.cpus and limits.cpus > self.hard_cpu_limit:
+                raise LimitExceeded(f"CPUs above this server's limit of {self.hard_cpu_limit:g}")
+            if limits.gpus and limits.gpus > self.hard_gpu_limit:
+                raise LimitExceeded(f"GPUs above this server's limit of {self.hard_gpu_limit}")
+        if exec_timeout is not None and exec_timeout > self.hard_exec_timeout:
+            raise LimitExceeded(f"execTimeout above this server's limit of {self.hard_exec_timeout:g} s")

@@ -1,0 +1,144 @@
+"""One kernel of the store: a jupyter_client `AsyncKernelManager` that also knows its owner,
+activity, state and listeners (the websockets), plus the ZMQ helpers every dialect uses."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq
+from jupyter_client.manager import AsyncKernelManager
+from zmq.eventloop.zmqstream import ZMQStream
+
+from ..provisioners.docker import DockerProvisioner
+from ..provisioners.limits import KernelLimits
+from .execution import Runner
+
+# A listener may return an awaitable; `notify_and_wait` waits for them (a restart is not
+# answered before every open websocket is subscribed to the new kernel's output again).
+Listener = Callable[[str, dict[str, Any]], Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(dt: datetime) -> str:
+    """The exact format jupyter_server's GatewayClient parses: %Y-%m-%dT%H:%M:%S.%fZ."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def zmq_url(info: dict[str, Any], channel: str) -> str:
+    return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
+
+
+# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
+RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
+
+
+def kernel_stream(km: "GatewayKernel", channel: str, identity: bytes | None = None) -> ZMQStream:
+    """A ZMQStream on the IOLoop to one of the kernel's channels (iopub: subscribed to all).
+
+    ZMQStreams, not zmq.asyncio recv futures: with sends on the same socket from elsewhere, a
+    pending asyncio recv can miss its edge-triggered wake-up and never see a reply."""
+    sock = zmq.Context.instance().socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if channel == "iopub":
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    elif identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)  # stdin replies route to the shell sender's identity
+    sock.connect(zmq_url(km.get_connection_info(), channel))
+    return ZMQStream(sock)
+
+
+class GatewayKernel(AsyncKernelManager):
+    """One kernel of the store."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.owner = ""
+        self.created = utcnow()
+        self.created_monotonic = time.monotonic()
+        self.last_activity = self.created
+        self.execution_state = "starting"
+        self.reason = ""
+        self.connections = 0
+        self.restarting = False
+        self.stopping = False
+        # Restart and shutdown never overlap (jupyter_client's start/stop futures would clash).
+        self.lifecycle = asyncio.Lock()
+        self.restart_count = 0
+        self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
+        self._listeners: set[Listener] = set()
+        self._activity_stream: ZMQStream | None = None
+        # Set by REST (v2) callers: their token and language, limits, query count, runner.
+        self.client_token: str | None = None
+        self.lang = ""
+        self.limits = KernelLimits()
+        self.exec_timeout: float | None = None
+        self.idle_timeout: float | None = None  # a REST caller's own (v2 idleTimeout); None: the server's
+        self.num_queries = 0
+        self._runner: Runner | None = None
+        # The connection key is derived from the master key and this nonce (kept in the store):
+        # an adopting gateway can talk to the kernel again, and the database holds no key.
+        self.key_nonce = ""
+        self.persisted = False
+
+    def record(self) -> dict[str, Any]:
+        """What the store keeps so that a later gateway process can adopt this kernel."""
+        prov = self.docker
+        return {
+            "kernel_name": self.kernel_name, "lang": self.lang, "client_token": self.client_token,
+            "limits": {k: v for k, v in vars(self.limits).items() if v is not None},
+            "exec_timeout": self.exec_timeout, "idle_timeout": self.idle_timeout, "created": self.created.timestamp(),
+            "restart_count": self.restart_count, "key_nonce": self.key_nonce,
+            "container_id": prov.container_id if prov is not None else None,
+        }
+
+    def runner(self, flush_interval: float) -> Runner:
+        if self._runner is None:
+            self._runner = Runner(self, flush_interval)
+        return self._runner
+
+    # ---- listeners (websocket connections) ----------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
+
+    def notify(self, event: str, **data: Any) -> list[Any]:
+        results = []
+        for listener in list(self._listeners):
+            try:
+                results.append(listener(event, data))
+            except Exception:  # noqa: BLE001 - one broken socket must not stop the others
+                self.log.exception("kernel listener failed")
+        return results
+
+    async def notify_and_wait(self, event: str, **data: Any) -> None:
+        waits = [r for r in self.notify(event, **data) if asyncio.isfuture(r) or asyncio.iscoroutine(r)]
+        for result in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(result, Exception):
+                self.log.warning("Kernel %s: a listener failed after %s: %s", self.kernel_id, event, result)
+
+    @property
+    def docker(self) -> DockerProvisioner | None:
+        return self.provisioner if isinstance(self.provisioner, DockerProvisioner) else None
+
+    def model(self) -> dict[str, Any]:
+        return {
+            "id": self.kernel_id,
+            "name": self.kernel_name,
+            "last_activity": isoformat(self.last_activity),
+            "execution_state": self.execution_state,
+            "connections": self.connections,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+    def touch(self) -> None:
+        self.last_activity = utcnow()
