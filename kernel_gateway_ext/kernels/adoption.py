@@ -2,7 +2,6 @@
 key and a nonce), and a restarted gateway adopts the containers an earlier process left."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from ..errors import KernelStartFailed
 from ..provisioners.engine import LABEL_KIND, DockerEngine
 from ..provisioners.limits import KernelLimits
 from ..store import Store
+from ..tasks import TaskSet
 from .kernel import GatewayKernel
 
 RECORD_KIND = "kernel"  # the store's record kind for kernels
@@ -27,12 +27,7 @@ class AdoptionMixin(HasTraits):
     store = Instance(Store, allow_none=True, help="Where kernel records outlive the process (set by the app).")
 
     derive_secret: Callable[[str, str], str] | None = None  # set by the app: (purpose, nonce) -> secret
-    _store_tasks: set[asyncio.Future[Any]]
-
-    def _store_task(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._store_tasks.add(task)
-        task.add_done_callback(self._store_tasks.discard)
+    _store_tasks: TaskSet  # record writes and deletions in flight
 
     async def persist(self, km: GatewayKernel) -> None:
         """Write (or update) the kernel's record; only container kernels can be adopted."""
@@ -43,8 +38,7 @@ class AdoptionMixin(HasTraits):
 
     async def flush_store(self) -> None:
         """Wait for record writes and deletions in flight."""
-        while self._store_tasks:
-            await asyncio.gather(*list(self._store_tasks), return_exceptions=True)
+        await self._store_tasks.wait()
 
     def _derive_key(self, km: GatewayKernel, kernel_id: str) -> None:
         if self.derive_secret is None:

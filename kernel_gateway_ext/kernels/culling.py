@@ -15,6 +15,7 @@ from typing import Any
 from traitlets import Bool, Float, HasTraits
 
 from ..config import env
+from ..tasks import TaskSet
 from .kernel import GatewayKernel
 
 
@@ -24,7 +25,7 @@ class Deadlines:
     def __init__(self, log: Any) -> None:
         self.log = log
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "deadline action")
 
     def arm(self, key: str, when: float, action: Callable[[], Awaitable[Any]]) -> None:
         """Run `action()` at epoch time `when` (replacing the key's earlier deadline)."""
@@ -34,14 +35,7 @@ class Deadlines:
 
     def _fire(self, key: str, action: Callable[[], Awaitable[Any]]) -> None:
         self._timers.pop(key, None)
-        task = asyncio.ensure_future(action())
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.warning("A deadline action failed: %s", task.exception())
+        self._tasks.spawn(action())
 
     def cancel(self, key: str) -> None:
         timer = self._timers.pop(key, None)
@@ -56,7 +50,7 @@ class Deadlines:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
 
 
 class CullingMixin(HasTraits):

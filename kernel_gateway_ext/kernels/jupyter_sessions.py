@@ -2,11 +2,11 @@
 they outlive a gateway restart together with their kernels."""
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..store import Store
+from ..tasks import TaskSet
 
 RECORD_KIND = "jupyter-session"
 
@@ -29,7 +29,7 @@ class JupyterSessions:
         self.store = store
         self.gateway_id = gateway_id
         self._sessions: dict[str, JupyterSession] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = TaskSet(None, "session record write")
 
     def get(self, session_id: str) -> JupyterSession | None:
         return self._sessions.get(session_id)
@@ -50,13 +50,10 @@ class JupyterSessions:
     def kernel_removed(self, kernel_id: str) -> None:
         """A kernel left the store: so do the sessions bound to it."""
         for s in [s for s in self._sessions.values() if s.kernel_id == kernel_id]:
-            task = asyncio.ensure_future(self.remove(s.id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self.remove(s.id))
 
     async def flush(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
 
     async def load(self, kernel_ids: set[str]) -> None:
         """Read the records an earlier process left; those whose kernel is gone are dropped."""

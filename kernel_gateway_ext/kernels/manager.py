@@ -40,6 +40,7 @@ from ..provisioners.docker import (
     LAUNCH_USER_ENV,
 )
 from ..provisioners.limits import KernelLimits
+from ..tasks import TaskSet
 from .adoption import RECORD_KIND, AdoptionMixin
 from .capacity import DOCKER_PROVISIONER, CapacityMixin
 from .culling import CullingMixin, Deadlines
@@ -82,7 +83,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         apply_env(self, set(kwargs))
         # Set by the app: (purpose, nonce) -> a secret derived from the master key.
         self.derive_secret: Callable[[str, str], str] | None = None
-        self._store_tasks: set[asyncio.Future[Any]] = set()
+        self._store_tasks = TaskSet(self.log, "store write")
         self._default_mem_limit: str | None = None
         self.deadlines = Deadlines(self.log)
         self._starting: dict[str, GatewayKernel] = {}
@@ -92,7 +93,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         self._pool: dict[str, list[GatewayKernel]] = {}
         self._pool_filling: dict[str, int] = {}
         self._pool_sem: asyncio.Semaphore | None = None
-        self._fill_tasks: set[asyncio.Task[None]] = set()
+        self._fill_tasks = TaskSet(self.log, "pool refill")
         self._closing = False
         self.pool_hits = 0
         self.pool_misses = 0
@@ -106,7 +107,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         self.deadlines.cancel(kernel_id)
         km = self._kernels.pop(kernel_id, None)
         if km is not None and getattr(km, "persisted", False) and self.store is not None:
-            self._store_task(self.store.delete_record(RECORD_KIND, kernel_id))
+            self._store_tasks.spawn(self.store.delete_record(RECORD_KIND, kernel_id))
         for cb in self._removal_callbacks:
             cb(kernel_id)
 
@@ -431,7 +432,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         km.touch()
         await km.notify_and_wait("restarted")
         if km.persisted:
-            self._store_task(self.persist(km))
+            self._store_tasks.spawn(self.persist(km))
         return km
 
     async def _process_exit_watch(self, km: GatewayKernel, timeout: float = 10.0) -> "asyncio.Future[None]":
@@ -513,7 +514,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         self._closing = True
         await self.deadlines.close()
         # Refills in flight are creating containers: let them land, then remove them too.
-        await asyncio.gather(*list(self._fill_tasks), return_exceptions=True)
+        await self._fill_tasks.wait()
         kms = list(self._starting.values())
         for pooled in self._pool.values():
             kms += pooled

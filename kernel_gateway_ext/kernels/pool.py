@@ -45,9 +45,7 @@ class WarmPoolMixin(HasTraits):
                 if budget and self.promised_memory() + (sum(self._pool_filling.values()) + 1) * self.memory_of(name, None) > budget:
                     return
                 self._pool_filling[name] = self._pool_filling.get(name, 0) + 1
-                task = asyncio.ensure_future(self._fill_one(name))
-                self._fill_tasks.add(task)
-                task.add_done_callback(self._fill_tasks.discard)
+                self._fill_tasks.spawn(self._fill_one(name))
 
     async def _fill_one(self, name: str) -> None:
         assert self._pool_sem is not None

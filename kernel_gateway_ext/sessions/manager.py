@@ -26,6 +26,7 @@ from ..folders import FolderManager
 from ..kernels.culling import Deadlines
 from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
 from ..store import Store
+from ..tasks import TaskSet
 
 RECORD_KIND = "skaha-session"  # the store's record kind
 LABEL_SESSION_ID = "org.kge.session.id"
@@ -117,7 +118,7 @@ class SessionManager(EnvConfigurable):
         self.on_cull: Callable[[str], None] | None = None  # metrics: a session expired
         self.records: dict[str, SessionRecord] = {}
         self.deadlines = Deadlines(self.log)  # expiryTime: the same mechanism as kernel culling
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self.log, "session start")
 
     @property
     def engine(self) -> DockerEngine:
@@ -230,9 +231,7 @@ class SessionManager(EnvConfigurable):
         self.records[rec.id] = rec
         await self._save(rec)
         self._schedule_expiry(rec)
-        task = asyncio.ensure_future(self._start(rec))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._start(rec))
         return rec
 
     def _int(self, raw: str | None, what: str, allowed: list[int], default: int) -> int:
@@ -462,9 +461,7 @@ class SessionManager(EnvConfigurable):
                 rec.container_id, rec.status = None, "Pending"
                 self.records[rec.id] = rec
                 self._schedule_expiry(rec)
-                task = asyncio.ensure_future(self._start(rec))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.spawn(self._start(rec))
                 continue
             rec.container_id = container.id
             self.records[rec.id] = rec
@@ -508,7 +505,7 @@ class SessionManager(EnvConfigurable):
         when containers and records stay for the next process to adopt."""
         await self.deadlines.close()
         # Starts in flight create containers: let them land first, so none is created after.
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
         for rec in list(self.records.values()):
             if keep and rec.container_id is not None:
                 self.engine.unsubscribe(rec.container_id)
