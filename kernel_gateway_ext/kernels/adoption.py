@@ -2,6 +2,7 @@
 key and a nonce), and a restarted gateway adopts the containers an earlier process left."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ..tasks import TaskSet
 from .kernel import GatewayKernel
 
 RECORD_KIND = "kernel"  # the store's record kind for kernels
+ADOPT_CONCURRENCY = 16  # kernels adopted at once at start
 
 
 class AdoptionMixin(HasTraits):
@@ -55,22 +57,28 @@ class AdoptionMixin(HasTraits):
         gateway = DockerEngine.instance().gateway_id
         by_id = {c.id: c for c in containers if c.labels.get(LABEL_KIND) == "kernel"}
         adopted: set[str] = set()
-        for rec in await self.store.records(RECORD_KIND, gateway):
+        # Concurrently, so one kernel that no longer answers (10 s) does not hold up the others.
+        sem = asyncio.Semaphore(ADOPT_CONCURRENCY)
+
+        async def one(rec: dict[str, Any]) -> None:
             container = by_id.get(rec.get("container_id") or "")
             if container is None:
                 self.log.warning("Kernel %s: its container is gone; dropping its record", rec["id"])
                 await self.store.delete_record(RECORD_KIND, rec["id"])
-                continue
+                return
             try:
-                km = await self._adopt_one(rec, container.id)
+                async with sem:
+                    km = await self._adopt_one(rec, container.id)
             except Exception as e:  # noqa: BLE001 - one broken record must not stop the gateway
                 self.log.warning("Kernel %s could not be adopted (%s); removing it", rec["id"], e)
                 self._kernels.pop(rec["id"], None)
                 await self.store.delete_record(RECORD_KIND, rec["id"])
-                continue
+                return
             adopted.add(container.id)
             self.arm_cull(km)
             self.log.info("Kernel adopted: %s (%s) of %s, %s", km.kernel_id, km.kernel_name, km.owner, km.execution_state)
+
+        await asyncio.gather(*(one(rec) for rec in await self.store.records(RECORD_KIND, gateway)))
         return adopted
 
     async def _adopt_one(self, rec: dict[str, Any], container_id: str) -> GatewayKernel:
