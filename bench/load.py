@@ -120,13 +120,13 @@ async def churn(url: str, token: str, *, cycles: int, concurrency: int = 4) -> d
 def leftovers_ours(gateway_id: str, state_dir: str) -> dict[str, int]:
     """What a churn may have left of ours: containers, store records, connection files."""
     import docker
-    from jupyter_core.paths import jupyter_runtime_dir
 
     containers = docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gateway_id}"})
     with sqlite3.connect(os.path.join(state_dir, "state.db")) as db:
         records = db.execute("SELECT COUNT(*) FROM records WHERE gateway = ?", (gateway_id,)).fetchone()[0]
-    runtime = Path(jupyter_runtime_dir())
-    files = len(list(runtime.glob("kernel-*.json"))) if runtime.is_dir() else 0
+    # Wherever a connection file could land: the gateway's private runtime folder, or the working
+    # directory (jupyter_client's default, where leaked files once went).
+    files = sum(len(list(Path(d).glob("kernel-*.json"))) for d in (os.path.join(state_dir, "runtime"), os.getcwd()))
     return {"containers": len(containers), "store_records": records, "connection_files": files}
 
 

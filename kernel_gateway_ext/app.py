@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -23,6 +24,7 @@ from ._version import __version__
 from .api import openapi
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
+from .api.jupyter.bridge import Bridges
 from .api.skaha import handlers as sk, proxy as skproxy
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
@@ -83,6 +85,11 @@ class Gateway(Application):
     ws_buffer_messages = env(
         Int(10000, help="Most messages kept for a disconnected client session."), "KGE_WS_BUFFER_MESSAGES"
     )
+    ws_buffer_bytes = env(
+        Int(32 * 1024 * 1024, help="Most bytes of messages kept for a disconnected client session "
+                                   "(the oldest go first)."),
+        "KGE_WS_BUFFER_BYTES",
+    )
     kernel_manager_class = Type(GatewayKernelManager, help="The kernel store class.").tag(config=True)
     kernel_spec_manager_class = Type(GatewayKernelSpecManager, help="The kernelspec finder.").tag(config=True)
     authenticator_class = Type(Authenticator, help="Maps tokens to identities.").tag(config=True)
@@ -136,7 +143,7 @@ class Gateway(Application):
         self.http_server: httpserver.HTTPServer | None = None
         self.docker_available = False
         self.warnings: list[str] = []
-        self.bridges: dict[str, dict[str, channels.ChannelBridge]] = {}
+        self.bridges = Bridges(self)
         self.jupyter_sessions = JupyterSessions(None, "")
         self._stopping: asyncio.Future[None] | None = None
 
@@ -160,8 +167,13 @@ class Gateway(Application):
                                        keypairs=self.keypairs, base_url=self.base_url)
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
+        # Local-process kernels need a connection file (it holds the key): in a private folder,
+        # never the working directory (jupyter_client's default).
+        runtime_dir = os.path.join(self.store.state_dir, "runtime")
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         self.kernel_manager = self.kernel_manager_class(
-            parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager, store=self.store
+            parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager, store=self.store,
+            connection_dir=runtime_dir,
         )
         self.kernel_manager.derive_secret = self.keypairs._secret
         # One memory budget for the host: kernels and sessions draw from it.
@@ -236,25 +248,6 @@ class Gateway(Application):
                           for name, size in mgr.pool_sizes.items()},
                 "pool_hits": mgr.pool_hits, "pool_misses": mgr.pool_misses}
 
-    def release_bridge(self, bridge: channels.ChannelBridge) -> None:
-        """A websocket closed: keep its session's sockets a while for a reconnect, or close them."""
-        kernel_bridges = self.bridges.get(bridge.km.kernel_id, {})
-        if not bridge.key or kernel_bridges.get(bridge.key) is not bridge or bridge.km.kernel_id not in self.kernel_manager:
-            bridge.close()
-            return
-        bridge.detach()
-
-        def expire() -> None:
-            if kernel_bridges.get(bridge.key) is bridge and bridge.sink is None:
-                kernel_bridges.pop(bridge.key, None)
-                bridge.close()
-
-        bridge.expiry = IOLoop.current().call_later(self.ws_buffer_seconds, expire)
-
-    def _forget_kernel_bridges(self, kernel_id: str) -> None:
-        for bridge in self.bridges.pop(kernel_id, {}).values():
-            bridge.close()
-
     # ---- lifecycle ------------------------------------------------------------------------------
     def _observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
         if event == "start":
@@ -305,7 +298,7 @@ class Gateway(Application):
 
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests)."""
-        self.kernel_manager.on_removal(self._forget_kernel_bridges)
+        self.kernel_manager.on_removal(self.bridges.forget_kernel)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
         await self.check_docker()
         app = self.make_app()
@@ -338,8 +331,7 @@ class Gateway(Application):
         """Stop listening, shut every kernel down (their containers go), release the engine."""
         if self.http_server is not None:
             self.http_server.stop()
-        for kernel_id in list(self.bridges):
-            self._forget_kernel_bridges(kernel_id)
+        self.bridges.close_all()
         keep = self.keep_on_exit and self.docker_available
         if self.kernel_manager is not None:
             await self.kernel_manager.shutdown_everything(keep=keep)

@@ -72,7 +72,7 @@ class KernelWS:
                                            "user_expressions": {}, "allow_stdin": stdin is not None,
                                            "stop_on_error": True}, date_as_number=date_as_number)
         msg_id = await self.send(msg, omit_channel=omit_channel)
-        result: dict[str, Any] = {"outputs": [], "reply": None, "idle": False}
+        result: dict[str, Any] = {"outputs": [], "reply": None, "idle": False, "msg_id": msg_id}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not (result["reply"] and result["idle"]):

@@ -99,6 +99,14 @@ class GatewayKernel(AsyncKernelManager):
             "container_id": prov.container_id if prov is not None else None,
         }
 
+    def write_connection_file(self, **kwargs: Any) -> None:
+        """A container kernel gets its connection file inside the container (0400, via
+        put_archive): no copy holding the key is written on the host."""
+        if self.docker is not None:
+            self._connection_file_written = True
+            return
+        super().write_connection_file(**kwargs)
+
     def runner(self, flush_interval: float) -> Runner:
         if self._runner is None:
             self._runner = Runner(self, flush_interval)

@@ -1,0 +1,290 @@
+"""The ZMQ side of the kernel websocket: one `ChannelBridge` per client session on a kernel.
+
+A client session (the websocket's `session_id`) may have several websockets open at once, opened
+and closed in any order: JupyterLab retries at once with the same session_id when its first
+socket fails, jupyter_server in gateway mode can leave that first upstream socket open for good,
+and a reconnect can arrive before the old socket is closed. So a bridge holds a list of sockets:
+
+- a reply (and the iopub output of a request) goes to the socket that sent the request while it
+  is open, else to the session's live socket: the one that most recently opened or sent;
+- other iopub messages (requests of other sessions, the kernel's own) go to the live socket;
+- every message goes to one socket of the session, never two; every session has its own iopub
+  subscription, so output reaches every session once;
+- with no socket open, messages are kept (bounded by count and bytes) and replayed to the next
+  socket of the session, as jupyter_server does for a reconnecting session.
+
+The bridge, not each socket, listens to the kernel: one iopub nudge after a restart however many
+sockets are open, and a socket closing never detaches another.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq
+from jupyter_client.session import DELIM, Session
+from tornado.ioloop import IOLoop
+from zmq.eventloop.zmqstream import ZMQStream
+
+from ...kernels.manager import GatewayKernel, kernel_stream, zmq_url
+
+if TYPE_CHECKING:
+    from ...app import Gateway
+
+CLIENT_CHANNELS = ("shell", "control", "stdin")
+NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
+MAX_SENDERS = 1024  # request ids remembered per session, to route replies to the socket that asked
+MAX_SOCKETS = 8  # open websockets per session; beyond it the stalest is closed
+
+
+class Socket(Protocol):
+    """What a bridge needs of a websocket (the channels handler)."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def deliver(self, channel: str, parts: list[bytes]) -> None: ...
+
+    def send_status(self, state: str) -> None: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class ChannelBridge:
+    """The kernel sockets of one client session, shared by that session's websockets."""
+
+    def __init__(self, km: GatewayKernel, key: str, max_messages: int, max_bytes: int, ready_timeout: float) -> None:
+        self.km = km
+        self.key = key
+        self.identity = uuid.uuid4().hex.encode()
+        self.slot = key or "#" + self.identity.decode()  # where the registry keeps it
+        self.ready_timeout = ready_timeout
+        self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+        self.streams: dict[str, ZMQStream] = {}
+        self.sockets: list[Socket] = []  # the live one last
+        self.senders: OrderedDict[str, Socket] = OrderedDict()
+        self.buffer: deque[tuple[str, list[bytes], int]] = deque()
+        self.buffered_bytes = 0
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.dropped = 0
+        self.expiry: Any = None
+        self.closed = False
+        self._nudge: asyncio.Task[None] | None = None
+        self._nudge_ids: set[str] = set()
+        self._iopub_seen: asyncio.Future[None] | None = None
+        self.generation = -1
+        self.connect()
+        km.add_listener(self.on_kernel_event)
+
+    # ---- sockets to the kernel ----------------------------------------------------------------
+    def connect(self) -> None:
+        """(Re)create the sockets to the kernel's current address."""
+        self.close_streams()
+        for channel in (*CLIENT_CHANNELS, "iopub"):
+            stream = kernel_stream(self.km, channel, self.identity)
+            stream.on_recv(lambda parts, ch=channel: self._from_kernel(ch, parts))
+            self.streams[channel] = stream
+        self.generation = self.km.generation
+
+    def close_streams(self) -> None:
+        for stream in self.streams.values():
+            stream.close()
+        self.streams = {}
+
+    # ---- kernel -> websockets -----------------------------------------------------------------
+    def _from_kernel(self, channel: str, parts: list[bytes]) -> None:
+        parent = self._parent_id(parts)
+        if channel == "iopub" and self._iopub_seen is not None and not self._iopub_seen.done():
+            self._iopub_seen.set_result(None)
+        if parent is not None and parent in self._nudge_ids:
+            return  # our own probe's status and reply are nobody's business
+        target = self.senders.get(parent) if parent is not None else None
+        if target is None or not target.is_open:
+            target = self.live
+        if target is not None:
+            target.deliver(channel, parts)
+            return
+        size = sum(len(p) for p in parts)
+        self.buffer.append((channel, parts, size))
+        self.buffered_bytes += size
+        while len(self.buffer) > self.max_messages or self.buffered_bytes > self.max_bytes:
+            self.buffered_bytes -= self.buffer.popleft()[2]
+            self.dropped += 1
+
+    def _parent_id(self, parts: list[bytes]) -> str | None:
+        try:
+            _, fed = self.session.feed_identities(parts)
+            parent_id = json.loads(fed[2]).get("msg_id")
+        except Exception:  # noqa: BLE001 - a malformed message is routed to the live socket
+            return None
+        return parent_id if isinstance(parent_id, str) else None
+
+    @property
+    def live(self) -> Socket | None:
+        return self.sockets[-1] if self.sockets else None
+
+    # ---- websockets -> kernel -----------------------------------------------------------------
+    def send(self, sender: Socket, channel: str, msg_id: str, parts: list[bytes]) -> None:
+        """Send signed-ready parts [header, parent, metadata, content, *buffers] for `sender`."""
+        self._remember(sender, msg_id)
+        sig = self.session.sign(parts[:4])
+        self.streams[channel].send_multipart([DELIM, sig, *parts])
+
+    def send_msg(self, sender: Socket, channel: str, msg: dict[str, Any]) -> None:
+        self._remember(sender, str(msg["header"].get("msg_id", "")))
+        self.session.send(self.streams[channel], msg)
+
+    def _remember(self, sender: Socket, msg_id: str) -> None:
+        if sender in self.sockets and self.sockets[-1] is not sender:
+            self.sockets.remove(sender)  # the socket the client uses now is the live one
+            self.sockets.append(sender)
+        if msg_id:
+            self.senders[msg_id] = sender
+            self.senders.move_to_end(msg_id)
+            while len(self.senders) > MAX_SENDERS:
+                self.senders.popitem(last=False)
+
+    # ---- attach / detach ----------------------------------------------------------------------
+    def attach(self, sock: Socket) -> None:
+        """`sock` becomes the session's live socket and gets what was kept for the session."""
+        if self.expiry is not None:
+            IOLoop.current().remove_timeout(self.expiry)
+            self.expiry = None
+        if self.generation != self.km.generation:
+            self.connect()
+        self.sockets.append(sock)
+        while self.buffer:
+            channel, parts, size = self.buffer.popleft()
+            self.buffered_bytes -= size
+            sock.deliver(channel, parts)
+        while len(self.sockets) > MAX_SOCKETS:
+            self.sockets.pop(0).close(1000, "replaced by a newer connection of the same session")
+
+    def detach(self, sock: Socket) -> bool:
+        """Forget a closed socket; True when the session has none left."""
+        if sock in self.sockets:
+            self.sockets.remove(sock)
+        for msg_id in [m for m, s in self.senders.items() if s is sock]:
+            del self.senders[msg_id]
+        return not self.sockets
+
+    # ---- kernel events ------------------------------------------------------------------------
+    def on_kernel_event(self, event: str, data: dict[str, Any]) -> Any:
+        if event == "dead":
+            # Only a kernel that really died: a requested restart sends no status of ours
+            # (JupyterLab reads `restarting` as "the kernel appears to have died").
+            if self.live is not None:
+                self.live.send_status("dead")
+        elif event == "moved":
+            self.connect()
+        elif event == "restarted":
+            # Our iopub SUB reconnects to the new kernel up to 100 ms late; until it has, output
+            # would be lost. The restart is answered once this returns.
+            return self.ready()
+        elif event == "shutdown":
+            for sock in list(self.sockets):
+                sock.close(1000, "kernel shut down")
+        return None
+
+    def ready(self) -> "asyncio.Future[None]":
+        """Wait until our iopub subscription receives messages (ZMQ's slow joiner), so that a
+        client's first output is not lost. One probe at a time per bridge: every caller waits
+        for the same one."""
+        if self._nudge is None or self._nudge.done():
+            self._nudge = asyncio.ensure_future(self._probe(self.ready_timeout))
+        return asyncio.shield(self._nudge)
+
+    async def _probe(self, timeout: float) -> None:
+        seen = self._iopub_seen = asyncio.get_running_loop().create_future()
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(zmq_url(self.km.get_connection_info(), "shell"))
+        deadline = time.monotonic() + timeout
+        interval = NUDGE_FIRST
+        ids: set[str] = set()
+        try:
+            while not seen.done() and not self.closed and time.monotonic() < deadline:
+                msg = self.session.msg("kernel_info_request")
+                ids.add(msg["header"]["msg_id"])
+                self._nudge_ids.add(msg["header"]["msg_id"])
+                self.session.send(sock, msg)
+                try:
+                    await asyncio.wait_for(asyncio.shield(seen), interval)
+                except asyncio.TimeoutError:
+                    interval = min(interval * 2, NUDGE_MAX)
+        finally:
+            sock.close(0)
+            self._iopub_seen = None
+            # Statuses of late probes are dropped for a moment more, then the ids are forgotten.
+            IOLoop.current().call_later(2.0, lambda: self._nudge_ids.difference_update(ids))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.expiry is not None:
+            IOLoop.current().remove_timeout(self.expiry)
+            self.expiry = None
+        self.km.remove_listener(self.on_kernel_event)
+        self.sockets = []
+        self.senders.clear()
+        self.buffer.clear()
+        self.close_streams()
+
+
+class Bridges:
+    """Every kernel's bridges, by client session. A socket without a session id gets a bridge of
+    its own that closes with it; a named session's bridge outlives its last socket for
+    `buffer_seconds`, so a reconnect gets what it missed."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.by_kernel: dict[str, dict[str, ChannelBridge]] = {}
+
+    def open(self, km: GatewayKernel, key: str) -> tuple[ChannelBridge, bool]:
+        """The session's bridge (made if new) and whether it is new."""
+        bridges = self.by_kernel.setdefault(km.kernel_id, {})
+        bridge = bridges.get(key) if key else None
+        if bridge is not None and (bridge.km is not km or bridge.closed):
+            bridge.close()
+            bridge = None
+        if bridge is not None:
+            return bridge, False
+        gw = self.gateway
+        bridge = ChannelBridge(km, key, gw.ws_buffer_messages, gw.ws_buffer_bytes, gw.kernel_manager.ready_timeout)
+        bridges[bridge.slot] = bridge
+        return bridge, True
+
+    def release(self, bridge: ChannelBridge, sock: Socket) -> None:
+        """A websocket closed: keep the session's sockets a while for a reconnect, or close them."""
+        if not bridge.detach(sock) or bridge.closed:
+            return
+        kernel_bridges = self.by_kernel.get(bridge.km.kernel_id, {})
+        if not bridge.key or kernel_bridges.get(bridge.slot) is not bridge or bridge.km.kernel_id not in self.gateway.kernel_manager:
+            if kernel_bridges.get(bridge.slot) is bridge:
+                del kernel_bridges[bridge.slot]
+            bridge.close()
+            return
+
+        def expire() -> None:
+            bridge.expiry = None
+            if kernel_bridges.get(bridge.slot) is bridge and not bridge.sockets:
+                del kernel_bridges[bridge.slot]
+                bridge.close()
+
+        bridge.expiry = IOLoop.current().call_later(self.gateway.ws_buffer_seconds, expire)
+
+    def forget_kernel(self, kernel_id: str) -> None:
+        for bridge in self.by_kernel.pop(kernel_id, {}).values():
+            bridge.close()
+
+    def close_all(self) -> None:
+        for kernel_id in list(self.by_kernel):
+            self.forget_kernel(kernel_id)
+
+    def count(self) -> int:
+        return sum(len(b) for b in self.by_kernel.values())
