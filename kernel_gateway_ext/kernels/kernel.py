@@ -72,6 +72,7 @@ class GatewayKernel(AsyncKernelManager):
         # Restart and shutdown never overlap (jupyter_client's start/stop futures would clash).
         self.lifecycle = asyncio.Lock()
         self.restart_count = 0
+        self.autorestarts: list[float] = []  # monotonic times of automatic restarts (liveness.py)
         self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
         self._listeners: set[Listener] = set()
         self._activity_stream: ZMQStream | None = None

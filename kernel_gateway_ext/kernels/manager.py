@@ -4,7 +4,8 @@
 owner, waits until they answer, never keeps a half-started one, and tells listeners (the
 websockets) when a kernel dies, restarts or moves. Its other concerns live beside it, one module
 each: `kernel` (one kernel), `pool` (warm pools), `capacity` (limits and the memory budget),
-`adoption` (records and adoption after a restart), `culling` (idle deadlines).
+`adoption` (records and adoption after a restart), `culling` (idle deadlines), `liveness`
+(activity, death and automatic restarts).
 """
 from __future__ import annotations
 
@@ -45,18 +46,17 @@ from .adoption import RECORD_KIND, AdoptionMixin
 from .capacity import DOCKER_PROVISIONER, CapacityMixin
 from .culling import CullingMixin, Deadlines
 from .kernel import GatewayKernel, Listener, isoformat, kernel_stream, utcnow, zmq_url
+from .liveness import LivenessMixin
 from .pool import WarmPoolMixin
 from .specs import GatewayKernelSpecManager
 
 __all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "kernel_stream", "utcnow", "zmq_url"]
 
-# Requests whose status messages do not make a kernel "busy" for clients and culling.
-UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
 # What a local (fallback) kernel process gets from the gateway's environment.
 LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
 
 
-class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingMixin, AsyncMultiKernelManager):
+class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingMixin, LivenessMixin, AsyncMultiKernelManager):
     """Kernels with owners; every dialect goes through here."""
 
     kernel_manager_class = Unicode("kernel_gateway_ext.kernels.kernel.GatewayKernel").tag(config=True)
@@ -349,49 +349,6 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         last = tail[-1][:200] if tail else ""
         return f"exit code {code}" + (f": {last}" if last else "")
 
-    # ---- activity and death -------------------------------------------------------------------
-    def _watch(self, km: GatewayKernel) -> None:
-        self._unwatch(km)
-        stream = kernel_stream(km, "iopub")
-        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
-
-        def on_iopub(parts: list[bytes]) -> None:
-            km.touch()
-            try:
-                _, fed = session.feed_identities(parts)
-                msg = session.deserialize(fed, content=False)
-            except Exception:  # noqa: BLE001 - a bad message is not our problem here
-                return
-            if msg["header"]["msg_type"] != "status":
-                return
-            parent_type = (msg.get("parent_header") or {}).get("msg_type")
-            if parent_type in UNTRACKED_PARENTS or km.restarting:
-                return
-            content = session.unpack(msg["content"])
-            state = content.get("execution_state")
-            if state in ("busy", "idle"):
-                km.execution_state = state
-
-        stream.on_recv(on_iopub)
-        km._activity_stream = stream
-        prov = km.docker
-        if prov is not None:
-            prov.exit_callback = lambda code: self._on_container_exit(km, code)
-
-    def _unwatch(self, km: GatewayKernel) -> None:
-        if km._activity_stream is not None:
-            km._activity_stream.close()
-            km._activity_stream = None
-
-    def _on_container_exit(self, km: GatewayKernel, code: int | None) -> None:
-        if km.shutting_down or km.restarting or km.kernel_id not in self._kernels:
-            return
-        prov = km.docker
-        km.execution_state = "dead"
-        km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
-        self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
-        km.notify("dead", reason=km.reason)
-
     # ---- actions ------------------------------------------------------------------------------
     async def restart(self, kernel_id: str, owner: str | None = None) -> GatewayKernel:
         """Restart in place: same id, address and key; open connections keep working."""
@@ -513,6 +470,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         `keep`, when their containers and records stay for the next process to adopt."""
         self._closing = True
         await self.deadlines.close()
+        await self._wait_autorestarts()
         # Refills in flight are creating containers: let them land, then remove them too.
         await self._fill_tasks.wait()
         kms = list(self._starting.values())

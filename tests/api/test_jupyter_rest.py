@@ -105,7 +105,12 @@ async def test_kernel_lifecycle(gateway, docker_client) -> None:
     assert (await c.fetch("POST", f"/api/kernels/{uuid.uuid4()}/restart", {})).status == 404
 
 
-async def test_killed_container_is_reported_dead_and_restart_revives(gateway, docker_client) -> None:
+async def test_killed_container_is_reported_dead_and_restart_revives(make_gateway, docker_client) -> None:
+    async with make_gateway("--GatewayKernelManager.autorestart=False") as gateway:
+        await _reported_dead_then_revived(gateway, docker_client)
+
+
+async def _reported_dead_then_revived(gateway, docker_client) -> None:
     c = gateway.client
     kid = (await c.fetch("POST", "/api/kernels", {})).json["id"]
     (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})

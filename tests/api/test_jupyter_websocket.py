@@ -105,17 +105,18 @@ async def test_websocket_auth_and_unknown_kernel(gateway) -> None:
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
 
 
-async def test_dead_kernel_status_reaches_the_socket(gateway, docker_client) -> None:
-    kid = await start(gateway)
-    ws = await KernelWS.connect(gateway.url, kid, TOKEN)
-    (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
-    container.kill()
-    while True:
-        m = await ws.recv(timeout=5)
-        if m["msg_type"] == "status" and m["content"]["execution_state"] == "dead":
-            break
-    ws.close()
-    await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
+async def test_dead_kernel_status_reaches_the_socket(make_gateway, docker_client) -> None:
+    async with make_gateway("--GatewayKernelManager.autorestart=False") as gateway:
+        kid = await start(gateway)
+        ws = await KernelWS.connect(gateway.url, kid, TOKEN)
+        (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+        container.kill()
+        while True:
+            m = await ws.recv(timeout=5)
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "dead":
+                break
+        ws.close()
+        await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
 
 
 async def test_bash_kernel(gateway) -> None:

@@ -61,7 +61,8 @@ async def test_engine_away_and_back(tmp_path) -> None:
     require_docker()
     proxy = SocketProxy(str(tmp_path / "docker.sock"))
     proxy.start()
-    gw = start_process_gateway(str(tmp_path), env={"KGE_DOCKER_URL": f"unix://{proxy.path}"})
+    # Autorestart off: the test proves the missed death is reported.
+    gw = start_process_gateway(str(tmp_path), env={"KGE_DOCKER_URL": f"unix://{proxy.path}", "KGE_AUTORESTART": "0"})
     try:
         c = Client(gw.url)
         survivor = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]

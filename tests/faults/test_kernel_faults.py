@@ -26,7 +26,12 @@ async def state_within(c, kernel_id: str, want: str, seconds: float) -> float:
     raise AssertionError(f"kernel {kernel_id} not {want} within {seconds} s")
 
 
-async def test_killed_container_is_dead_within_2s_everywhere_and_restart_revives(gateway, docker_client) -> None:
+async def test_killed_container_is_dead_within_2s_everywhere_and_restart_revives(make_gateway, docker_client) -> None:
+    async with make_gateway("--GatewayKernelManager.autorestart=False") as gateway:
+        await _dead_then_revived(gateway, docker_client)
+
+
+async def _dead_then_revived(gateway, docker_client) -> None:
     c = gateway.client
     kid = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
     ws = await KernelWS.connect(gateway.url, kid, TOKEN)
@@ -45,6 +50,50 @@ async def test_killed_container_is_dead_within_2s_everywhere_and_restart_revives
     assert ws.stdout(r).strip() == "42"
     ws.close()
     await c.fetch("DELETE", f"/api/kernels/{kid}")
+
+
+async def test_killed_container_restarts_by_itself_and_says_so_once(gateway, docker_client) -> None:
+    """As jupyter_server's restarter: same kernel id, the websocket is told `restarting` once the
+    new kernel answers (JupyterLab's "appears to have died" dialog), and it runs code again."""
+    c = gateway.client
+    kid = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+    ws = await KernelWS.connect(gateway.url, kid, TOKEN, session="autorestart-1")
+    assert ws.stdout(await ws.execute("x = 1; print(x)")) == "1\n"
+    (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+    container.kill()
+    statuses = []
+    while "restarting" not in statuses:
+        m = await ws.recv(timeout=30)
+        if m["msg_type"] == "status":
+            statuses.append(m["content"]["execution_state"])
+    assert "dead" not in statuses, statuses
+    model = (await c.fetch("GET", f"/api/kernels/{kid}")).json
+    assert model["id"] == kid and model["execution_state"] == "idle", model
+    r = await ws.execute("print('x' in dir())")  # a fresh kernel behind the same websocket
+    assert ws.stdout(r) == "False\n"
+    seen = [m["content"]["execution_state"] for m in ws.inbox if m["msg_type"] == "status"]
+    assert "restarting" not in seen, "told twice"
+    ws.close()
+    await c.fetch("DELETE", f"/api/kernels/{kid}")
+
+
+async def test_a_kernel_that_keeps_dying_is_left_dead(make_gateway, docker_client) -> None:
+    async with make_gateway("--GatewayKernelManager.autorestart_limit=1") as gateway:
+        c = gateway.client
+        kid = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+        ws = await KernelWS.connect(gateway.url, kid, TOKEN)
+        for attempt in range(2):
+            (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+            container.kill()
+            want = "restarting" if attempt == 0 else "dead"
+            while True:
+                m = await ws.recv(timeout=30)
+                if m["msg_type"] == "status" and m["content"]["execution_state"] == want:
+                    break
+        await state_within(c, kid, "dead", 2.0)
+        assert (await c.fetch("GET", f"/api/kernels/{kid}")).json["reason"] == "exited with code 137"
+        ws.close()
+        await c.fetch("DELETE", f"/api/kernels/{kid}")
 
 
 async def test_oom_kill_says_so_and_v2_info_has_container_stats(gateway) -> None:

@@ -179,6 +179,11 @@ class ChannelBridge:
             # (JupyterLab reads `restarting` as "the kernel appears to have died").
             if self.live is not None:
                 self.live.send_status("dead")
+        elif event == "autorestarted":
+            # The kernel died and is back (same id): what jupyter_server sends after its restarter
+            # restarted a kernel. JupyterLab says the kernel died and reconnects.
+            if self.live is not None:
+                self.live.send_status("restarting")
         elif event == "moved":
             self.connect()
         elif event == "restarted":

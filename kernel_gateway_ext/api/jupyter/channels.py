@@ -65,8 +65,13 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
         if self.ws_connection is None or bridge.closed:  # closed while waiting
             return
         bridge.attach(self)
-        if self.km.execution_state == "dead":
-            self.send_status("dead")
+        state = self.km.execution_state
+        if state == "dead" or (not fresh and state in ("idle", "busy")):
+            # A reconnecting session (JupyterLab after a restart or a lost connection) is told the
+            # kernel's state: the statuses of its kernel_info probe are untracked for JupyterLab,
+            # which otherwise shows "Unknown" until the next execution (as it does with stock
+            # jupyter_server after the kernel died).
+            self.send_status(state)
 
     # ---- kernel -> client (called by the bridge) ----------------------------------------------
     @property

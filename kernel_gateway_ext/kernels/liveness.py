@@ -1,0 +1,122 @@
+"""Activity and death: each kernel's iopub is watched for busy/idle, its container for exit.
+
+A kernel whose container dies (killed, out of memory, crashed) is restarted in place, as
+jupyter_server's KernelRestarter does for local kernels: same kernel id, and open websockets are
+told `restarting` once the new kernel answers (JupyterLab then shows "the kernel appears to have
+died. It will restart automatically" and reconnects). A kernel that keeps dying, a REST (v2)
+kernel whose client expects to see the death, or any kernel when autorestart is off, is
+reported `dead` with the reason; a restart request revives it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jupyter_client.session import Session
+from traitlets import Bool, Float, HasTraits, Int
+
+from ..config import env
+from ..tasks import TaskSet
+from .kernel import GatewayKernel, kernel_stream
+
+# Requests whose status messages do not make a kernel "busy" for clients and culling.
+UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
+
+
+class LivenessMixin(HasTraits):
+    """Part of GatewayKernelManager: activity, death and automatic restarts."""
+
+    autorestart = env(
+        Bool(True, help="Restart a kernel whose container died, in place (same id), as jupyter_server does; "
+                        "REST (v2) kernels are reported dead instead. Off: every death is reported."),
+        "KGE_AUTORESTART",
+    )
+    autorestart_limit = env(
+        Int(3, help="Automatic restarts of one kernel within autorestart_window; past it the kernel stays dead."),
+        "KGE_AUTORESTART_LIMIT",
+    )
+    autorestart_window = env(
+        Float(300.0, help="Seconds over which autorestart_limit counts."), "KGE_AUTORESTART_WINDOW"
+    )
+
+    _kernels: dict[str, Any]
+    log: Any
+    _autorestart_tasks: TaskSet | None = None
+
+    def _watch(self, km: GatewayKernel) -> None:
+        self._unwatch(km)
+        stream = kernel_stream(km, "iopub")
+        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
+
+        def on_iopub(parts: list[bytes]) -> None:
+            km.touch()
+            try:
+                _, fed = session.feed_identities(parts)
+                msg = session.deserialize(fed, content=False)
+            except Exception:  # noqa: BLE001 - a bad message is not our problem here
+                return
+            if msg["header"]["msg_type"] != "status":
+                return
+            parent_type = (msg.get("parent_header") or {}).get("msg_type")
+            if parent_type in UNTRACKED_PARENTS or km.restarting:
+                return
+            content = session.unpack(msg["content"])
+            state = content.get("execution_state")
+            if state in ("busy", "idle"):
+                km.execution_state = state
+
+        stream.on_recv(on_iopub)
+        km._activity_stream = stream
+        prov = km.docker
+        if prov is not None:
+            prov.exit_callback = lambda code: self._on_container_exit(km, code)
+
+    def _unwatch(self, km: GatewayKernel) -> None:
+        if km._activity_stream is not None:
+            km._activity_stream.close()
+            km._activity_stream = None
+
+    def _on_container_exit(self, km: GatewayKernel, code: int | None) -> None:
+        if km.shutting_down or km.restarting or km.stopping or km.kernel_id not in self._kernels:
+            return
+        prov = km.docker
+        km.execution_state = "dead"
+        km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
+        if self._may_autorestart(km):
+            self.log.warning("Kernel %s died (%s): restarting it", km.kernel_id, km.reason)
+            if self._autorestart_tasks is None:
+                self._autorestart_tasks = TaskSet(self.log, "automatic restart")
+            self._autorestart_tasks.spawn(self._autorestart(km))
+            return
+        self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
+        km.notify("dead", reason=km.reason)
+
+    def _may_autorestart(self, km: GatewayKernel) -> bool:
+        if not self.autorestart or km.client_token is not None or getattr(self, "_closing", False):
+            return False
+        now = time.monotonic()
+        km.autorestarts = [t for t in km.autorestarts if now - t < self.autorestart_window]
+        if len(km.autorestarts) >= self.autorestart_limit:
+            self.log.warning("Kernel %s died %s times within %ss: left dead", km.kernel_id,
+                             len(km.autorestarts) + 1, self.autorestart_window)
+            return False
+        km.autorestarts.append(now)
+        return True
+
+    async def _autorestart(self, km: GatewayKernel) -> None:
+        if km.lifecycle.locked():  # a requested restart or a shutdown is already on it
+            return
+        async with km.lifecycle:
+            if self._kernels.get(km.kernel_id) is not km or km.stopping:
+                return
+            try:
+                await self._restart(km)  # type: ignore[attr-defined]
+            except Exception as e:  # noqa: BLE001 - _restart reported it dead, with the reason
+                self.log.warning("Kernel %s: automatic restart failed: %s", km.kernel_id, e)
+                return
+        km.notify("autorestarted")
+
+    async def _wait_autorestarts(self) -> None:
+        if self._autorestart_tasks is not None:
+            await self._autorestart_tasks.wait()
+
