@@ -251,3 +251,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for c in test_left:
             c.remove(force=True)
         session.exitstatus = 1
+
+
+# Figures a test measured as a person would meet them (e.g. the browser test's step times):
+# printed at the end of the run, passed or failed.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

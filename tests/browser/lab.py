@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,7 +155,7 @@ class Lab:
         return self.driver.execute_script(script, *args)
 
     def shot(self, name: str) -> Path:
-        path = self.shots / f"{name}.png"
+        path = self.shots / (re.sub(r"[^\w.-]+", "_", name) + ".png")
         self.driver.save_screenshot(str(path))
         return path
 
@@ -169,7 +170,7 @@ class Lab:
             "return document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell') !== null"), 90)
 
     def new_launcher(self) -> None:
-        self.js("document.querySelector('.jp-mod-current .lm-TabBar-addButton, .lm-TabBar-addButton').click()")
+        self.menu("File", "launcher:create")
         self.wait("a launcher", lambda: self.js(
             "return document.querySelector('.jp-Launcher:not(.lm-mod-hidden) .jp-LauncherCard') !== null"))
 
@@ -196,16 +197,41 @@ class Lab:
             "return t && t.textContent")))
 
     def status(self) -> str:
-        """The kernel status the status bar shows for the current notebook ('' when none)."""
-        text = self.js(
-            "for (const e of document.querySelectorAll('.jp-StatusBar-Widget .jp-StatusBar-TextItem')) {"
-            "  if (e.textContent.includes(' | ')) return e.textContent; } return '';")
-        return str(text).rpartition(" | ")[2].strip()
+        """The kernel status the status bar shows for the current notebook ('' when none).
+        (Not the toolbar's circle: its model starts out 'idle' before any kernel exists.)"""
+        return str(self._status_bar()[0])
 
-    def wait_status(self, want: str, timeout: float = 60) -> float:
+    def _status_bar(self) -> tuple[str, list[str]]:
+        texts = self.js("return [...document.querySelectorAll('.jp-StatusBar-Item')].map(e => e.textContent)") or []
+        kernel = next((t for t in texts if " | " in t), "")
+        return kernel.rpartition(" | ")[2].strip(), [t.strip() for t in texts]
+
+    def wait_status(self, want: str, timeout: float = 60, path: str | None = None) -> float:
+        """Wait until the status bar shows `want` (for the notebook `path`, when given: the status
+        bar also names the current document, so a stale status of the previous one never counts)."""
         began = time.monotonic()
-        self.wait(f"kernel status {want!r} (now {self.status()!r})", lambda: self.status() == want, timeout)
+
+        def shown() -> bool:
+            status, texts = self._status_bar()
+            return status == want and (path is None or path in texts)
+
+        self.wait(f"kernel status {want!r} (now {self.status()!r})", shown, timeout)
         return time.monotonic() - began
+
+    def open_notebooks(self) -> list[str]:
+        return list(self.js("return [...document.querySelectorAll('.lm-DockPanel-tabBar .lm-TabBar-tabLabel')]"
+                            ".map(e => e.textContent).filter(t => t.endsWith('.ipynb'))") or [])
+
+    def new_notebook(self, title: str, timeout: float = 60) -> tuple[str, float, float]:
+        """Open a new notebook from a new launcher and wait until its kernel is Idle: its path,
+        the monotonic time of the click on the card, and seconds from the click to Idle."""
+        before = set(self.open_notebooks())
+        self.new_launcher()
+        clicked = self.click_card(title)
+        path = str(self.wait("the new notebook's tab", lambda: (lambda p: p if p.endswith(".ipynb") and p not in before else None)(
+            self.notebook_path()), timeout))
+        self.wait_status("Idle", timeout, path=path)
+        return path, clicked, time.monotonic() - clicked
 
     def run_cell(self, code: str) -> Any:
         """Type `code` (one line) into the last cell of the current notebook and press
@@ -213,10 +239,14 @@ class Lab:
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.keys import Keys
 
-        cells = self.driver.find_elements("css selector", f"{self.CURRENT} .jp-Notebook .jp-Cell")
-        cell = cells[-1]
-        editor = cell.find_element("css selector", ".cm-content")
-        editor.click()
+        def click_last_editor() -> Any:
+            editors = self.driver.find_elements("css selector", f"{self.CURRENT} .jp-Notebook .jp-Cell .cm-content")
+            if not editors:
+                return None
+            editors[-1].click()  # may go stale while the notebook renders: wait() tries again
+            return self.js("return arguments[0].closest('.jp-Cell')", editors[-1])
+
+        cell = self.wait("a cell of the current notebook", click_last_editor)
         ActionChains(self.driver).send_keys(code).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
         return cell
 
