@@ -35,6 +35,14 @@ ensure_docker() {
   docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/kge-dockerd.log"; return 1; }
 }
 
+ensure_browser() {
+  # Debian's Chromium and its driver for the JupyterLab browser test (no browser download).
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  say "installing Debian's chromium and chromium-driver (browser tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 ensure_images() {
   # Cached: skipped when the images exist and their build context is unchanged.
   "$KGE_VENV/bin/kernel-gateway-ext" build-images

@@ -8,6 +8,8 @@ import asyncio
 import logging
 from typing import Any
 
+import pytest
+
 from tests.conftest import TOKEN
 from tests.wsclient import KernelWS
 
@@ -39,6 +41,14 @@ def stdout_of(msgs: list[dict[str, Any]]) -> str:
     return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
 
 
+def assert_whole_run(first: list[dict[str, Any]], rest: list[dict[str, Any]], msg_id: str, lines: int) -> None:
+    """The cell printed 0..lines-1: across the two sockets every line came once, in order, and
+    the reply came to the second."""
+    text = stdout_of(of_request(first, msg_id)) + stdout_of(of_request(rest, msg_id))
+    assert text == "".join(f"{i}\n" for i in range(lines)), text
+    assert any(m["msg_type"] == "execute_reply" for m in of_request(rest, msg_id))
+
+
 class Warnings(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -48,10 +58,12 @@ class Warnings(logging.Handler):
         self.records.append(record.getMessage())
 
 
-async def test_same_session_twice_each_reply_reaches_the_socket_that_asked(gateway) -> None:
+@pytest.mark.parametrize("v1", [False, True], ids=["legacy", "v1-newer"])
+async def test_same_session_twice_each_reply_reaches_the_socket_that_asked(gateway, v1) -> None:
+    """Either encoding, mixed on one session: the older socket legacy, the newer one v1 or legacy."""
     kid = await start(gateway)
     old = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-1")
-    new = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-1")
+    new = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-1", v1=v1)
     # The newer socket asks: it gets its reply and output, the older gets nothing of it.
     r = await new.execute("print('from new')")
     assert new.stdout(r) == "from new\n"
@@ -107,10 +119,7 @@ async def test_reconnect_before_the_old_socket_closes_during_a_long_run(gateway)
     new = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-4")
     await asyncio.sleep(0.2)
     old.close()
-    rest = await drain(new, 4.0)
-    lines = stdout_of(of_request(first, msg_id)) + stdout_of(of_request(rest, msg_id))
-    assert lines == "".join(f"{i}\n" for i in range(12)), lines
-    assert any(m["msg_type"] == "execute_reply" for m in of_request(rest, msg_id))
+    assert_whole_run(first, await drain(new, 4.0), msg_id, 12)
     new.close()
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
 
@@ -124,10 +133,7 @@ async def test_session_without_socket_gets_its_output_replayed_once_in_order(gat
     ws.close()
     await asyncio.sleep(1.5)  # output produced while nobody is connected
     again = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-5")
-    rest = await drain(again, 2.0)
-    lines = stdout_of(of_request(first, msg_id)) + stdout_of(of_request(rest, msg_id))
-    assert lines == "".join(f"{i}\n" for i in range(8)), lines
-    assert any(m["msg_type"] == "execute_reply" for m in of_request(rest, msg_id))
+    assert_whole_run(first, await drain(again, 2.0), msg_id, 8)
     again.close()
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
 

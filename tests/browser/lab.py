@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.conftest import free_port, wait_http
+
 CHROMIUM = os.environ.get("KGE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("KGE_CHROMEDRIVER", "/usr/bin/chromedriver")
 # Chromium as root in a closed network: no sandbox, no background connections (refused here).
@@ -39,14 +41,6 @@ def browser_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class LabServer:
     """A JupyterLab server whose kernels live on a gateway (`--gateway-url`)."""
@@ -65,7 +59,7 @@ class LabServer:
         settings.mkdir(parents=True, exist_ok=True)
         # No "would you like news?" toast over the page (it would fetch from the internet).
         (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-        port = _free_port()
+        port = free_port()
         token = "lab-" + os.urandom(8).hex()
         log_path = workdir / f"jupyterlab-{port}.log"
         # Settings and workspaces of its own: never the user's, never an earlier run's open tabs.
@@ -80,16 +74,7 @@ class LabServer:
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
         )
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}api/status?token={token}", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise RuntimeError(f"JupyterLab did not come up: {log_path.read_text()[-3000:]}") from None
-                time.sleep(0.2)
+        wait_http(f"{url}api/status?token={token}", proc, log_path, timeout)
         return cls(url, token, root, proc, log_path)
 
     def api(self, path: str) -> Any:
