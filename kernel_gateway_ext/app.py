@@ -16,7 +16,6 @@ import sys
 from typing import Any
 
 from tornado import httpserver, web
-from tornado.ioloop import IOLoop
 from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
 

@@ -70,7 +70,8 @@ class LabServer:
             [sys.executable, "-m", "jupyterlab", f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
              f"--gateway-url={gateway_url.rstrip('/')}", f"--GatewayClient.auth_token={gateway_token}",
-             "--GatewayClient.request_timeout=60", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+             "--GatewayClient.request_timeout=60", "--LabApp.news_url=",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
         )
         url = f"http://127.0.0.1:{port}/"
@@ -213,8 +214,12 @@ class Lab:
         before = set(self.open_notebooks())
         self.new_launcher()
         clicked = self.click_card(title)
-        path = str(self.wait("the new notebook's tab", lambda: (lambda p: p if p.endswith(".ipynb") and p not in before else None)(
-            self.notebook_path()), timeout))
+
+        def new_tab() -> str | None:
+            path = self.notebook_path()
+            return path if path.endswith(".ipynb") and path not in before else None
+
+        path = str(self.wait("the new notebook's tab", new_tab, timeout))
         self.wait_status("Idle", timeout, path=path)
         return path, clicked, time.monotonic() - clicked
 

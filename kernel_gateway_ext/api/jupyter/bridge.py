@@ -23,17 +23,15 @@ import json
 import time
 import uuid
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import zmq
 from jupyter_client.session import DELIM, Session
 from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
-from ...kernels.manager import GatewayKernel, kernel_stream, zmq_url
-
-if TYPE_CHECKING:
-    from ...app import Gateway
+from ...kernels.manager import GatewayKernel, GatewayKernelManager, kernel_stream, zmq_url
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
 NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
@@ -52,6 +50,15 @@ class Socket(Protocol):
     def send_status(self, state: str) -> None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class Settings(Protocol):
+    """What the registry reads of the gateway's configuration (the Gateway app)."""
+
+    ws_buffer_seconds: float
+    ws_buffer_messages: int
+    ws_buffer_bytes: int
+    kernel_manager: GatewayKernelManager | None
 
 
 class ChannelBridge:
@@ -86,7 +93,7 @@ class ChannelBridge:
         self.close_streams()
         for channel in (*CLIENT_CHANNELS, "iopub"):
             stream = kernel_stream(self.km, channel, self.identity)
-            stream.on_recv(lambda parts, ch=channel: self._from_kernel(ch, parts))
+            stream.on_recv(partial(self._from_kernel, channel))
             self.streams[channel] = stream
         self.generation = self.km.generation
 
@@ -118,7 +125,7 @@ class ChannelBridge:
     def _parent_id(self, parts: list[bytes]) -> str | None:
         try:
             _, fed = self.session.feed_identities(parts)
-            parent_id = json.loads(fed[2]).get("msg_id")
+            parent_id = json.loads(bytes(fed[2])).get("msg_id")
         except Exception:  # noqa: BLE001 - a malformed message is routed to the live socket
             return None
         return parent_id if isinstance(parent_id, str) else None
@@ -205,9 +212,9 @@ class ChannelBridge:
 
     async def _probe(self, timeout: float) -> None:
         seen = self._iopub_seen = asyncio.get_running_loop().create_future()
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         sock.linger = 0
-        sock.connect(zmq_url(self.km.get_connection_info(), "shell"))
+        sock.connect(zmq_url(dict(self.km.get_connection_info()), "shell"))
         deadline = time.monotonic() + timeout
         interval = NUDGE_FIRST
         ids: set[str] = set()
@@ -246,8 +253,8 @@ class Bridges:
     its own that closes with it; a named session's bridge outlives its last socket for
     `buffer_seconds`, so a reconnect gets what it missed."""
 
-    def __init__(self, gateway: "Gateway") -> None:
-        self.gateway = gateway
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.by_kernel: dict[str, dict[str, ChannelBridge]] = {}
 
     def open(self, km: GatewayKernel, key: str) -> tuple[ChannelBridge, bool]:
@@ -259,8 +266,9 @@ class Bridges:
             bridge = None
         if bridge is not None:
             return bridge, False
-        gw = self.gateway
-        bridge = ChannelBridge(km, key, gw.ws_buffer_messages, gw.ws_buffer_bytes, gw.kernel_manager.ready_timeout)
+        cfg = self.settings
+        assert cfg.kernel_manager is not None
+        bridge = ChannelBridge(km, key, cfg.ws_buffer_messages, cfg.ws_buffer_bytes, cfg.kernel_manager.ready_timeout)
         bridges[bridge.slot] = bridge
         return bridge, True
 
@@ -269,7 +277,8 @@ class Bridges:
         if not bridge.detach(sock) or bridge.closed:
             return
         kernel_bridges = self.by_kernel.get(bridge.km.kernel_id, {})
-        if not bridge.key or kernel_bridges.get(bridge.slot) is not bridge or bridge.km.kernel_id not in self.gateway.kernel_manager:
+        kept = kernel_bridges.get(bridge.slot) is bridge and bridge.km.kernel_id in (self.settings.kernel_manager or ())
+        if not bridge.key or not kept:
             if kernel_bridges.get(bridge.slot) is bridge:
                 del kernel_bridges[bridge.slot]
             bridge.close()
@@ -281,7 +290,7 @@ class Bridges:
                 del kernel_bridges[bridge.slot]
                 bridge.close()
 
-        bridge.expiry = IOLoop.current().call_later(self.gateway.ws_buffer_seconds, expire)
+        bridge.expiry = IOLoop.current().call_later(self.settings.ws_buffer_seconds, expire)
 
     def forget_kernel(self, kernel_id: str) -> None:
         for bridge in self.by_kernel.pop(kernel_id, {}).values():

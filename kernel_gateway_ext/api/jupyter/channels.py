@@ -8,7 +8,7 @@ keeping output for a reconnect, is the session's `ChannelBridge` (bridge.py).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tornado import websocket
 
@@ -17,9 +17,6 @@ from ...kernels.manager import GatewayKernel
 from ..base import BaseHandler
 from .bridge import CLIENT_CHANNELS, ChannelBridge
 from .wire import V1_SUBPROTOCOL, decode_legacy, decode_v1, encode_legacy, encode_legacy_raw, encode_v1
-
-if TYPE_CHECKING:
-    from ...app import Gateway
 
 
 class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
