@@ -183,6 +183,8 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         a REST caller explicitly set for its kernel, passed as given. A pooled kernel is handed
         out when it can be made exactly what was asked; otherwise the start is cold."""
         name = kernel_name or self.kernel_spec_manager.default_name
+        # An unknown name is a 404 before anything counts it (every name would be a metric series).
+        self.kernel_spec_manager.get_kernel_spec(name)
         self.check_limits(limits, exec_timeout)
         if self.max_kernels_per_owner and len(self.list(owner)) + self._starting_for(owner) >= self.max_kernels_per_owner:
             self._observe("rejected", name, "owner_max")

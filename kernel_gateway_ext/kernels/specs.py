@@ -1,6 +1,7 @@
 """Kernelspecs the gateway offers: container specs when a Docker engine answers, else the local fallback."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from ..config import env
 from ..errors import KernelSpecNotFound
 
 FALLBACK_KEY = "kge_fallback"  # kernelspec metadata marking a local-process spec
+
+# What a kernelspec's folder name may be (jupyter_client's rule), with a length cap: a name is
+# checked before it reaches the file system, an error message or a metric label.
+VALID_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def bundled_kernelspec_dir() -> str:
@@ -48,10 +53,12 @@ class GatewayKernelSpecManager(KernelSpecManager):
         return bool(spec.metadata.get(FALLBACK_KEY)) != self.docker_available
 
     def _load(self, kernel_name: str) -> KernelSpec:
+        if not VALID_NAME.fullmatch(kernel_name):
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
         try:
             return super().get_kernel_spec(kernel_name)
         except NoSuchKernel as e:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}") from e
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}") from e
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         spec = self._load(kernel_name)

@@ -26,3 +26,16 @@ async def test_metrics(gateway) -> None:
     await c.fetch("DELETE", f"/api/kernels/{kid}")
     m = samples((await c.fetch("GET", "/metrics")).body.decode())
     assert not any(name == "kge_kernels" for name, _ in m)
+
+
+async def test_unknown_kernelspec_names_grow_no_series_and_echo_little(gateway) -> None:
+    """Every refused name used to become a permanent series (200 names of 10 KB: /metrics 4 MB)."""
+    c = gateway.client
+    before = len((await c.fetch("GET", "/metrics")).body)
+    for i in range(50):
+        r = await c.fetch("POST", "/api/kernels", {"name": f"no-such-{i}-" + "x" * 10_000})
+        assert r.status == 404 and len(r.body) < 512, (r.status, len(r.body))
+    r = await c.fetch("POST", "/api/kernels", {"name": "../../etc/passwd"})
+    assert r.status == 404
+    after = (await c.fetch("GET", "/metrics")).body
+    assert b"no-such" not in after and len(after) < before + 2048, (before, len(after))

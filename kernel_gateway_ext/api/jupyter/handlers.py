@@ -57,7 +57,7 @@ class KernelSpecHandler(KernelSpecsMixin):
     def get(self, kernel_name: str) -> None:
         specs = self.gateway.kernel_spec_manager.runnable_specs()
         if kernel_name not in specs:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}")
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
         self.write_json(self.spec_model(kernel_name, specs[kernel_name]))
 
 
@@ -67,7 +67,7 @@ class KernelSpecResourceHandler(BaseHandler):
     def get(self, kernel_name: str, path: str) -> None:
         specs = self.gateway.kernel_spec_manager.runnable_specs()
         if kernel_name not in specs:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}")
+            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
         root = os.path.realpath(specs[kernel_name]["resource_dir"])
         full = os.path.realpath(os.path.join(root, path))
         if not full.startswith(root + os.sep) or not os.path.isfile(full):
