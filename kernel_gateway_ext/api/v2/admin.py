@@ -13,8 +13,10 @@ from ...errors import BadRequest, Forbidden
 from ...kernels.manager import GatewayKernel, isoformat
 from .base import V2Handler
 
-QUERY_RE = re.compile(r"compute_sessions\s*(?:\((?P<args>[^)]*)\))?\s*\{(?P<fields>[^{}]*)\}", re.S)
-ARG_RE = re.compile(r"(\w+)\s*:\s*(\$\w+|\"[^\"]*\"|\w+)")
+MAX_QUERY = 16 * 1024  # `backend.ai ps` sends ~300 characters
+MAX_FIELDS = 64
+NAME_RE = re.compile(r"\w{1,64}")
+VALUE_RE = re.compile(r"\$\w{1,64}|\"[^\"]{0,256}\"|\w{1,256}")
 STATUS = {"idle": "RUNNING", "busy": "RUNNING", "starting": "PREPARING", "restarting": "RESTARTING", "dead": "ERROR"}
 
 
@@ -42,19 +44,43 @@ def field_value(km: GatewayKernel, name: str) -> Any:
     return values.get(name)
 
 
+def parse_query(query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`compute_sessions(key: value, ...) { field field ... }` -> (args, fields), in linear time
+    (each step a find or a split on a capped string; the regexes only check short tokens)."""
+    if len(query) > MAX_QUERY:
+        raise BadRequest(f"query longer than {MAX_QUERY} characters")
+    start = query.find("compute_sessions")
+    if start < 0:
+        raise BadRequest("only the compute_sessions query is supported")
+    rest = query[start + len("compute_sessions"):].lstrip()
+    args_text = ""
+    if rest.startswith("("):
+        close = rest.find(")")
+        if close < 0:
+            raise BadRequest("unclosed argument list")
+        args_text, rest = rest[1:close], rest[close + 1:].lstrip()
+    close = rest.find("}")
+    if not rest.startswith("{") or close < 0 or "{" in rest[1:close]:
+        raise BadRequest("compute_sessions needs a flat { field ... } selection")
+    fields = rest[1:close].split()
+    if len(fields) > MAX_FIELDS or not all(NAME_RE.fullmatch(f) for f in fields):
+        raise BadRequest("bad field list")
+    args: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in args_text.replace("\n", ",").split(","))):
+        key, colon, raw = (x.strip() for x in part.partition(":"))
+        if not colon or not NAME_RE.fullmatch(key) or not VALUE_RE.fullmatch(raw):
+            raise BadRequest(f"bad argument {part[:64]!r}")
+        args[key] = variables.get(raw[1:]) if raw.startswith("$") else raw.strip('"')
+    return args, fields
+
+
 class GraphQLHandler(V2Handler):
     def post(self) -> None:
         body = self.body_object()
         query, variables = body.get("query"), body.get("variables") or {}
         if not isinstance(query, str) or not isinstance(variables, dict):
             raise BadRequest("'query' must be a string and 'variables' an object")
-        m = QUERY_RE.search(query)
-        if not m:
-            raise BadRequest("only the compute_sessions query is supported")
-        args: dict[str, Any] = {}
-        for key, raw in ARG_RE.findall(m["args"] or ""):
-            args[key] = variables.get(raw[1:]) if raw.startswith("$") else raw.strip('"')
-        fields = m["fields"].split()
+        args, fields = parse_query(query, variables)
         owner: str | None = self.identity.user
         if args.get("access_key"):
             if not self.identity.admin:

@@ -34,7 +34,7 @@ def _memory_mib(value: Any) -> int | None:
     """instanceMemory: MiB as a number ("256") or a size ("1g")."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and not re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+    if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?", value.strip()[:64]):
         return parse_memory(value)
     n = _number(value, "instanceMemory")
     return int(n * 2**20) if n else None

@@ -1,0 +1,61 @@
+"""Hostile input must be parsed in linear time with a size cap and answered with a clear 400:
+an 80 KiB graphql body once held the event loop (every user's requests) for 154 s."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from tests.api.test_v2_auth_and_input import signed
+from tests.clients.v2util import create_keys
+
+
+async def answered_quickly(gateway, coro) -> tuple[int, object, float]:
+    """Run a request while pinging GET /api: the slowest ping shows a blocked event loop."""
+    slowest = 0.0
+    done = False
+
+    async def ping() -> None:
+        nonlocal slowest
+        while not done:
+            began = time.perf_counter()
+            assert (await gateway.client.fetch("GET", "/api")).status == 200
+            slowest = max(slowest, time.perf_counter() - began)
+            await asyncio.sleep(0.01)
+
+    pinger = asyncio.ensure_future(ping())
+    status, body = await coro
+    done = True
+    await pinger
+    return status, body, slowest
+
+
+async def test_graphql_bodies_that_backtracked_are_400_at_once(gateway) -> None:
+    keys = create_keys("hostile-" + uuid.uuid4().hex[:6])
+    queries = [
+        "compute_sessions(" * 5000,                                        # no closing parenthesis, 80 KiB
+        "{ compute_sessions(" + "a" * 9000 + " { sess_id }",               # a long unclosed argument
+        "{ compute_sessions(status: " + "x " * 4000 + ") { sess_id } }",   # a value that is not one
+        "{ compute_sessions { " + "f " * 5000 + "} }",                      # too many fields
+    ]
+    for query in queries:
+        body = json.dumps({"query": query, "variables": {}}).encode()
+        status, answer, slowest = await answered_quickly(gateway, signed(gateway, keys, "POST", "/v2/admin/graphql", body))
+        assert status == 400, (status, answer)
+        assert answer["title"] and len(json.dumps(answer)) < 512
+        assert slowest < 0.5, f"the event loop stalled {slowest:.2f} s"
+    # What `backend.ai ps` sends still works.
+    ok = json.dumps({"query": "query($status:String) { compute_sessions(status:$status) { sess_id lang status } }",
+                     "variables": {"status": "RUNNING"}}).encode()
+    status, answer = await signed(gateway, keys, "POST", "/v2/admin/graphql", ok)
+    assert status == 200 and answer == {"compute_sessions": []}, answer
+
+
+async def test_memory_sizes_that_backtracked_are_400_at_once(gateway) -> None:
+    keys = create_keys("hostile-mem-" + uuid.uuid4().hex[:6])
+    body = json.dumps({"lang": "python3", "clientSessionToken": "hostile-mem",
+                       "config": {"instanceMemory": "1" + " " * 80_000 + "x"}}).encode()
+    status, answer, slowest = await answered_quickly(gateway, signed(gateway, keys, "POST", "/v2/kernel/create", body))
+    assert status == 400 and "memory" in answer["title"], answer
+    assert slowest < 0.5, f"the event loop stalled {slowest:.2f} s"
