@@ -14,6 +14,7 @@ from ..provisioners.limits import KernelLimits, parse_memory
 
 DOCKER_PROVISIONER = "docker-provisioner"
 MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
+MIN_CPUS = 0.01  # below it Docker's nano_cpus rounds to 0, which means no CPU limit at all
 
 
 class CapacityMixin(HasTraits):
@@ -99,6 +100,8 @@ class CapacityMixin(HasTraits):
                 raise BadRequest(f"memory below the engine's minimum of {MIN_MEMORY // 2**20} MiB")
             if limits.memory_bytes and limits.memory_bytes > parse_memory(self.hard_mem_limit):
                 raise LimitExceeded(f"memory above this server's limit of {self.hard_mem_limit}")
+            if limits.cpus is not None and limits.cpus < MIN_CPUS:
+                raise BadRequest(f"CPUs below the minimum of {MIN_CPUS:g}")
             if limits.cpus and limits.cpus > self.hard_cpu_limit:
                 raise LimitExceeded(f"CPUs above this server's limit of {self.hard_cpu_limit:g}")
             if limits.gpus and limits.gpus > self.hard_gpu_limit:

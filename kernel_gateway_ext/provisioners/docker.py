@@ -317,7 +317,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         host_config: dict[str, Any] = {
             "mem_limit": limits.memory_bytes,
             "memswap_limit": limits.memory_bytes,  # no swap beyond the limit
-            "nano_cpus": int(limits.cpus * 1e9),
+            "nano_cpus": max(int(limits.cpus * 1e9), 10**7),  # never 0: Docker reads 0 as unlimited
             "pids_limit": limits.pids,
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],

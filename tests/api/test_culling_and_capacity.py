@@ -81,6 +81,9 @@ async def test_per_owner_limit_and_memory_budget(make_gateway) -> None:
         body = json.dumps({"lang": "python3", "clientSessionToken": "cap-tiny", "limits": {"maxMem": 1024}}).encode()
         status, problem = await signed(gw, bob, "POST", "/v2/kernel/create", body)  # 1 MiB: impossible
         assert status == 400 and "minimum of 6 MiB" in problem["title"], problem
+        body = json.dumps({"lang": "python3", "clientSessionToken": "cap-nocpu", "config": {"instanceCores": 1e-10}}).encode()
+        status, problem = await signed(gw, bob, "POST", "/v2/kernel/create", body)  # would be nano_cpus 0: unlimited
+        assert status == 400 and "CPUs below the minimum" in problem["title"], problem
         body = json.dumps({"lang": "python3", "clientSessionToken": "cap-small", "limits": {"maxMem": 512 * 1024}}).encode()
         status, created = await signed(gw, bob, "POST", "/v2/kernel/create", body)
         assert status == 201, created
