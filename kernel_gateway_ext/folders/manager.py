@@ -7,6 +7,8 @@ folder API asks. Nothing a caller names may escape its folder or /home/work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import posixpath
 import re
@@ -38,6 +40,20 @@ def safe_relative_path(name: str) -> str:
     if norm in (".", ""):
         raise BadRequest(f"invalid path {name!r}: names no file")
     return norm
+
+
+def _open_root(base: Path) -> int:
+    return os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _open_no_follow(name: str, flags: int, dir_fd: int, shown: str) -> int:
+    """Open `name` in the directory `dir_fd` unless it is a symlink (then BadRequest)."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+            raise BadRequest(f"invalid path {shown!r}: a link or not a directory on the way") from e
+        raise
 
 
 class FolderManager(EnvConfigurable):
@@ -122,18 +138,24 @@ class FolderManager(EnvConfigurable):
             checked.append((rel, body))
 
         def write() -> None:
-            for rel, body in checked:
-                target = base / rel
-                resolved = target.resolve()
-                if not str(resolved).startswith(str(base.resolve()) + os.sep):
-                    raise BadRequest(f"invalid path {rel!r}: escapes its folder")
-                for parent in reversed(target.relative_to(base).parents):
-                    d = base / parent
-                    if not d.exists():
-                        d.mkdir(mode=0o770)
-                        os.chown(d, self.file_uid, self.file_gid)
-                target.write_bytes(body)
-                os.chown(target, self.file_uid, self.file_gid)
+            root = _open_root(base)
+            try:
+                for rel, body in checked:
+                    *dirs, leaf = rel.split("/")
+                    dfd = self._walk(root, dirs, create=True)
+                    try:
+                        fd = _open_no_follow(leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dfd, rel)
+                        try:
+                            os.fchown(fd, self.file_uid, self.file_gid)
+                            view = memoryview(body)
+                            while view:
+                                view = view[os.write(fd, view):]
+                        finally:
+                            os.close(fd)
+                    finally:
+                        os.close(dfd)
+            finally:
+                os.close(root)
 
         await asyncio.to_thread(write)
         return len(checked)
@@ -142,22 +164,61 @@ class FolderManager(EnvConfigurable):
         row = await self._find(owner, name)
         base = self.path_of(row["id"])
         rel = "." if path in ("", ".") else safe_relative_path(path)
-        target = (base / rel).resolve()
-        if target != base.resolve() and not str(target).startswith(str(base.resolve()) + os.sep):
-            raise BadRequest("invalid path")
-        if not target.is_dir():
-            raise NotFound(f"no directory {path!r} in folder {name!r}")
 
         def scan() -> list[dict[str, Any]]:
+            root = _open_root(base)
+            try:
+                dfd = self._walk(root, [] if rel == "." else rel.split("/"), create=False, shown=path)
+            except BadRequest as e:  # a file or a link where a directory was named
+                raise NotADirectoryError(path) from e
+            finally:
+                os.close(root)
             out = []
-            for entry in sorted(target.iterdir()):
-                st = entry.lstat()
-                out.append({"filename": entry.name, "size": st.st_size, "mode": oct(st.st_mode),
-                            "mtime": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(),
-                            "type": "DIRECTORY" if entry.is_dir() else "FILE"})
+            try:
+                with os.scandir(dfd) as entries:  # never follows a link: st and type are the link's own
+                    for entry in sorted(entries, key=lambda e: e.name):
+                        st = entry.stat(follow_symlinks=False)
+                        out.append({"filename": entry.name, "size": st.st_size, "mode": oct(st.st_mode),
+                                    "mtime": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(),
+                                    "type": "DIRECTORY" if entry.is_dir(follow_symlinks=False) else "FILE"})
+            finally:
+                os.close(dfd)
             return out
 
-        return await asyncio.to_thread(scan)
+        try:
+            return await asyncio.to_thread(scan)
+        except NotADirectoryError as e:
+            raise NotFound(f"no directory {path!r} in folder {name!r}") from e
+
+    def _walk(self, root: int, dirs: list[str], *, create: bool, shown: str = "") -> int:
+        """An fd of ROOT/dirs, opened one component at a time relative to the last one, never
+        following a link: a kernel that swaps a directory for a symlink meanwhile cannot send the
+        gateway (root) outside the folder. With `create`, missing directories are made, owned by
+        the kernel user. The caller closes the fd."""
+        fd = os.dup(root)
+        try:
+            for part in dirs:
+                made = False
+                for _attempt in range(5):  # the kernel may create and remove it meanwhile
+                    try:
+                        nfd = _open_no_follow(part, os.O_RDONLY | os.O_DIRECTORY, fd, shown or part)
+                        if made:
+                            os.fchown(nfd, self.file_uid, self.file_gid)  # by fd: whatever the name is now
+                        break
+                    except FileNotFoundError:
+                        if not create:
+                            raise NotADirectoryError(part) from None
+                    with contextlib.suppress(FileExistsError):  # made meanwhile: opened next round
+                        os.mkdir(part, 0o770, dir_fd=fd)
+                        made = True
+                else:
+                    raise Conflict(f"{shown or part!r} kept changing while it was written; try again")
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # ---- mounts ---------------------------------------------------------------------------------
     async def mounts(self, owner: str, specs: Any) -> list[docker.types.Mount]:

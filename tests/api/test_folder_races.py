@@ -1,0 +1,58 @@
+"""A kernel with a folder mounted can change the folder while its owner uploads to it or lists
+it. The gateway runs as root: following a symlink the kernel planted would be root on the host."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.api.test_v2_auth_and_input import multipart, signed
+from tests.clients.v2util import create_keys
+
+# What code in the kernel can do to a mounted folder, as fast as it can: a directory appears, is
+# renamed away and replaced by a symlink to a host directory, which disappears again.
+FLIPPER = """
+import os, sys, itertools
+base, outside = sys.argv[1], sys.argv[2]
+evil = os.path.join(base, "sub")
+for n in itertools.count():
+    for step in (lambda: os.mkdir(evil), lambda: os.rename(evil, os.path.join(base, f"gone{n}")),
+                 lambda: os.symlink(outside, evil), lambda: os.unlink(evil)):
+        try:
+            step()
+        except OSError:
+            pass
+"""
+
+
+async def test_swapping_a_directory_for_a_symlink_never_sends_an_upload_outside(gateway, tmp_path: Path) -> None:
+    keys = create_keys("race-" + uuid.uuid4().hex[:6])
+    status, created = await signed(gateway, keys, "POST", "/v2/folders/", b'{"name": "race"}')
+    assert status == 201, created
+    base = gateway.app.folders.path_of(created["id"])
+    outside = tmp_path / "host-dir"
+    outside.mkdir()
+    flipper = subprocess.Popen([sys.executable, "-c", FLIPPER, str(base), str(outside)])
+    statuses: dict[int, int] = {}
+    try:
+        for i in range(300):
+            ctype, data = multipart([(f"sub/f{i}.txt", b"x"), (f"sub/deeper/g{i}.txt", b"y")])
+            status, _ = await signed(gateway, keys, "POST", "/v2/folders/race/upload", data, content_type=ctype)
+            statuses[status] = statuses.get(status, 0) + 1
+            if i % 10 == 0:  # listing through the same flipping path
+                status, _ = await signed(gateway, keys, "GET", "/v2/folders/race/files?path=sub")
+                assert status in (200, 404), status
+    finally:
+        flipper.kill()
+        flipper.wait()
+    escaped = sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
+    assert not escaped, f"{len(escaped)} uploads landed outside the folder: {escaped[:5]}"
+    assert set(statuses) <= {201, 400, 409} and statuses.get(201), statuses  # some got through, none escaped
+    # A plain nested upload still works once the kernel stops playing.
+    ctype, data = multipart([("calm/a/b.txt", b"z")])
+    assert (await signed(gateway, keys, "POST", "/v2/folders/race/upload", data, content_type=ctype))[0] == 201
+    assert (base / "calm" / "a" / "b.txt").read_bytes() == b"z"
+    status, listing = await signed(gateway, keys, "GET", "/v2/folders/race/files?path=calm")
+    assert status == 200 and json.dumps(listing).count("DIRECTORY") == 1, listing
