@@ -267,6 +267,9 @@ class Gateway(Application):
         self.jupyter_sessions = JupyterSessions(self.store if self.docker_available else None, engine.gateway_id)
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
+            for warning in await engine.ensure_network():
+                self.warnings.append(warning)
+                self.log.warning("%s", warning)
             await self.reconcile(engine)
             return
         msg = "No Docker engine answers: kernels run as LOCAL PROCESSES without isolation or limits."

@@ -76,7 +76,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     user = env(Unicode("1000:1000", help="uid:gid the kernel runs as."), "KGE_KERNEL_USER")
     work_dir = Unicode("/home/work", help="The kernel's working directory.").tag(config=True)
     network = env(
-        Unicode("", help="Docker network for kernel containers (empty: the default bridge)."),
+        Unicode("", help="Docker network for kernel containers (empty: DockerEngine.network, isolated)."),
         "KGE_KERNEL_NETWORK",
     )
     env_allowlist = env(
@@ -328,8 +328,9 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             host_config["device_requests"] = [
                 docker.types.DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])
             ]
-        if self.network:
-            host_config["network_mode"] = self.network
+        network = self.network or self.engine.network
+        if network:
+            host_config["network_mode"] = network
         return {
             "image": self.image,
             "command": self._nanny_cmd(cmd),

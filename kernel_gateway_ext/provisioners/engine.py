@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 from docker.models.containers import Container
-from traitlets import Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import SingletonConfigurable
 
 from ..config import apply_env, env
@@ -39,6 +39,9 @@ LABEL_CONNECTION = "org.kge.connection"  # ports and transport; never the key
 EventCallback = Callable[[dict[str, Any]], None]
 
 
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
 class DockerEngine(SingletonConfigurable):
     """Docker client, thread pool and event stream, shared by all provisioners of a process."""
 
@@ -49,6 +52,18 @@ class DockerEngine(SingletonConfigurable):
     gateway_id = env(
         Unicode("kge", help="Names this gateway in container labels. Gateways sharing an engine need distinct ids."),
         "KGE_GATEWAY_ID",
+    )
+    network = env(
+        Unicode("kge-isolated", help="Docker network of every kernel and session container. The gateway creates it "
+                "with inter-container traffic off: no container can reach another's ports (kernels listen on every "
+                "interface; iopub needs no key to read), while the gateway reaches each one. 'bridge' is Docker's "
+                "default network, where containers reach each other."),
+        "KGE_NETWORK",
+    )
+    network_egress = env(
+        Bool(True, help="Containers may open connections beyond the host (package installs, data downloads). "
+                        "Off: the network is created internal (no route out); the gateway still reaches them."),
+        "KGE_NETWORK_EGRESS",
     )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
     call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
@@ -95,6 +110,37 @@ class DockerEngine(SingletonConfigurable):
         finally:
             if self.call_observer is not None:
                 self.call_observer(method, time.monotonic() - began)
+
+    async def ensure_network(self) -> list[str]:
+        """Create the containers' network if it is missing; warnings when an existing one lets
+        containers reach each other or differs in egress from what is configured."""
+        name = self.network
+        if not name or name == "bridge":
+            return [f"containers run on Docker's default network ({name or 'bridge'}): they can reach each other"]
+
+        def ensure() -> list[str]:
+            api = self.client.api
+            try:
+                net = api.inspect_network(name)
+            except docker.errors.NotFound:
+                api.create_network(name, driver="bridge", internal=not self.network_egress,
+                                   options={ICC_OPTION: "false"}, labels={"org.kge.managed": "true"},
+                                   check_duplicate=True)
+                return []
+            warnings = []
+            if (net.get("Options") or {}).get(ICC_OPTION) != "false":
+                warnings.append(f"network {name} lets containers reach each other ({ICC_OPTION} is not false)")
+            if bool(net.get("Internal")) == self.network_egress:
+                warnings.append(f"network {name} {'has no' if net.get('Internal') else 'has'} egress, unlike "
+                                f"network_egress={self.network_egress}; remove it to have it made again")
+            return warnings
+
+        try:
+            return await self.run(ensure, method="ensure_network")
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # another gateway made it at the same moment
+                return []
+            raise
 
     # Set by the app for metrics: called with (method, seconds) after each API call.
     call_observer: Callable[[str, float], None] | None = None

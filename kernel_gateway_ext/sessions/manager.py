@@ -285,7 +285,7 @@ class SessionManager(EnvConfigurable):
                 host_config = api.create_host_config(
                     mem_limit=rec.ram * 2**30, memswap_limit=rec.ram * 2**30, nano_cpus=rec.cores * 10**9,
                     pids_limit=self.pids_limit, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
-                    mounts=mounts or None,
+                    mounts=mounts or None, network_mode=engine.network or None,  # isolated, as kernels
                     device_requests=[docker.types.DeviceRequest(count=rec.gpus, capabilities=[["gpu"]])] if rec.gpus else None,
                 )
                 return api.create_container(

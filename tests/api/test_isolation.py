@@ -1,0 +1,65 @@
+"""Kernels of different users must not reach each other: ipykernel listens on every interface and
+reading iopub needs no key. Every container is on a network with inter-container traffic off;
+the gateway (the host) still reaches each kernel's ports."""
+from __future__ import annotations
+
+import uuid
+
+import docker
+
+from kernel_gateway_ext.provisioners.docker import CONTAINER_PORTS
+from kernel_gateway_ext.provisioners.engine import ICC_OPTION
+from tests.clients.v2util import create_keys
+from tests.conftest import Client
+from tests.wsclient import KernelWS
+
+PROBE = """
+import socket
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect(({ip!r}, {port})); print("CONNECTED")
+except OSError as e:
+    print("blocked", type(e).__name__)
+"""
+
+
+def address(docker_client: docker.DockerClient, kernel_id: str) -> tuple[str, str]:
+    (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kernel_id}"})
+    ((network, settings),) = container.attrs["NetworkSettings"]["Networks"].items()
+    return network, settings["IPAddress"]
+
+
+async def test_one_users_kernel_cannot_reach_anothers(gateway, docker_client) -> None:
+    alice, bob = create_keys("iso-a-" + uuid.uuid4().hex[:4]), create_keys("iso-b-" + uuid.uuid4().hex[:4])
+    ka = (await Client(gateway.url, alice.token).fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+    kb = (await Client(gateway.url, bob.token).fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+    net_b, ip_b = address(docker_client, kb)
+    net_a, _ = address(docker_client, ka)
+    assert net_a == net_b == "kge-isolated"
+    assert docker_client.networks.get(net_b).attrs["Options"][ICC_OPTION] == "false"
+    wa = await KernelWS.connect(gateway.url, ka, alice.token)
+    for channel in ("iopub_port", "shell_port"):
+        r = await wa.execute(PROBE.format(ip=ip_b, port=CONTAINER_PORTS[channel]))
+        assert wa.stdout(r).startswith("blocked"), f"alice's kernel reached bob's {channel}: {wa.stdout(r)}"
+    wb = await KernelWS.connect(gateway.url, kb, bob.token)  # the gateway reaches both
+    assert wb.stdout(await wb.execute("print('bob ok')")) == "bob ok\n"
+    for ws in (wa, wb):
+        ws.close()
+    await Client(gateway.url, alice.token).fetch("DELETE", f"/api/kernels/{ka}")
+    await Client(gateway.url, bob.token).fetch("DELETE", f"/api/kernels/{kb}")
+
+
+async def test_no_egress_makes_an_internal_network_that_the_gateway_still_reaches(make_gateway, docker_client) -> None:
+    name = "kge-test-internal-" + uuid.uuid4().hex[:6]
+    try:
+        async with make_gateway(f"--DockerEngine.network={name}", "--DockerEngine.network_egress=False") as gw:
+            net = docker_client.networks.get(name).attrs
+            assert net["Internal"] is True and net["Options"][ICC_OPTION] == "false"  # inspected, never probed
+            kid = (await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+            assert address(docker_client, kid)[0] == name
+            ws = await KernelWS.connect(gw.url, kid, gw.client.token)
+            assert ws.stdout(await ws.execute("print(6 * 7)")) == "42\n"
+            ws.close()
+            await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+    finally:
+        docker_client.networks.get(name).remove()
