@@ -27,6 +27,7 @@ from .api.jupyter.bridge import Bridges
 from .api.skaha import handlers as sk, proxy as skproxy
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
+from .auth.authenticator import ADMIN_USER
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
 from .api.base import BaseHandler
@@ -63,8 +64,14 @@ class Gateway(Application):
         Unicode("", help="CA bundle (PEM) for X.509 client certificates: a verified certificate's CN is the caller's user."),
         "KGE_CLIENT_CA",
     )
+    local_kernels = env(
+        Bool(False, help="With no Docker engine, run kernels as local processes of the gateway's user, for a "
+                         "single-user set-up: only the gateway token's user gets them, never key-pair users. "
+                         "Off: the gateway refuses to start without an engine."),
+        "KGE_LOCAL_KERNELS",
+    )
     require_docker = env(
-        Bool(False, help="Refuse to start without a Docker engine instead of falling back to local kernels."),
+        Bool(False, help="Refuse to start without a Docker engine, even with local_kernels."),
         "KGE_REQUIRE_DOCKER",
     )
     adopt = env(
@@ -107,6 +114,8 @@ class Gateway(Application):
     flags = Dict(
         {
             "require-docker": ({"Gateway": {"require_docker": True}}, "Fail if no Docker engine answers."),
+            "local-kernels": ({"Gateway": {"local_kernels": True}},
+                              "Without a Docker engine, run local-process kernels for the gateway token's user only."),
             "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
         }
     )
@@ -272,9 +281,13 @@ class Gateway(Application):
                 self.log.warning("%s", warning)
             await self.reconcile(engine)
             return
-        msg = "No Docker engine answers: kernels run as LOCAL PROCESSES without isolation or limits."
-        if self.require_docker:
-            raise SystemExit(f"{self.name}: no Docker engine answers and --require-docker is set")
+        msg = ("No Docker engine answers: kernels run as LOCAL PROCESSES without isolation or limits, "
+               "for the gateway token's user only.")
+        if self.require_docker or not self.local_kernels:
+            raise SystemExit(f"{self.name}: no Docker engine answers. Start one, or pass --local-kernels to run "
+                             "kernels as local processes of this user (single-user set-ups only).")
+        # Local processes run as the gateway's user and can read its state: never for key-pair users.
+        self.kernel_manager.local_only_owner = ADMIN_USER
         self.warnings.append(msg)
         self.log.warning("!" * 80)
         self.log.warning(msg)

@@ -25,6 +25,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..config import apply_env, env
 from ..errors import (
     BadRequest,
+    Forbidden,
     GatewayError,
     KernelDead,
     KernelNotFound,
@@ -182,6 +183,8 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         `env` is a Jupyter request's (only KERNEL_* and the allow-list pass); `user_env` is what
         a REST caller explicitly set for its kernel, passed as given. A pooled kernel is handed
         out when it can be made exactly what was asked; otherwise the start is cold."""
+        if self.local_only_owner is not None and owner != self.local_only_owner:
+            raise Forbidden("this gateway has no container engine: its local-process kernels serve only its own user")
         name = kernel_name or self.kernel_spec_manager.default_name
         # An unknown name is a 404 before anything counts it (every name would be a metric series).
         self.kernel_spec_manager.get_kernel_spec(name)
@@ -226,6 +229,9 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
             self.log.warning("Kernel %s: its record could not be written: %s", km.kernel_id, e)
         self.log.info("Kernel started: %s (%s) for %s", km.kernel_id, name, owner)
         return km
+
+    # Set by the app when it runs local-process kernels: the one owner they may serve.
+    local_only_owner: str | None = None
 
     # Set by the app: called as observe(event, kernelspec, source, seconds) for metrics.
     observer: Callable[..., None] | None = None

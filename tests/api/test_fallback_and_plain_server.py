@@ -23,7 +23,7 @@ async def test_without_docker_the_local_fallback_runs_with_a_warning(monkeypatch
     monkeypatch.setenv("GATEWAY_SECRET", "must-not-reach-the-kernel")
     app = Gateway()
     app.initialize(["--port=0", f"--auth-token={TOKEN}", "--DockerEngine.docker_url=unix:///nonexistent/docker.sock",
-                    "--log-level=ERROR"])
+                    "--log-level=ERROR", "--local-kernels"])
     await app.start_server()
     try:
         c = Client(app.url)
@@ -38,13 +38,21 @@ async def test_without_docker_the_local_fallback_runs_with_a_warning(monkeypatch
         assert out == "None x\n"
         ws.close()
         assert (await c.fetch("DELETE", f"/api/kernels/{r.json['id']}")).status == 204
+        # A key-pair user never gets a local process (it runs as the gateway's user: its state, its key).
+        from tests.clients.v2util import create_keys
+
+        keys = create_keys("local-" + TOKEN[-6:])
+        r = await Client(app.url, keys.token).fetch("POST", "/api/kernels", {})
+        assert r.status == 403 and "local-process kernels serve only" in r.json["message"], r.body
+        assert (await Client(app.url, keys.token).fetch("GET", "/api/kernels")).json == []
     finally:
         await app.stop_server()
 
 
-def test_require_docker_refuses_to_start() -> None:
+@pytest.mark.parametrize("flags", [[], ["--require-docker"], ["--require-docker", "--local-kernels"]])
+def test_without_an_engine_it_refuses_to_start_unless_local_kernels_are_asked_for(flags) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kernel_gateway_ext", f"--port={free_port()}", "--auth-token=x", "--require-docker",
+        [sys.executable, "-m", "kernel_gateway_ext", f"--port={free_port()}", "--auth-token=x", *flags,
          "--DockerEngine.docker_url=unix:///nonexistent/docker.sock"],
         capture_output=True, text=True, timeout=60,
     )

@@ -133,8 +133,8 @@ async def test_failed_start_says_why_leaves_nothing_and_is_counted(make_gateway,
 
 
 def test_engine_unavailable_at_start(tmp_path) -> None:
-    """No engine: --require-docker refuses to start with the reason; without it the gateway
-    starts, says so loudly in GET /api, and runs kernels as local processes."""
+    """No engine: the gateway refuses to start with the reason; with --local-kernels it starts,
+    says so loudly in GET /api, and runs kernels as local processes (for its own user only)."""
     env = {**os.environ, "KGE_DOCKER_URL": f"unix://{tmp_path}/no-docker.sock"}
     proc = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "--port=0", f"--auth-token={TOKEN}",
                            "--require-docker"], env=env, capture_output=True, text=True, timeout=60)
@@ -142,7 +142,7 @@ def test_engine_unavailable_at_start(tmp_path) -> None:
     port = free_port()
     log = open(tmp_path / "gw.log", "w")
     gw = subprocess.Popen([sys.executable, "-m", "kernel_gateway_ext", f"--port={port}", f"--auth-token={TOKEN}",
-                           "--gateway-id=kge-test-noengine"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                           "--gateway-id=kge-test-noengine", "--local-kernels"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         from tests.conftest import wait_http
         import urllib.request
