@@ -30,6 +30,7 @@ from .auth import Authenticator
 from .auth.authenticator import ADMIN_USER
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
+from .errors import Forbidden
 from .api.base import BaseHandler
 from .folders import FolderManager
 from .metrics import Metrics
@@ -384,9 +385,12 @@ class Gateway(Application):
 
 
 class MetricsHandler(BaseHandler):
-    """GET /metrics: Prometheus text format (authenticated like every other route)."""
+    """GET /metrics: Prometheus text format, for the gateway token (or an admin key pair): it
+    shows every user's kernels and sessions."""
 
     def get(self) -> None:
+        if not self.identity.admin:
+            raise Forbidden("metrics are for the gateway's operators (the gateway token or an admin key pair)")
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(self.gateway.metrics.render())
 

@@ -61,7 +61,7 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
             return {}
         try:
             body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: RecursionError
             raise BadRequest("request body is not valid JSON") from e
         if body is None:
             return {}

@@ -27,7 +27,7 @@ async def test_without_docker_the_local_fallback_runs_with_a_warning(monkeypatch
     await app.start_server()
     try:
         c = Client(app.url)
-        api = (await c.fetch("GET", "/api", token=None)).json
+        api = (await c.fetch("GET", "/api")).json
         assert api["docker"] is False and any("LOCAL PROCESSES" in w for w in api["warnings"])
         specs = (await c.fetch("GET", "/api/kernelspecs")).json
         assert list(specs["kernelspecs"]) == ["python3-local"] and specs["default"] == "python3-local"

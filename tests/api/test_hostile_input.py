@@ -59,3 +59,14 @@ async def test_memory_sizes_that_backtracked_are_400_at_once(gateway) -> None:
     status, answer, slowest = await answered_quickly(gateway, signed(gateway, keys, "POST", "/v2/kernel/create", body))
     assert status == 400 and "memory" in answer["title"], answer
     assert slowest < 0.5, f"the event loop stalled {slowest:.2f} s"
+
+
+async def test_deeply_nested_json_is_a_400_not_a_500(gateway) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = await gateway.client.fetch("POST", "/api/kernels", raw=deep, headers={"Content-Type": "application/json"})
+    assert r.status == 400 and "not valid JSON" in r.json["message"], r.body
+    keys = create_keys("hostile-deep-" + uuid.uuid4().hex[:6])
+    status, answer = await signed(gateway, keys, "POST", "/v2/kernel/create", deep)
+    assert status == 400, (status, answer)
+    r = await gateway.client.fetch("GET", "/api/kernels")
+    assert r.status == 200

@@ -12,9 +12,18 @@ TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 UUID = re.compile(r"^\w+-\w+-\w+-\w+-\w+$")
 
 
-async def test_api_is_open_and_says_docker(gateway) -> None:
+async def test_api_is_open_but_shows_state_to_operators_only(gateway) -> None:
     r = await gateway.client.fetch("GET", "/api", token=None)
-    assert r.status == 200 and r.json["docker"] is True and "version" in r.json
+    assert r.status == 200 and set(r.json) == {"version", "gateway"}, r.json  # no counts, pools, warnings
+    r = await gateway.client.fetch("GET", "/api")
+    assert r.status == 200 and r.json["docker"] is True and "kernels" in r.json and "version" in r.json
+    from tests.clients.v2util import create_keys
+
+    user = create_keys("api-user-" + uuid.uuid4().hex[:6])
+    r = await gateway.client.fetch("GET", "/api", token=user.token)
+    assert r.status == 200 and "kernels" not in r.json
+    assert (await gateway.client.fetch("GET", "/metrics", token=user.token)).status == 403
+    assert (await gateway.client.fetch("GET", "/metrics")).status == 200
 
 
 @pytest.mark.parametrize("how", ["none", "wrong", "token", "bearer", "query"])

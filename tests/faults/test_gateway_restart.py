@@ -78,7 +78,7 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
         skaha_id = r.body.decode().strip()
         assert await skaha_status(p1.url, skaha_id, skaha_h) == "Running"
         for _ in range(300):  # the pool's kernel is ready: a container without a record
-            if (await a.fetch("GET", "/api")).json["pools"]["python3"]["ready"] == 1:
+            if (await Client(p1.url).fetch("GET", "/api")).json["pools"]["python3"]["ready"] == 1:
                 break
             await asyncio.sleep(0.1)
         assert len(ours(docker_client, gid, "kernel")) == 3

@@ -147,7 +147,8 @@ def test_engine_unavailable_at_start(tmp_path) -> None:
         from tests.conftest import wait_http
         import urllib.request
         wait_http(f"http://127.0.0.1:{port}/api", gw, tmp_path / "gw.log")
-        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api").read())
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api", headers={"Authorization": f"token {TOKEN}"})
+        status = json.loads(urllib.request.urlopen(req).read())
         assert status["docker"] is False and "LOCAL PROCESSES" in status["warnings"][0]
     finally:
         gw.terminate()

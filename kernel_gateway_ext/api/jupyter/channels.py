@@ -131,7 +131,7 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
                         if not isinstance(msg.get(key), dict):
                             msg[key] = {}
                     bridge.send_msg(self, channel, msg)
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
             self.gateway.log.warning("Kernel %s: dropped a malformed client message (%s)", self.km.kernel_id, e)
             return
         self.km.touch()

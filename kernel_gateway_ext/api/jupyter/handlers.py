@@ -9,6 +9,7 @@ from urllib.parse import quote
 from tornado import web
 
 from ..._version import __version__
+from ...auth.authenticator import extract_token
 from ...errors import BadRequest, KernelSpecNotFound, NotFound
 from ..base import BaseHandler
 
@@ -21,9 +22,13 @@ class ApiHandler(BaseHandler):
 
     auth_required = False
 
-    def get(self) -> None:
+    async def get(self) -> None:
         model: dict[str, Any] = {"version": __version__, "gateway": "kernel_gateway_ext"}
-        model.update(self.gateway.status_model())
+        # Kernel counts, pools and warnings are the operators' business: shown to callers who
+        # authenticate as the gateway token or an admin key pair, the version to anyone.
+        identity = await self.authenticate() if extract_token(self.request) else None
+        if identity is not None and identity.admin:
+            model.update(self.gateway.status_model())
         self.write_json(model)
 
 

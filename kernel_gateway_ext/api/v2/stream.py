@@ -98,7 +98,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
         try:
             msg = json.loads(message)
             kind = msg.get("type") if isinstance(msg, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if kind == "stdin" and self.sock is not None:
             try:
