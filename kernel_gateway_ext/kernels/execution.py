@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .manager import GatewayKernel
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Output a run keeps until its caller polls: past it, items are dropped (and the caller told how
+# much). A kernel printing forever to a caller who never polls used to grow the gateway without end.
+MAX_RUN_OUTPUT = 8 * 2**20
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
 
 
@@ -65,19 +68,43 @@ class Run:
     input_request: dict[str, Any] | None = None  # header + content of a pending input_request
     timed_out: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    kept: int = 0  # bytes of output held since the last poll
+    dropped: int = 0  # bytes of output dropped since the last poll
 
     @property
     def done(self) -> bool:
         return self.reply is not None and self.idle
 
     def add(self, items: list[list[Any]]) -> None:
-        # Merge consecutive stream text of the same kind, as Backend.AI's console does.
+        # Consecutive stream text of one kind becomes one item, as Backend.AI's console does; its
+        # pieces are joined once, when the caller polls (joining at each print is quadratic).
         for item in items:
-            if self.console and item[0] in ("stdout", "stderr") and self.console[-1][0] == item[0]:
-                self.console[-1] = [item[0], self.console[-1][1] + item[1]]
+            size = len(item[1]) if isinstance(item[1], str) else len(json.dumps(item[1]))
+            if self.kept + size > MAX_RUN_OUTPUT:
+                self.dropped += size
+                continue
+            self.kept += size
+            last = self.console[-1] if self.console else None
+            if last is not None and item[0] in ("stdout", "stderr") and last[0] == item[0] and isinstance(last[1], _Pieces):
+                last[1].append(item[1])
+            elif item[0] in ("stdout", "stderr"):
+                self.console.append([item[0], _Pieces([item[1]])])
             else:
                 self.console.append(item)
         self.changed.set()
+
+    def take(self) -> list[list[Any]]:
+        """The console items since the last poll (and a note of what was dropped)."""
+        console = [[k, "".join(v) if isinstance(v, _Pieces) else v] for k, v in self.console]
+        if self.dropped:
+            console.append(log_item("WARNING", f"{self.dropped} bytes of output were dropped: more than "
+                                               f"{MAX_RUN_OUTPUT} bytes came between two polls"))
+        self.console, self.kept, self.dropped = [], 0, 0
+        return console
+
+
+class _Pieces(list):  # type: ignore[type-arg]
+    """The text pieces of one console item, joined when taken."""
 
 
 class Runner:
@@ -221,7 +248,7 @@ class Runner:
                 await asyncio.wait_for(run.changed.wait(), max(0.0, deadline - now))
             except asyncio.TimeoutError:
                 pass
-        console, run.console = run.console, []
+        console = run.take()
         self.km.touch()
         result: dict[str, Any] = {"runId": run.run_id, "console": console, "options": {}}
         if run.input_request is not None:

@@ -92,7 +92,7 @@ async def test_per_owner_limit_and_memory_budget(make_gateway) -> None:
         r = await Client(gw.url, None).fetch("POST", f"/skaha/v0/session?{q}", token=None,
                                              headers={"Authorization": f"Bearer {alice.token}"})
         assert r.status == 429 and b"memory budget" in r.body, r.body
-        metrics = (await a.fetch("GET", "/metrics")).body.decode()
+        metrics = (await gw.client.fetch("GET", "/metrics")).body.decode()
         assert 'kge_start_rejections_total{reason="memory_budget"} 2.0' in metrics
         assert 'kge_start_rejections_total{reason="owner_max"} 1.0' in metrics
         await a.fetch("DELETE", f"/api/kernels/{k1}")
