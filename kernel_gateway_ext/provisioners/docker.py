@@ -323,6 +323,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "cap_drop": ["ALL"],
             "init": self.use_init,
             "mounts": self.mounts or None,
+            "log_config": self.engine.log_config(),
         }
         if limits.gpus:
             host_config["device_requests"] = [

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 from docker.models.containers import Container
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import SingletonConfigurable
@@ -65,6 +66,11 @@ class DockerEngine(SingletonConfigurable):
                         "Off: the network is created internal (no route out); the gateway still reaches them."),
         "KGE_NETWORK_EGRESS",
     )
+    log_max_size = env(
+        Unicode("10m", help="Largest log a container keeps (Docker json-file max-size; two files are kept). "
+                            "A kernel printing forever must not fill the engine's disk."),
+        "KGE_CONTAINER_LOG_MAX_SIZE",
+    )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
     call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
 
@@ -110,6 +116,10 @@ class DockerEngine(SingletonConfigurable):
         finally:
             if self.call_observer is not None:
                 self.call_observer(method, time.monotonic() - began)
+
+    def log_config(self) -> docker.types.LogConfig:
+        """Every container's log driver: bounded on disk, still readable with `docker logs`."""
+        return docker.types.LogConfig(type="json-file", config={"max-size": self.log_max_size, "max-file": "2"})
 
     async def ensure_network(self) -> list[str]:
         """Create the containers' network if it is missing; warnings when an existing one lets

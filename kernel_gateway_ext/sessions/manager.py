@@ -79,6 +79,9 @@ class SessionRecord:
             self.events.append([kind, reason, message, now, now])
 
 
+LOG_TAIL_LINES = 10_000  # what ?view=logs shows of a session's log
+
+
 class SessionManager(EnvConfigurable):
     store = Instance(Store)
     folders = Instance(FolderManager)
@@ -286,6 +289,7 @@ class SessionManager(EnvConfigurable):
                     mem_limit=rec.ram * 2**30, memswap_limit=rec.ram * 2**30, nano_cpus=rec.cores * 10**9,
                     pids_limit=self.pids_limit, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
                     mounts=mounts or None, network_mode=engine.network or None,  # isolated, as kernels
+                    log_config=engine.log_config(),
                     device_requests=[docker.types.DeviceRequest(count=rec.gpus, capabilities=[["gpu"]])] if rec.gpus else None,
                 )
                 return api.create_container(
@@ -387,7 +391,8 @@ class SessionManager(EnvConfigurable):
         if rec.container_id is None:
             return ""
         try:
-            raw = await self.engine.api("logs", rec.container_id, stdout=True, stderr=True)
+            # The last lines only: a log holds up to two files of log_max_size.
+            raw = await self.engine.api("logs", rec.container_id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
         except docker.errors.NotFound:
             return ""
         return raw.decode(errors="replace")

@@ -3,6 +3,7 @@ reading iopub needs no key. Every container is on a network with inter-container
 the gateway (the host) still reaches each kernel's ports."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import docker
@@ -63,3 +64,26 @@ async def test_no_egress_makes_an_internal_network_that_the_gateway_still_reache
             await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
     finally:
         docker_client.networks.get(name).remove()
+
+
+async def test_every_container_has_a_bounded_log(gateway, docker_client) -> None:
+    """A kernel or job printing forever must not fill the engine's disk."""
+    from tests.api.test_skaha_api import IMAGE, create
+
+    kid = (await gateway.client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+    keys = create_keys("logs-" + uuid.uuid4().hex[:4])
+    status, sid = await create(gateway, keys, name="chatty", image=IMAGE, cmd="sleep", args="60")
+    assert status == 200, sid
+    kernel = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})[0]
+    for _ in range(100):  # the session's container is made in the background
+        found = docker_client.containers.list(all=True, filters={"label": f"org.kge.session.id={sid.strip()}"})
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    session = found[0]
+    for container in (kernel, session):
+        log = container.attrs["HostConfig"]["LogConfig"]
+        assert log["Type"] == "json-file" and log["Config"] == {"max-size": "10m", "max-file": "2"}, log
+    await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
+    await Client(gateway.url, None).fetch("DELETE", f"/skaha/v0/session/{sid.strip()}", token=None,
+                                          headers={"Authorization": f"Bearer {keys.token}"})
