@@ -92,6 +92,11 @@ class Gateway(Application):
     ws_buffer_messages = env(
         Int(10000, help="Most messages kept for a disconnected client session."), "KGE_WS_BUFFER_MESSAGES"
     )
+    ws_max_sessions = env(
+        Int(32, help="Client sessions (websocket session_ids) connected to one kernel at once; more are refused "
+                     "(429). Each holds the kernel's sockets open. 0: no limit."),
+        "KGE_WS_MAX_SESSIONS",
+    )
     ws_buffer_bytes = env(
         Int(32 * 1024 * 1024, help="Most bytes of messages kept for a disconnected client session "
                                    "(the oldest go first)."),

@@ -180,3 +180,25 @@ async def test_requested_restart_sends_no_died_status_and_closing_during_it_is_h
     finally:
         gateway.app.log.removeHandler(warnings)
     assert not [w for w in warnings.records if "listener failed" in w], warnings.records
+
+
+async def test_client_sessions_per_kernel_are_bounded(make_gateway) -> None:
+    """Each session holds the kernel's sockets (and keeps them a while after it closes): random
+    session ids must not open them without end."""
+    from tornado.httpclient import HTTPClientError
+
+    async with make_gateway("--Gateway.ws_max_sessions=3") as gw:
+        kid = await start(gw)
+        open_ = [await KernelWS.connect(gw.url, kid, TOKEN, session=f"cap-{i}") for i in range(3)]
+        with pytest.raises(HTTPClientError) as e:
+            await KernelWS.connect(gw.url, kid, TOKEN, session="cap-3")
+        assert e.value.code == 429
+        again = await KernelWS.connect(gw.url, kid, TOKEN, session="cap-0")  # a known session may reconnect
+        open_[1].close()  # a closed session's sockets are kept for its reconnect, until room is needed
+        await asyncio.sleep(0.3)
+        late = await KernelWS.connect(gw.url, kid, TOKEN, session="cap-3")
+        assert late.stdout(await late.execute("print('in')")) == "in\n"
+        assert len(gw.app.bridges.by_kernel[kid]) <= 3
+        for ws in (open_[0], open_[2], again, late):
+            ws.close()
+        await gw.client.fetch("DELETE", f"/api/kernels/{kid}")

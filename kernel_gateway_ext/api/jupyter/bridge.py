@@ -31,6 +31,7 @@ from jupyter_client.session import DELIM, Session
 from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
+from ...errors import OverCapacity
 from ...kernels.manager import GatewayKernel, GatewayKernelManager, kernel_stream, zmq_url
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
@@ -58,6 +59,7 @@ class Settings(Protocol):
     ws_buffer_seconds: float
     ws_buffer_messages: int
     ws_buffer_bytes: int
+    ws_max_sessions: int
     kernel_manager: GatewayKernelManager | None
 
 
@@ -129,6 +131,11 @@ class ChannelBridge:
         except Exception:  # noqa: BLE001 - a malformed message is routed to the live socket
             return None
         return parent_id if isinstance(parent_id, str) else None
+
+    @property
+    def in_use(self) -> bool:
+        """Has a socket, or is getting its first: not merely kept for a reconnect."""
+        return bool(self.sockets) or self.expiry is None
 
     @property
     def live(self) -> Socket | None:
@@ -257,9 +264,26 @@ class Bridges:
         self.settings = settings
         self.by_kernel: dict[str, dict[str, ChannelBridge]] = {}
 
+    def admit(self, km: GatewayKernel, key: str) -> None:
+        """Refuse a new client session when the kernel has `ws_max_sessions` with sockets open
+        (each holds four ZMQ sockets, and a closed one is kept a while for its reconnect)."""
+        bridges = self.by_kernel.get(km.kernel_id, {})
+        limit = self.settings.ws_max_sessions
+        if limit and (not key or key not in bridges) and sum(1 for b in bridges.values() if b.in_use) >= limit:
+            raise OverCapacity(f"kernel {km.kernel_id} has its maximum of {limit} connected client sessions")
+
     def open(self, km: GatewayKernel, key: str) -> tuple[ChannelBridge, bool]:
-        """The session's bridge (made if new) and whether it is new."""
+        """The session's bridge (made if new) and whether it is new. At the limit, the session
+        that has been disconnected longest makes room (its kept output is dropped)."""
         bridges = self.by_kernel.setdefault(km.kernel_id, {})
+        limit = self.settings.ws_max_sessions
+        if limit and (not key or key not in bridges) and len(bridges) >= limit:
+            for slot, idle in list(bridges.items()):  # oldest first
+                if not idle.in_use:
+                    del bridges[slot]
+                    idle.close()
+                    if len(bridges) < limit:
+                        break
         bridge = bridges.get(key) if key else None
         if bridge is not None and (bridge.km is not km or bridge.closed):
             bridge.close()

@@ -46,6 +46,7 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
         if len(session_id) > 256:
             raise BadRequest("session_id too long")
         self.session_key = f"{self.identity.user}:{session_id}" if session_id else ""
+        self.gateway.bridges.admit(self.km, self.session_key)  # before the upgrade: a plain 429
         await super().get(kernel_id)
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
