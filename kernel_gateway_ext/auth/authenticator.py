@@ -9,9 +9,8 @@ from tornado.httputil import HTTPServerRequest
 from traitlets import Instance, Unicode, default
 
 from ..config import EnvConfigurable, env
-from .identity import Identity
+from .identity import ADMIN_USER, Identity
 
-ADMIN_USER = "admin"
 
 
 def extract_token(request: HTTPServerRequest) -> str | None:
@@ -55,7 +54,9 @@ class Authenticator(EnvConfigurable):
         for rdn in cert.get("subject", ()):
             for key, value in rdn:
                 if key == "commonName" and value:
-                    return Identity(str(value))
+                    # The gateway token's user name is reserved: a certificate naming it would own
+                    # the operator's kernels.
+                    return Identity(str(value)) if value != ADMIN_USER else None
         return None
 
     async def identify(self, token: str | None) -> Identity | None:

@@ -23,7 +23,7 @@ from traitlets import Instance, Unicode, default
 from ..config import EnvConfigurable, env
 from ..errors import BadRequest, NotFound
 from ..store import Store
-from .identity import Identity
+from .identity import ADMIN_USER, Identity
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -82,6 +82,8 @@ class KeyPairs(EnvConfigurable):
     def create(self, user: str, admin: bool = False) -> tuple[str, str]:
         if not USER_RE.match(user):
             raise BadRequest("user names are 1-64 letters, digits and _.@-")
+        if user == ADMIN_USER:  # the gateway token's user: a key pair named so would own its kernels
+            raise BadRequest(f"{ADMIN_USER!r} is the gateway token's user; name another (--admin makes an admin key pair)")
         access_key = "AKKGE" + secrets.token_hex(8).upper()
         nonce = secrets.token_hex(16)
         self.store.run_sync(lambda c: c.execute(

@@ -15,7 +15,8 @@ def make_pki(d: Path) -> dict[str, str]:
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kge-test-ca",
         "-keyout", "ca.key", "-out", "ca.pem")
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "x509-" + uuid.uuid4().hex[:6], [])):
+    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "x509-" + uuid.uuid4().hex[:6], []),
+                          ("reserved", "admin", [])):
         run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
             "-out", f"{name}.pem", *ext)
@@ -24,6 +25,7 @@ def make_pki(d: Path) -> dict[str, str]:
         "-out", "rogue/r.pem")
     return {k: str(d / v) for k, v in {"ca": "ca.pem", "cert": "server.pem", "key": "server.key",
                                         "ccert": "client.pem", "ckey": "client.key",
+                                        "acert": "reserved.pem", "akey": "reserved.key",
                                         "rcert": "rogue/r.pem", "rkey": "rogue/r.key"}.items()}
 
 
@@ -44,6 +46,8 @@ async def test_client_certificate_identity(make_gateway, tmp_path) -> None:
         # with its certificate the caller is authenticated (as the certificate's CN)
         assert await get("skaha/v0/session", client_cert=pki["ccert"], client_key=pki["ckey"]) == 200
         assert await get("api/kernels", client_cert=pki["ccert"], client_key=pki["ckey"]) == 200
+        # a certificate naming the gateway token's user is no identity (it would own the operator's kernels)
+        assert await get("api/kernels", client_cert=pki["acert"], client_key=pki["akey"]) == 401
         # without one, a token still works; with neither, 401
         assert await get("skaha/v0/session") == 401
         assert await get("api/kernels", headers={"Authorization": f"token {gw.client.token}"}) == 200

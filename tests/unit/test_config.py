@@ -47,3 +47,13 @@ def test_help_all_lists_env_vars():
                 "KGE_KERNEL_PIDS_LIMIT", "KGE_GATEWAY_ID", "KGE_DOCKER_URL"):
         assert var in out, var
     assert "--port" in out and "--auth-token" in out and "--ip" in out
+
+
+def test_no_key_pair_may_take_the_gateway_tokens_user(tmp_path) -> None:
+    """A key pair named 'admin' would own the operator's kernels (the gateway token's user)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "keys", "create", "--user=admin",
+                           f"--state-dir={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "gateway token's user" in proc.stderr + proc.stdout, proc.stderr[-500:]
