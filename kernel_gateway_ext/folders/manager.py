@@ -120,12 +120,18 @@ class FolderManager(EnvConfigurable):
 
     async def delete(self, owner: str | None, name: str) -> None:
         row = await self._find(owner, name)
+        path = self.path_of(row["id"])
+        doomed = path.with_name(f".deleting-{row['id']}")
+        await self.store.run(lambda c: c.execute("DELETE FROM folders WHERE id = ?", (row["id"],)))
 
-        def remove(c: Any) -> None:
-            c.execute("DELETE FROM folders WHERE id = ?", (row["id"],))
-            shutil.rmtree(self.path_of(row["id"]), ignore_errors=True)
+        def remove() -> None:
+            # Renamed first (the folder is gone at once), then removed off the database thread: a
+            # folder of a million files must not hold every login and request that needs the store.
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
-        await self.store.run(remove)
+        await asyncio.to_thread(remove)
 
     async def upload(self, owner: str | None, name: str, files: list[tuple[str, bytes]]) -> int:
         row = await self._find(owner, name)

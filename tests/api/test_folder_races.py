@@ -56,3 +56,27 @@ async def test_swapping_a_directory_for_a_symlink_never_sends_an_upload_outside(
     assert (base / "calm" / "a" / "b.txt").read_bytes() == b"z"
     status, listing = await signed(gateway, keys, "GET", "/v2/folders/race/files?path=calm")
     assert status == 200 and json.dumps(listing).count("DIRECTORY") == 1, listing
+
+
+async def test_deleting_a_big_folder_does_not_hold_the_store(gateway) -> None:
+    """The removal used to run on the database thread: every signed request waited for it."""
+    import asyncio
+    import time
+
+    keys = create_keys("bigdel-" + uuid.uuid4().hex[:6])
+    status, created = await signed(gateway, keys, "POST", "/v2/folders/", b'{"name": "big"}')
+    assert status == 201, created
+    base = gateway.app.folders.path_of(created["id"])
+    # 150,000 files, as a kernel could leave (made by the shell: Python takes seconds for it)
+    subprocess.run(["bash", "-c", "mkdir d{0..149} && for d in d*; do (cd $d && touch f{0..999}); done"],
+                   cwd=base, check=True)
+    deleting = asyncio.ensure_future(signed(gateway, keys, "DELETE", "/v2/folders/big"))
+    await asyncio.sleep(0.05)
+    slowest = 0.0
+    while not deleting.done():
+        began = time.perf_counter()
+        assert (await signed(gateway, keys, "GET", "/v2/folders/"))[0] == 200  # needs the store
+        slowest = max(slowest, time.perf_counter() - began)
+    assert (await deleting)[0] == 204
+    assert not base.exists() and not list(base.parent.glob(f".deleting-{created['id']}"))
+    assert slowest < 0.25, f"a request waited {slowest:.2f} s for the deletion"
