@@ -41,7 +41,7 @@ class LivenessMixin(HasTraits):
 
     _kernels: dict[str, Any]
     log: Any
-    _autorestart_tasks: TaskSet | None = None
+    _autorestart_tasks: TaskSet  # made with the manager
 
     def _watch(self, km: GatewayKernel) -> None:
         self._unwatch(km)
@@ -84,8 +84,6 @@ class LivenessMixin(HasTraits):
         km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
         if self._may_autorestart(km):
             self.log.warning("Kernel %s died (%s): restarting it", km.kernel_id, km.reason)
-            if self._autorestart_tasks is None:
-                self._autorestart_tasks = TaskSet(self.log, "automatic restart")
             self._autorestart_tasks.spawn(self._autorestart(km))
             return
         self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
@@ -115,8 +113,4 @@ class LivenessMixin(HasTraits):
                 self.log.warning("Kernel %s: automatic restart failed: %s", km.kernel_id, e)
                 return
         km.notify("autorestarted")
-
-    async def _wait_autorestarts(self) -> None:
-        if self._autorestart_tasks is not None:
-            await self._autorestart_tasks.wait()
 

@@ -95,6 +95,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         self._pool_filling: dict[str, int] = {}
         self._pool_sem: asyncio.Semaphore | None = None
         self._fill_tasks = TaskSet(self.log, "pool refill")
+        self._autorestart_tasks = TaskSet(self.log, "automatic restart")
         self._closing = False
         self.pool_hits = 0
         self.pool_misses = 0
@@ -478,7 +479,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         `keep`, when their containers and records stay for the next process to adopt."""
         self._closing = True
         await self.deadlines.close()
-        await self._wait_autorestarts()
+        await self._autorestart_tasks.wait()
         # Refills in flight are creating containers: let them land, then remove them too.
         await self._fill_tasks.wait()
         kms = list(self._starting.values())

@@ -19,6 +19,11 @@ FALLBACK_KEY = "kge_fallback"  # kernelspec metadata marking a local-process spe
 VALID_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
+def unknown_kernelspec(name: str) -> KernelSpecNotFound:
+    """The 404 for a kernelspec name (echoing at most 64 characters of it)."""
+    return KernelSpecNotFound(f"no kernelspec named {name[:64]!r}")
+
+
 def bundled_kernelspec_dir() -> str:
     """The kernelspecs/ folder of the source tree, or the one installed as data files."""
     here = Path(__file__).resolve().parents[2] / "kernelspecs"
@@ -54,16 +59,16 @@ class GatewayKernelSpecManager(KernelSpecManager):
 
     def _load(self, kernel_name: str) -> KernelSpec:
         if not VALID_NAME.fullmatch(kernel_name):
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
+            raise unknown_kernelspec(kernel_name)
         try:
             return super().get_kernel_spec(kernel_name)
         except NoSuchKernel as e:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}") from e
+            raise unknown_kernelspec(kernel_name) from e
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         spec = self._load(kernel_name)
         if not self._runnable(spec):
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name!r}")
+            raise unknown_kernelspec(kernel_name)
         # The local fallback runs with the gateway's own interpreter.
         spec.argv = [sys.executable if a == "{python}" else a for a in spec.argv]
         return spec

@@ -185,9 +185,9 @@ class Lab:
     def status(self) -> str:
         """The kernel status the status bar shows for the current notebook ('' when none).
         (Not the toolbar's circle: its model starts out 'idle' before any kernel exists.)"""
-        return str(self._status_bar()[0])
+        return str(self.status_bar()[0])
 
-    def _status_bar(self) -> tuple[str, list[str]]:
+    def status_bar(self) -> tuple[str, list[str]]:
         texts = self.js("return [...document.querySelectorAll('.jp-StatusBar-Item')].map(e => e.textContent)") or []
         kernel = next((t for t in texts if " | " in t), "")
         return kernel.rpartition(" | ")[2].strip(), [t.strip() for t in texts]
@@ -198,7 +198,7 @@ class Lab:
         began = time.monotonic()
 
         def shown() -> bool:
-            status, texts = self._status_bar()
+            status, texts = self.status_bar()
             return status == want and (path is None or path in texts)
 
         self.wait(f"kernel status {want!r} (now {self.status()!r})", shown, timeout)

@@ -175,7 +175,7 @@ def test_a_python_notebook_through_the_gateway(lab: Lab, quickstart_gateway: str
         if lab.wait("a confirmation or the kernel gone", lambda: "dialog" if lab.dialog() else gone(), 20) == "dialog":
             lab.accept("Shut Down")
         lab.wait("the kernel to leave the gateway", gone, 20)
-        assert lab.wait("the notebook to say so", lambda: "No Kernel" in " ".join(lab._status_bar()[1]), 10)
+        assert lab.wait("the notebook to say so", lambda: "No Kernel" in " ".join(lab.status_bar()[1]), 10)
         t["figure"] = time.monotonic() - began
 
 

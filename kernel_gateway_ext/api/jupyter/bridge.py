@@ -323,6 +323,3 @@ class Bridges:
     def close_all(self) -> None:
         for kernel_id in list(self.by_kernel):
             self.forget_kernel(kernel_id)
-
-    def count(self) -> int:
-        return sum(len(b) for b in self.by_kernel.values())

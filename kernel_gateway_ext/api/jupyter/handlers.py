@@ -10,7 +10,8 @@ from tornado import web
 
 from ..._version import __version__
 from ...auth.authenticator import extract_token
-from ...errors import BadRequest, KernelSpecNotFound, NotFound
+from ...errors import BadRequest, NotFound
+from ...kernels.specs import unknown_kernelspec
 from ..base import BaseHandler
 
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
@@ -62,7 +63,7 @@ class KernelSpecHandler(KernelSpecsMixin):
     def get(self, kernel_name: str) -> None:
         specs = self.gateway.kernel_spec_manager.runnable_specs()
         if kernel_name not in specs:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
+            raise unknown_kernelspec(kernel_name)
         self.write_json(self.spec_model(kernel_name, specs[kernel_name]))
 
 
@@ -72,7 +73,7 @@ class KernelSpecResourceHandler(BaseHandler):
     def get(self, kernel_name: str, path: str) -> None:
         specs = self.gateway.kernel_spec_manager.runnable_specs()
         if kernel_name not in specs:
-            raise KernelSpecNotFound(f"no kernelspec named {kernel_name[:64]!r}")
+            raise unknown_kernelspec(kernel_name)
         root = os.path.realpath(specs[kernel_name]["resource_dir"])
         full = os.path.realpath(os.path.join(root, path))
         if not full.startswith(root + os.sep) or not os.path.isfile(full):
