@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tornado import iostream, web
 
 from ..auth import Identity, extract_token
-from ..errors import BadRequest, GatewayError, Unauthorized
+from ..errors import BadRequest, Forbidden, GatewayError, Unauthorized
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -36,9 +37,26 @@ class GatewayMixin:
         identity = await authenticator.identify(extract_token(self.request))
         if identity is None:
             identity = authenticator.identify_certificate(self.peer_certificate())
+            if identity is not None:
+                self.refuse_cross_site()  # a browser presents its certificate to any site's form
         if identity is None:
             raise Unauthorized("authentication required")
         return identity
+
+    def refuse_cross_site(self) -> None:
+        """CSRF guard for credentials a browser sends by itself (client certificates, cookies): a
+        state-changing request must come from our own origin. A cross-site form cannot hide its
+        Origin (or Sec-Fetch-Site); command-line clients send neither and pass."""
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        origin = self.request.headers.get("Origin")
+        site = self.request.headers.get("Sec-Fetch-Site", "")
+        allowed = self.gateway.allow_origin
+        trusted = origin is None or (allowed not in ("", "*") and origin == allowed) or (
+            urlsplit(origin).netloc.lower() == self.request.host.lower())
+        if site == "cross-site" or not trusted:
+            raise Forbidden("cross-site request refused: a browser's certificate or cookie only counts on "
+                            "requests from this gateway's own pages")
 
 
 class BaseHandler(GatewayMixin, web.RequestHandler):

@@ -1,6 +1,7 @@
 """Optional TLS with X.509 client certificates: a verified certificate's CN is the caller."""
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -53,3 +54,39 @@ async def test_client_certificate_identity(make_gateway, tmp_path) -> None:
         assert await get("api/kernels", headers={"Authorization": f"token {gw.client.token}"}) == 200
         # a certificate from another CA is refused in the handshake
         assert await get("skaha/v0/session", client_cert=pki["rcert"], client_key=pki["rkey"]) in (-1, 599)
+
+
+async def test_certificate_callers_are_safe_from_cross_site_forms(make_gateway, tmp_path) -> None:
+    """A browser holding a client certificate presents it to any site's form: a cross-site form post
+    must not start (or delete) a Skaha session in the certificate owner's name."""
+    pki = make_pki(tmp_path)
+    async with make_gateway(f"--Gateway.certfile={pki['cert']}", f"--Gateway.keyfile={pki['key']}",
+                            f"--Gateway.client_ca={pki['ca']}") as gw:
+        client = AsyncHTTPClient()
+        form = "name=csrf&image=images.canfar.net/skaha/terminal:1.1.1&cores=1&ram=1&cmd=true"
+
+        async def post(headers: dict[str, str]) -> tuple[int, str]:
+            req = HTTPRequest(gw.url + "skaha/v0/session", method="POST", body=form, ca_certs=pki["ca"],
+                              client_cert=pki["ccert"], client_key=pki["ckey"],
+                              headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+            r = await client.fetch(req, raise_error=False)
+            return r.code, (r.body or b"").decode()
+
+        async def sessions() -> list:
+            req = HTTPRequest(gw.url + "skaha/v0/session", ca_certs=pki["ca"], client_cert=pki["ccert"],
+                              client_key=pki["ckey"])
+            return json.loads((await client.fetch(req)).body)
+
+        code, body = await post({"Origin": "https://evil.example"})
+        assert code == 403 and "cross-site" in body
+        code, body = await post({"Sec-Fetch-Site": "cross-site"})
+        assert code == 403
+        code, body = await post({"Origin": "null"})  # a sandboxed frame
+        assert code == 403
+        assert await sessions() == []
+        # the gateway's own pages (same origin) and command-line clients (no Origin) still work
+        code, sid = await post({"Origin": gw.url.rstrip("/")})
+        assert code == 200, sid
+        code, sid2 = await post({})
+        assert code == 200, sid2
+        assert len(await sessions()) == 2
