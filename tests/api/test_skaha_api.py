@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
 from urllib.parse import urlencode
 
@@ -130,15 +132,83 @@ async def test_notebook_session_through_the_proxy(gateway, docker_client) -> Non
     out = await ws.execute("import os\nprint(os.getuid(), os.getcwd())")
     assert ws.stdout(out) == "1000 /home/work\n"
     ws.close()
-    # a browser visits with ?token= once and then rides on the signed cookie
-    first = await AsyncHTTPClient().fetch(url + f"api?token={owner.token}", raise_error=False)
-    cookie = first.headers.get("Set-Cookie", "").split(";")[0]
-    assert first.code == 200 and cookie.startswith("kge_user=")
+    # a browser visits with ?token= once and then rides on the signed cookie; the visit is redirected
+    # away from the token, so the page's scripts (on the gateway's origin) never see it
+    second = create_keys(owner.user)  # a second key pair of the same user, revoked below
+    first = await AsyncHTTPClient().fetch(url + f"api?token={second.token}&x=1", raise_error=False, follow_redirects=False)
+    set_cookie = first.headers.get("Set-Cookie", "")
+    cookie = set_cookie.split(";")[0]
+    assert first.code == 302 and first.headers["Location"] == f"/skaha/session/{sid}/api?x=1"
+    assert cookie.startswith("kge_user=") and "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert f"Path=/skaha/session/{sid}/" in set_cookie
+
+    async def with_cookie(path: str, method: str = "GET", **headers: str) -> int:
+        req = HTTPRequest(url + path, method=method, headers={"Cookie": cookie, **headers},
+                          body=b"{}" if method == "POST" else None)
+        return (await AsyncHTTPClient().fetch(req, raise_error=False)).code
+
     again = await AsyncHTTPClient().fetch(HTTPRequest(url + "api/kernels", headers={"Cookie": cookie}), raise_error=False)
     assert again.code == 200 and len(json.loads(again.body)) == 1
+    # the cookie opens this session only, and not from another site's page (CSRF, websocket hijack)
+    assert (await c.fetch("GET", "/api", token=None)).status == 401
+    origin = url.split("/skaha/")[0]
+    assert await with_cookie("api/kernels", "POST", Origin="https://evil.example") == 403
+    assert await with_cookie("api/kernels", "POST", Origin=origin) == 201
+    from tornado.websocket import websocket_connect
+    kid = json.loads(again.body)[0]["id"]
+    ws_url = url.replace("http", "ws", 1) + f"api/kernels/{kid}/channels"
+    try:
+        await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookie, "Origin": "https://evil.example"}))
+        raise AssertionError("a cross-site page opened the session's kernel websocket with the cookie")
+    except Exception as e:  # noqa: BLE001
+        assert "403" in str(e), e
+    (await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookie, "Origin": origin}))).close()
+    # revoking the key pair ends its cookie at once; the owner's other key pair still works
+    subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "keys", "revoke", second.access_key], check=True,
+                   capture_output=True)
+    assert await with_cookie("api/kernels") == 401
+    assert (await c.fetch("GET", "/api", headers=bearer, token=None)).status == 200
     c2, h = skaha(gateway, owner)
     assert (await c2.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=h, token=None)).status == 200
     assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.session.id={sid}"})
     # kinds no image serves are refused, not hung
     status, body = await create(gateway, owner, name="desk", image=IMAGE, type="desktop")
     assert status == 400 and "desktop" in body
+
+
+async def test_a_hung_notebook_server_holds_up_only_its_owner(gateway, docker_client) -> None:
+    """One user's notebook server that stops answering (here: its container paused, with a dozen
+    requests waiting on it) must not queue another user's proxied requests behind it."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    a, b = create_keys("hang-" + uuid.uuid4().hex[:6]), create_keys("ok-" + uuid.uuid4().hex[:6])
+    urls = {}
+    for keys in (a, b):
+        status, sid = await create(gateway, keys, name="nb", image="images.canfar.net/skaha/notebook:latest",
+                                   type="notebook", cores="1", ram="1")
+        assert status == 200, sid
+        urls[keys.user] = (await wait_status(gateway, keys, sid.strip(), ("Running",)))["connectURL"], sid.strip()
+
+    async def get(keys, timeout: float) -> int:
+        req = HTTPRequest(urls[keys.user][0] + "api", headers={"Authorization": f"Bearer {keys.token}"},
+                          request_timeout=timeout)
+        return (await AsyncHTTPClient(force_instance=True).fetch(req, raise_error=False)).code
+
+    for keys in (a, b):  # both servers answer
+        for _ in range(100):
+            if await get(keys, 5) == 200:
+                break
+            await asyncio.sleep(0.2)
+    (container,) = docker_client.containers.list(filters={"label": f"org.kge.session.id={urls[a.user][1]}"})
+    container.pause()
+    try:
+        hung = [asyncio.ensure_future(get(a, 120)) for _ in range(12)]
+        await asyncio.sleep(1)
+        assert not any(t.done() for t in hung)
+        assert await get(b, 10) == 200  # before: 599 after 10 s, queued behind a's twelve
+    finally:
+        container.unpause()
+    assert set(await asyncio.gather(*hung)) == {200}
+    for keys in (a, b):
+        c, h = skaha(gateway, keys)
+        assert (await c.fetch("DELETE", f"/skaha/v0/session/{urls[keys.user][1]}", headers=h, token=None)).status == 200

@@ -3,10 +3,17 @@
 The caller authenticates as the session's owner (token, Bearer, or the cookie a `?token=` visit
 sets); the gateway forwards HTTP and websockets to the container with the server's own token,
 which never leaves the gateway.
+
+The session's pages run on the gateway's origin, so the cookie is made to be worth little there:
+it opens this one session only (its path and its value), it is re-checked against the key pair on
+every request (revocation ends it), and the `?token=` visit is redirected away so the page's
+scripts never see the token.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 
 from urllib.parse import urlencode
 
@@ -24,20 +31,52 @@ WS_PATHS = r"(?P<path>api/kernels/[^/]+/channels|api/events/subscribe|terminals/
 
 
 class ProxyMixin(SkahaHandler):
+    redirect_token_visit = True
+
     async def prepare(self) -> None:
+        session_id = self.path_kwargs["session_id"]
         token = extract_token(self.request)
         identity = await self.gateway.authenticator.identify(token) if token else None
-        if identity is not None and self.get_query_argument("token", None):
-            # A browser that came with ?token= keeps its identity in a signed cookie.
-            self.set_signed_cookie(COOKIE, f"{identity.user}|{int(identity.admin)}", httponly=True, samesite="Strict")
         if identity is None:
-            raw = self.get_signed_cookie(COOKIE, max_age_days=1)
-            if raw:
-                user, _, admin = raw.decode().partition("|")
-                identity = Identity(user, admin=admin == "1")
+            identity = await self._cookie_identity(session_id)
+            if identity is not None:
+                self.refuse_cross_site()
         if identity is None:
             raise Unauthorized("authentication required")
         self.identity = identity
+        if token is not None and self.get_query_argument("token", None):
+            # A browser that came with ?token= keeps its identity in a signed cookie for this session.
+            self.set_signed_cookie(COOKIE, self._cookie_value(session_id, identity), httponly=True, samesite="Strict",
+                                   secure=self.request.protocol == "https", path=self._session_path(session_id))
+            if self.redirect_token_visit and self.request.method == "GET":
+                self.redirect(self.upstream_uri())
+
+    def _session_path(self, session_id: str) -> str:
+        return f"{self.gateway.base_url}skaha/session/{session_id}/"
+
+    def _admin_binding(self) -> str:
+        """Ties an admin cookie to the gateway token of the day: a new token ends it."""
+        key = self.gateway.authenticator.auth_token.encode()
+        return hmac.new(key, b"kge-proxy-cookie", hashlib.sha256).hexdigest()[:32]
+
+    def _cookie_value(self, session_id: str, identity: Identity) -> str:
+        binding = identity.access_key or (self._admin_binding() if identity.admin else "")
+        return "|".join((session_id, binding, identity.user, str(int(identity.admin))))
+
+    async def _cookie_identity(self, session_id: str) -> Identity | None:
+        raw = self.get_signed_cookie(COOKIE, max_age_days=1)
+        if not raw:
+            return None
+        sid, binding, user, admin = (raw.decode(errors="replace").split("|") + ["", "", "", ""])[:4]
+        if sid != session_id or not binding:
+            return None  # a cookie opens the one session it was made for
+        if admin == "1" and hmac.compare_digest(binding, self._admin_binding()):
+            return Identity(user, admin=True)
+        found = await self.gateway.keypairs.lookup(binding)  # None once revoked
+        if found is None or found[0].user != user:
+            return None
+        kp = found[0]
+        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)
 
     def target(self, session_id: str) -> tuple[str, str]:
         """(upstream base like host:8888, the server's token) for the caller's notebook session."""
@@ -73,7 +112,7 @@ class NotebookProxyHandler(ProxyMixin):
             f"http://{host}{self.upstream_uri()}", method=self.request.method, headers=self.upstream_headers(token),
             body=body, follow_redirects=False, request_timeout=300, allow_nonstandard_methods=True, decompress_response=False,
         )
-        resp = await httpclient.AsyncHTTPClient().fetch(req, raise_error=False)
+        resp = await self._client(session_id).fetch(req, raise_error=False)
         if resp.code == 599:
             raise GatewayError("the notebook server is not answering yet", status=503)
         self.set_status(resp.code, resp.reason)
@@ -88,15 +127,34 @@ class NotebookProxyHandler(ProxyMixin):
 
     get = head = post = put = patch = delete = options = proxy  # type: ignore[assignment]
 
+    def _client(self, session_id: str) -> httpclient.AsyncHTTPClient:
+        """Each session has its own connection slots: a server that hangs (or long-polls) holds up
+        only its own owner, never everyone's proxy (one shared client has 10 slots in all)."""
+        client = _CLIENTS.get(session_id)
+        if client is None:
+            live = {r.id for r in self.sessions.list(None)}
+            for gone in [sid for sid in _CLIENTS if sid not in live]:
+                _CLIENTS.pop(gone).close()
+            client = _CLIENTS[session_id] = httpclient.AsyncHTTPClient(force_instance=True, max_clients=SLOTS_PER_SESSION)
+        return client
+
+
+SLOTS_PER_SESSION = 16
+_CLIENTS: dict[str, httpclient.AsyncHTTPClient] = {}  # session id -> its client; pruned as sessions go
+
 
 class NotebookWebSocketProxy(ProxyMixin, websocket.WebSocketHandler):
     upstream: websocket.WebSocketClientConnection | None = None
+    redirect_token_visit = False
 
     def set_default_headers(self) -> None:
         pass
 
     def check_origin(self, origin: str) -> bool:
-        return True  # authenticated as the owner above; the server behind checks its own token
+        # The cookie rides along from any page: only the gateway's own pages (the session's
+        # JupyterLab) may open a websocket with it (Tornado's same-host rule, or allow_origin).
+        allowed = self.gateway.allow_origin
+        return (allowed not in ("", "*") and origin == allowed) or super().check_origin(origin)
 
     async def get(self, session_id: str, path: str) -> None:  # type: ignore[override]
         host, token = self.target(session_id)
