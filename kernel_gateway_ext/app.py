@@ -15,6 +15,7 @@ import ssl
 import sys
 from typing import Any
 
+import docker.errors
 from tornado import httpserver, web
 from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
@@ -40,6 +41,7 @@ from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
 from .provisioners.engine import DockerEngine
+from .provisioners.lease import EngineLease, StateLock
 from .store import Store
 
 
@@ -160,6 +162,8 @@ class Gateway(Application):
         self.bridges = Bridges(self)
         self.jupyter_sessions = JupyterSessions(None, "")
         self._stopping: asyncio.Future[None] | None = None
+        self.lease: EngineLease | None = None
+        self.state_lock: StateLock | None = None
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -282,6 +286,7 @@ class Gateway(Application):
         self.jupyter_sessions = JupyterSessions(self.store if self.docker_available else None, engine.gateway_id)
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
+            await self._take_lease(engine)
             for warning in await engine.ensure_network():
                 self.warnings.append(warning)
                 self.log.warning("%s", warning)
@@ -298,6 +303,27 @@ class Gateway(Application):
         self.log.warning("!" * 80)
         self.log.warning(msg)
         self.log.warning("!" * 80)
+
+    async def _take_lease(self, engine: DockerEngine) -> None:
+        """Hold the gateway id on the engine (another live gateway with it: refuse to start)."""
+        lease = EngineLease(engine)
+        try:
+            await lease.acquire()
+        except docker.errors.ImageNotFound:
+            warning = (f"gateway id {engine.gateway_id!r} is not leased on the engine (no image {lease.image}: "
+                       "run build-images): a gateway elsewhere with the same id would not be noticed")
+            self.warnings.append(warning)
+            self.log.warning("%s", warning)
+            return
+        self.lease = lease
+
+        async def renew() -> None:
+            try:
+                await lease.renew_after_reconnect()
+            except Exception as e:  # noqa: BLE001 - keep serving; say loudly what is at risk
+                self.log.error("could not take the gateway id lease again after the engine came back: %s", e)
+
+        engine.on_reconnect(lambda: asyncio.ensure_future(renew()))
 
     async def reconcile(self, engine: DockerEngine) -> None:
         """Match this gateway id's containers with the store's records: adopt what a record owns,
@@ -321,6 +347,8 @@ class Gateway(Application):
         """Start listening (used by `start` and by in-process tests)."""
         self.kernel_manager.on_removal(self.bridges.forget_kernel)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
+        self.state_lock = StateLock(self.store.state_dir, DockerEngine.instance(parent=self).gateway_id)
+        self.state_lock.acquire()
         await self.check_docker()
         app = self.make_app()
         self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024,
@@ -362,11 +390,17 @@ class Gateway(Application):
         if self.http_server is not None:
             await self.http_server.close_all_connections()
             self.http_server = None
+        if self.lease is not None:
+            await self.lease.release()
+            self.lease = None
         if DockerEngine.initialized():
             DockerEngine.instance().close()
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.state_lock is not None:
+            self.state_lock.release()
+            self.state_lock = None
 
     def start(self) -> None:
         if self.subapp is not None:

@@ -71,6 +71,11 @@ class DockerEngine(SingletonConfigurable):
                             "A kernel printing forever must not fill the engine's disk."),
         "KGE_CONTAINER_LOG_MAX_SIZE",
     )
+    lease_image = env(
+        Unicode("kge-kernel:latest", help="Image of the tiny container that holds this gateway id on the engine "
+                                          "while the gateway lives (any image with `cat`)."),
+        "KGE_LEASE_IMAGE",
+    )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
     call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
 

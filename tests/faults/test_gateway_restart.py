@@ -118,3 +118,50 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
         assert stop_process_gateway(p3) == 0  # default: everything goes
     assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.gateway={gid}"})
     assert records_of(gid) == 0
+
+
+async def test_a_second_gateway_with_a_live_gateways_id_refuses_to_start(tmp_path, docker_client) -> None:
+    """Two gateways with one id would adopt or remove each other's containers. The second one, on the
+    same engine (another state folder: another host) or in the same state folder, refuses to start
+    and says why; the first one's kernel is untouched. Once the first dies (kill -9), the id is free."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import TOKEN, free_port
+
+    require_docker()
+    gid = new_gateway_id("proc-")
+    p1 = start_process_gateway(str(tmp_path), gateway_id=gid)
+    try:
+        c = Client(p1.url)
+        r = await c.fetch("POST", "/api/kernels", {"name": "python3"})
+        assert r.status == 201, r.body
+        kid = r.json["id"]
+        (container,) = ours(docker_client, gid, "kernel")
+
+        def second(state_dir: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "kernel_gateway_ext", f"--port={free_port()}",
+                                   f"--auth-token={TOKEN}", f"--gateway-id={gid}"], capture_output=True, text=True,
+                                  timeout=90, env={**os.environ, "KGE_STATE_DIR": state_dir})
+
+        other_host = second(str(tmp_path / "elsewhere"))
+        assert other_host.returncode != 0 and "held on this Docker engine by a live gateway" in other_host.stderr, \
+            other_host.stderr[-2000:]
+        same_folder = second(os.environ["KGE_STATE_DIR"])
+        assert same_folder.returncode != 0 and "in use by a live gateway of this state folder" in same_folder.stderr
+        container.reload()
+        assert container.status == "running"
+        assert await value_of_x(p1.url, kid, TOKEN) == "NameError"  # the kernel still answers
+        assert (await c.fetch("GET", f"/api/kernels/{kid}")).status == 200
+    finally:
+        p1.proc.send_signal(signal.SIGKILL)
+        p1.proc.wait(timeout=30)
+    # the dead gateway's lease went with it: a new process takes the id and adopts the kernel
+    p2 = start_process_gateway(str(tmp_path), gateway_id=gid)
+    try:
+        assert (await Client(p2.url).fetch("GET", f"/api/kernels/{kid}")).status == 200
+    finally:
+        assert stop_process_gateway(p2) == 0
+    assert not ours(docker_client, gid, "kernel")
+    assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.lease={gid}"})
