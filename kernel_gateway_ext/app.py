@@ -104,6 +104,10 @@ class Gateway(Application):
                                    "(the oldest go first)."),
         "KGE_WS_BUFFER_BYTES",
     )
+    max_terminals = env(
+        Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
+        "KGE_MAX_TERMINALS",
+    )
     kernel_manager_class = Type(GatewayKernelManager, help="The kernel store class.").tag(config=True)
     kernel_spec_manager_class = Type(GatewayKernelSpecManager, help="The kernelspec finder.").tag(config=True)
     authenticator_class = Type(Authenticator, help="Maps tokens to identities.").tag(config=True)
@@ -163,6 +167,7 @@ class Gateway(Application):
         self.jupyter_sessions = JupyterSessions(None, "")
         self._stopping: asyncio.Future[None] | None = None
         self.lease: EngineLease | None = None
+        self.terminals: dict[str, set[Any]] = {}  # kernel id -> its open terminal handlers
         self.state_lock: StateLock | None = None
 
     @catch_config_error

@@ -3,29 +3,41 @@
 Client frames: {"type": "stdin", "chars": base64}, {"type": "resize", "rows", "cols"},
 {"type": "ping"}, {"type": "restart"}. Server frames: {"type": "out", "data": base64},
 {"type": "pong"}. The terminal is a `docker exec` with a TTY; its socket is read by the event
-loop itself (add_reader), so no thread waits on it.
+loop itself (add_reader), so no thread waits on it. Reading pauses while the client has not taken
+what was sent (the pty then fills and the shell waits: back-pressure, no buffer grows), and a
+shell that is left (restart, close) is hung up: the engine keeps an exec running after its
+client goes, so each shell carries a marker in its environment to be found by.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import secrets
 import socket
 from typing import Any
 
 from tornado import websocket
 
 from ...auth import hmac_v2
-from ...errors import BadRequest, KernelDead
+from ...errors import BadRequest, KernelDead, OverCapacity
 from ...kernels.manager import GatewayKernel
 from .base import V2Handler
+
+
+MARKER = "KGE_TERMINAL"
+# Hang up every process of one terminal (found by its environment marker; no procps needed).
+HANGUP = ('for p in /proc/[0-9]*; do grep -qzx "' + MARKER + '=$0" "$p/environ" 2>/dev/null '
+          '&& kill -HUP "${p#/proc/}" 2>/dev/null; done; true')
 
 
 class PtyHandler(V2Handler, websocket.WebSocketHandler):
     km: GatewayKernel
     exec_id: str | None = None
     sock: socket.socket | None = None
+    marker: str | None = None
     _holder: Any = None
+    _paused = False
 
     def set_default_headers(self) -> None:
         pass
@@ -39,7 +51,24 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
             raise BadRequest("a terminal needs a container kernel")
         if self.km.execution_state == "dead":
             raise KernelDead("the kernel is dead; restart it")
-        await super().get(kernel_id)
+        open_now = self.gateway.terminals.setdefault(self.km.kernel_id, set())
+        limit = self.gateway.max_terminals
+        if limit and len(open_now) >= limit:
+            raise OverCapacity(f"this kernel has {len(open_now)} terminals open (at most {limit}); close one")
+        open_now.add(self)
+        try:
+            await super().get(kernel_id)
+        finally:
+            if self.ws_connection is None:  # the upgrade failed: on_close will not come
+                self._forget()
+
+    def _forget(self) -> None:
+        terminals = self.gateway.terminals
+        open_now = terminals.get(self.km.kernel_id)
+        if open_now is not None:
+            open_now.discard(self)
+            if not open_now:
+                terminals.pop(self.km.kernel_id, None)
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
         self.set_nodelay(True)
@@ -49,9 +78,11 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
         prov = self.km.docker
         assert prov is not None and prov.container_id is not None
         engine = prov.engine
+        self.marker = secrets.token_hex(8)
         created = await engine.api(
             "exec_create", prov.container_id, ["/bin/bash", "-l"], stdin=True, tty=True, user=prov.user,
-            workdir=prov.work_dir, environment={**prov._container_env(), "TERM": "xterm-256color"},
+            workdir=prov.work_dir,
+            environment={**prov._container_env(), "TERM": "xterm-256color", MARKER: self.marker},
         )
         self.exec_id = created["Id"]
         holder = await engine.api("exec_start", self.exec_id, tty=True, socket=True)
@@ -75,12 +106,23 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
             self.close(1000, "terminal closed")
             return
         try:
-            self.write_message(json.dumps({"type": "out", "data": base64.b64encode(data).decode()}))
+            sent = self.write_message(json.dumps({"type": "out", "data": base64.b64encode(data).decode()}))
         except websocket.WebSocketClosedError:
             self.stop_shell()
+            return
+        if not sent.done():  # the client is behind: read no more until it has taken this
+            self._paused = True
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sent.add_done_callback(lambda _: self._resume(sock))
+
+    def _resume(self, sock: socket.socket) -> None:
+        if self._paused and self.sock is sock:
+            self._paused = False
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def stop_shell(self) -> None:
         sock, self.sock = self.sock, None
+        self._paused = False
         if sock is not None:
             try:
                 asyncio.get_running_loop().remove_reader(sock.fileno())
@@ -93,6 +135,20 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
             except OSError:
                 pass
             self._holder = None
+        marker, self.marker = self.marker, None
+        prov = self.km.docker
+        if marker is not None and prov is not None and prov.container_id is not None:
+            asyncio.ensure_future(self._hang_up(prov, marker))
+
+    @staticmethod
+    async def _hang_up(prov: Any, marker: str) -> None:
+        """The engine leaves an exec running when its client goes: end the shell and its jobs."""
+        try:
+            created = await prov.engine.api("exec_create", prov.container_id, ["/bin/sh", "-c", HANGUP, marker],
+                                            user=prov.user)
+            await prov.engine.api("exec_start", created["Id"])
+        except Exception as e:  # noqa: BLE001 - the container may be gone already: nothing to hang up
+            prov.log.debug("terminal hang-up skipped: %s", e)
 
     async def on_message(self, message: str | bytes) -> None:
         try:
@@ -118,3 +174,4 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.stop_shell()
+        self._forget()
