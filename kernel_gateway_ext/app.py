@@ -104,6 +104,12 @@ class Gateway(Application):
                                    "(the oldest go first)."),
         "KGE_WS_BUFFER_BYTES",
     )
+    ws_max_unsent_bytes = env(
+        Int(16 * 1024 * 1024, help="Bytes a kernel websocket may have sent that its client has not taken; past "
+                                   "this the socket is closed (1013) and the client reconnects to its session's "
+                                   "buffer. 0: no limit."),
+        "KGE_WS_MAX_UNSENT_BYTES",
+    )
     max_terminals = env(
         Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
         "KGE_MAX_TERMINALS",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import socket
 import uuid
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
@@ -15,8 +13,10 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from kernel_gateway_ext.auth.hmac_v2 import signature
+from tests import rawws
 from tests.api.test_v2_auth_and_input import VERSION, signed
 from tests.clients.v2util import Keys, create_keys
+from tests.rawws import rss_mb
 
 
 def pty_headers(gw, keys: Keys, path: str) -> dict[str, str]:
@@ -62,11 +62,6 @@ async def settle(container, want: int) -> int:
     return shells(container)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker_client) -> None:
     keys = create_keys("pty-" + uuid.uuid4().hex[:6])
     status, created = await signed(gateway, keys, "POST", "/v2/kernel/create",
@@ -106,22 +101,9 @@ async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker
 
     # a client that stops reading: the shell waits, the gateway does not buffer the flood
     path = f"/v2/stream/kernel/{kid}/pty"
-    sock = socket.create_connection((urlsplit(gateway.url).hostname, urlsplit(gateway.url).port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    head = [f"GET {path} HTTP/1.1", f"Host: {urlsplit(gateway.url).netloc}", "Upgrade: websocket",
-            "Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode()]
-    head += [f"{k}: {v}" for k, v in pty_headers(gateway, keys, path).items()]
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, ("\r\n".join(head) + "\r\n\r\n").encode())
-    reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 20)
-    assert reply.startswith(b"HTTP/1.1 101"), reply[:200]
-    payload = stdin("head -c 300000000 /dev/zero | tr '\\0' x; echo flood-done\n").encode()
-    mask = os.urandom(4)
-    frame = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock = await rawws.connect(gateway.url.rstrip("/") + path, pty_headers(gateway, keys, path))
     before = rss_mb()
-    await loop.sock_sendall(sock, frame)
+    await rawws.send_text(sock, stdin("head -c 300000000 /dev/zero | tr '\\0' x; echo flood-done\n"))
     await asyncio.sleep(6)  # we read nothing meanwhile
     grown = rss_mb() - before
     blocked = shells(container)  # bash, head, tr: still there, waiting for the pty to drain

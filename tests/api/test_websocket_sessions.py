@@ -202,3 +202,44 @@ async def test_client_sessions_per_kernel_are_bounded(make_gateway) -> None:
         for ws in (open_[0], open_[2], again, late):
             ws.close()
         await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+
+
+async def test_a_client_that_stops_reading_gets_back_pressure_not_a_swollen_gateway(gateway) -> None:
+    """A stalled tab (or a slow link) while its kernel prints 300 MB: the gateway must not hold the
+    flood in its write buffer. Past ws_max_unsent_bytes it writes no more to that socket; what comes
+    meanwhile goes to the session's bounded buffer (oldest dropped), and the kernel keeps answering."""
+    import json
+    import uuid
+
+    from tests import rawws
+
+    gateway.app.ws_max_unsent_bytes = 4 * 1024 * 1024
+    kid = await start(gateway)
+    session = uuid.uuid4().hex
+    sock = await rawws.connect(gateway.url.rstrip("/") + f"/api/kernels/{kid}/channels?session_id={session}",
+                               {"Authorization": f"token {TOKEN}"})
+    ws = KernelWS(None, False, session)  # type: ignore[arg-type] - only to build messages
+    msg = ws.msg("execute_request", {"code": "for _ in range(3000):\n    print('x' * 100_000, flush=True)",
+                                     "silent": False, "store_history": True, "user_expressions": {},
+                                     "allow_stdin": False, "stop_on_error": True})
+    before = rawws.rss_mb()
+    await rawws.send_text(sock, json.dumps(msg))
+    (bridge,) = gateway.app.bridges.by_kernel[kid].values()
+    for _ in range(300):  # up to 30 s, reading nothing, until the session's buffer overflowed
+        await asyncio.sleep(0.1)
+        if bridge.dropped:
+            break
+    grown = rawws.rss_mb() - before
+    assert bridge.dropped, "nothing was held back from a client that reads nothing"
+    # before: 300 MB went into the socket's write buffer (the gateway grew by as much)
+    assert grown < 100, f"the gateway grew {grown:.0f} MB for a client that reads nothing"
+    assert gateway.app.kernel_manager.get(kid).connections == 1  # the client is not cut off
+    sock.close()
+    assert (await gateway.client.fetch("POST", f"/api/kernels/{kid}/interrupt")).status == 204
+    again = await KernelWS.connect(gateway.url, kid, TOKEN, session=session)
+    try:
+        await drain(again, 2)
+        reply = await again.execute("print(6 * 7)", timeout=120)
+        assert again.stdout(reply) == "42\n"
+    finally:
+        again.close()

@@ -46,6 +46,9 @@ class Socket(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    @property
+    def is_behind(self) -> bool: ...
+
     def deliver(self, channel: str, parts: list[bytes]) -> None: ...
 
     def send_status(self, state: str) -> None: ...
@@ -114,9 +117,13 @@ class ChannelBridge:
         target = self.senders.get(parent) if parent is not None else None
         if target is None or not target.is_open:
             target = self.live
-        if target is not None:
+        if target is not None and not target.is_behind and not self.buffer:
             target.deliver(channel, parts)
             return
+        self._keep(channel, parts)
+
+    def _keep(self, channel: str, parts: list[bytes]) -> None:
+        """Buffer for the session (no socket, or its socket is behind), oldest dropped past the bounds."""
         size = sum(len(p) for p in parts)
         self.buffer.append((channel, parts, size))
         self.buffered_bytes += size
@@ -171,12 +178,18 @@ class ChannelBridge:
         if self.generation != self.km.generation:
             self.connect()
         self.sockets.append(sock)
-        while self.buffer:
+        self.drained(sock)
+        while len(self.sockets) > MAX_SOCKETS:
+            self.sockets.pop(0).close(1000, "replaced by a newer connection of the same session")
+
+    def drained(self, sock: Socket) -> None:
+        """`sock` can take more: hand it what was kept, in order, while it keeps up."""
+        if sock is not self.live:
+            return
+        while self.buffer and sock.is_open and not sock.is_behind:
             channel, parts, size = self.buffer.popleft()
             self.buffered_bytes -= size
             sock.deliver(channel, parts)
-        while len(self.sockets) > MAX_SOCKETS:
-            self.sockets.pop(0).close(1000, "replaced by a newer connection of the same session")
 
     def detach(self, sock: Socket) -> bool:
         """Forget a closed socket; True when the session has none left."""

@@ -25,6 +25,7 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
     km: GatewayKernel
     bridge: ChannelBridge | None = None
     v1 = False
+    unsent = 0  # bytes written to this socket that the client has not taken yet
 
     def set_default_headers(self) -> None:
         pass  # no JSON content type on a 101 response
@@ -96,9 +97,30 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
         if channel == "iopub":
             self.km.touch()
         try:
-            self.write_message(frame, binary=isinstance(frame, bytes))
+            sent = self.write_message(frame, binary=isinstance(frame, bytes))
         except websocket.WebSocketClosedError:
-            pass
+            return
+        if not sent.done():
+            self._count_unsent(sent, len(frame))
+
+    @property
+    def is_behind(self) -> bool:
+        """The client has not taken ws_max_unsent_bytes of what was written: send it no more for
+        now (a stalled tab or slow link must not grow the gateway); the bridge keeps the rest in
+        its bounded buffer and hands it over when this socket drains."""
+        limit = self.gateway.ws_max_unsent_bytes
+        return bool(limit) and self.unsent > limit
+
+    def _count_unsent(self, sent: Any, size: int) -> None:
+        self.unsent += size
+
+        def taken(_: Any) -> None:
+            was_behind = self.is_behind
+            self.unsent -= size
+            if was_behind and not self.is_behind and self.bridge is not None:
+                self.bridge.drained(self)
+
+        sent.add_done_callback(taken)
 
     def send_status(self, state: str) -> None:
         if self.bridge is None:
