@@ -3,7 +3,8 @@
 A `Runner` per kernel keeps its own shell/stdin/iopub sockets and turns the kernel's messages
 into Backend.AI console items. A run answers when it finishes, waits for input, or has run for
 `flush_interval` (status `continued`: the client asks again with mode `continue`). `execTimeout`
-interrupts the kernel and tells the client; the kernel stays usable.
+interrupts the kernel and tells the client, whether or not the client is polling at that moment
+(a timer per run); the kernel stays usable.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class Run:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     kept: int = 0  # bytes of output held since the last poll
     dropped: int = 0  # bytes of output dropped since the last poll
+    timer: asyncio.TimerHandle | None = None  # fires at execTimeout
 
     @property
     def done(self) -> bool:
@@ -120,6 +122,7 @@ class Runner:
         self._generation = -1
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
+        self._interrupting: asyncio.Future[Any] | None = None
 
     def _connect(self) -> None:
         self.close()
@@ -156,11 +159,13 @@ class Runner:
             if t == "status":
                 if msg["content"].get("execution_state") == "idle":
                     run.idle = True
+                    self._settled(run)
                     run.changed.set()
             else:
                 run.add(console_items(t, msg["content"]))
         elif channel == "shell" and t == "execute_reply":
             run.reply = msg["content"]
+            self._settled(run)
             run.changed.set()
         elif channel == "stdin" and t == "input_request":
             run.input_request = {"header": msg["header"], "content": msg["content"]}
@@ -222,30 +227,48 @@ class Runner:
         run = Run(run_id=run_id, msg_id=msg["header"]["msg_id"], started=time.monotonic(), timeout=exec_timeout)
         self.current = run
         self.session.send(self._streams["shell"], msg)
+        if exec_timeout:
+            run.timer = asyncio.get_running_loop().call_later(exec_timeout, self._time_out, run)
         self.km.touch()
         return run
+
+    @staticmethod
+    def _settled(run: Run) -> None:
+        if run.done and run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+
+    def _time_out(self, run: Run) -> None:
+        """execTimeout passed: interrupt now, not when (or if) the caller polls again."""
+        run.timer = None
+        if run.done or run.timed_out or self.current is not run:
+            return
+        run.timed_out = True
+        run.add([log_item("WARNING", f"Execution timed out after {run.timeout:g} s (execTimeout): interrupted.")])
+        self._interrupting = asyncio.ensure_future(self._interrupt())
+
+    async def _interrupt(self) -> None:
+        try:
+            await self.km.interrupt_kernel()
+        except Exception as e:  # noqa: BLE001 - a dead kernel needs no interrupt; its run ends with it
+            self.km.log.warning("Kernel %s: interrupt at execTimeout failed: %s", self.km.kernel_id, e)
 
     async def _collect(self, run: Run) -> dict[str, Any]:
         """Wait until the run finishes, asks for input, or `flush_interval` passes."""
         flush_at = time.monotonic() + self.flush_interval
+        interrupt_seen = run.timed_out
         while True:
             run.changed.clear()  # before the checks: a wake-up in between is not lost
             if run.done or run.input_request is not None:
                 break
             now = time.monotonic()
-            if run.timeout and not run.timed_out and now - run.started >= run.timeout:
-                run.timed_out = True
-                run.add([log_item("WARNING", f"Execution timed out after {run.timeout:g} s (execTimeout): interrupted.")])
-                await self.km.interrupt_kernel()
+            if run.timed_out and not interrupt_seen:
+                interrupt_seen = True
                 flush_at = max(flush_at, now + 5.0)  # give the interrupt time to land
-                continue
             if now >= flush_at:
                 break
-            deadline = flush_at
-            if run.timeout and not run.timed_out:
-                deadline = min(deadline, run.started + run.timeout)
             try:
-                await asyncio.wait_for(run.changed.wait(), max(0.0, deadline - now))
+                await asyncio.wait_for(run.changed.wait(), max(0.0, flush_at - now))
             except asyncio.TimeoutError:
                 pass
         console = run.take()
@@ -277,6 +300,8 @@ class Runner:
 
     def reset(self) -> None:
         """After a restart: the old run is gone with the old process; resubscribe on next use."""
+        if self.current is not None and self.current.timer is not None:
+            self.current.timer.cancel()
         self.current = None
         self.close()
 
