@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import signal
 import tarfile
 import time
@@ -55,6 +56,7 @@ CONTAINER_PORTS = {
 CONNECTION_DIR = "/run/kge"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
 NANNY = "/usr/local/bin/kge-nanny"
+BATCH_MAX_OUTPUT = 8 * 2**20  # bytes of a batch command's output kept for its caller
 
 # Launch kwargs the gateway passes through KernelManager.start_kernel (kept for restarts).
 LAUNCH_OWNER = "kge_owner"
@@ -456,21 +458,41 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 tar.addfile(ti, io.BytesIO(body))
         await self.engine.api("put_archive", self.container_id, self.work_dir, buf.getvalue())
 
-    async def run_command(self, command: str, timeout: float) -> tuple[int, str, str]:
-        """Run a shell command in the container as the kernel user: (exit code, stdout, stderr)."""
+    async def run_command(self, command: str, timeout: float, max_output: int = BATCH_MAX_OUTPUT) -> tuple[int, str, str]:
+        """Run a shell command in the container as the kernel user: (exit code, stdout, stderr).
+
+        The command is killed inside the container at `timeout` (coreutils `timeout`: the exec,
+        and the thread reading it, end with it) and at most `max_output` bytes of its output are
+        kept (the rest is read and counted, so the command never blocks on a full pipe)."""
         if self.container_id is None:
             raise KernelStartFailed("kernel has no container")
         cid = self.container_id
+        seconds = max(1, math.ceil(timeout))
         created = await self.engine.api(
-            "exec_create", cid, ["/bin/sh", "-c", command], user=self.user, workdir=self.work_dir,
-            environment=self._container_env(),
+            "exec_create", cid, ["timeout", "--kill-after=2", str(seconds), "/bin/sh", "-c", command],
+            user=self.user, workdir=self.work_dir, environment=self._container_env(),
         )
-        try:
-            out, err = await asyncio.wait_for(self.engine.api("exec_start", created["Id"], demux=True), timeout)
-        except asyncio.TimeoutError:
-            return 124, "", f"command timed out after {timeout:g} s\n"
-        code = (await self.engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0
-        return int(code), (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
+
+        def read() -> tuple[bytes, bytes, int]:
+            kept = {0: bytearray(), 1: bytearray()}
+            dropped = 0
+            for chunk in self.engine.client.api.exec_start(created["Id"], stream=True, demux=True):
+                for which, data in enumerate(chunk):
+                    if not data:
+                        continue
+                    room = max(0, max_output - len(kept[0]) - len(kept[1]))
+                    kept[which] += data[:room]
+                    dropped += max(0, len(data) - room)
+            return bytes(kept[0]), bytes(kept[1]), dropped
+
+        out, err, dropped = await self.engine.run_long(read)
+        code = int((await self.engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0)
+        tail = ""
+        if dropped:
+            tail += f"[{dropped} bytes of output dropped: more than {max_output} bytes]\n"
+        if code in (124, 137):
+            tail += f"command timed out after {timeout:g} s\n"
+        return code, out.decode(errors="replace"), err.decode(errors="replace") + tail
 
     async def stats(self) -> dict[str, int]:
         """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""

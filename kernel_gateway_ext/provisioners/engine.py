@@ -77,6 +77,8 @@ class DockerEngine(SingletonConfigurable):
         "KGE_LEASE_IMAGE",
     )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
+    max_long_calls = Int(8, help="Threads for calls that last as long as a user's command (v2 batch mode); "
+                                 "more such commands wait for one.").tag(config=True)
     call_timeout = Float(60.0, help="Seconds before a Docker API call is abandoned.").tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -84,6 +86,9 @@ class DockerEngine(SingletonConfigurable):
         apply_env(self, set(kwargs))
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="docker")
+        # Calls that last as long as a user's command (batch execs): their own threads, so that
+        # sixteen long commands cannot starve every other Docker call of the gateway.
+        self._long_pool = ThreadPoolExecutor(max_workers=self.max_long_calls, thread_name_prefix="docker-long")
         self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
         self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None], str | None]] = []
         self._lock = threading.Lock()
@@ -108,19 +113,27 @@ class DockerEngine(SingletonConfigurable):
     async def run(self, fn: Callable[..., T], *args: Any, method: str = "call", **kwargs: Any) -> T:
         """Run a blocking Docker call in the pool (timed as `method` for metrics).
         Connection failures become EngineUnavailable."""
-        loop = asyncio.get_running_loop()
         began = time.monotonic()
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            return await self._in(self._pool, functools.partial(fn, *args, **kwargs))
+        finally:
+            if self.call_observer is not None:
+                self.call_observer(method, time.monotonic() - began)
+
+    async def run_long(self, fn: Callable[[], T]) -> T:
+        """Like `run`, in the pool for calls that last as long as a user's command."""
+        return await self._in(self._long_pool, fn)
+
+    @staticmethod
+    async def _in(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except docker.errors.DockerException as e:
             if isinstance(e, docker.errors.APIError):
                 raise
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
         except (ConnectionError, OSError) as e:
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
-        finally:
-            if self.call_observer is not None:
-                self.call_observer(method, time.monotonic() - began)
 
     def log_config(self) -> docker.types.LogConfig:
         """Every container's log driver: bounded on disk, still readable with `docker logs`."""
@@ -286,6 +299,7 @@ class DockerEngine(SingletonConfigurable):
             except Exception:  # noqa: BLE001
                 pass
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._long_pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._client is not None:
                 self._client.close()
