@@ -25,6 +25,7 @@ from .api import openapi
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
 from .api.jupyter.bridge import Bridges
+from .api.server import BoundedHTTPServer
 from .api.skaha import handlers as sk, proxy as skproxy
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
@@ -109,6 +110,34 @@ class Gateway(Application):
                                    "this the socket is closed (1013) and the client reconnects to its session's "
                                    "buffer. 0: no limit."),
         "KGE_WS_MAX_UNSENT_BYTES",
+    )
+    max_request_body = env(
+        Int(4 * 1024 * 1024, help="Largest request body (bytes) on every route but uploads; Tornado reads a body "
+                                  "before the handler runs, so this is what an unauthenticated caller can send."),
+        "KGE_MAX_REQUEST_BODY",
+    )
+    max_upload_body = env(
+        Int(64 * 1024 * 1024, help="Largest body of an upload (v2 kernel and folder uploads, the notebook proxy), "
+                                   "read only after the caller is authenticated."),
+        "KGE_MAX_UPLOAD_BODY",
+    )
+    header_timeout = env(
+        Float(30.0, help="Seconds a client has to send a request's headers (and an idle keep-alive connection "
+                         "stays open): a client trickling bytes must not hold a connection for an hour."),
+        "KGE_HEADER_TIMEOUT",
+    )
+    body_timeout = env(
+        Float(300.0, help="Seconds a client has to send a request's body."), "KGE_BODY_TIMEOUT"
+    )
+    max_connections = env(
+        Int(4000, help="Open client connections (websockets included) at once; past it new ones are closed. "
+                       "0: no limit."),
+        "KGE_MAX_CONNECTIONS",
+    )
+    max_connections_per_address = env(
+        Int(500, help="Open client connections from one address at once (behind a proxy every client shares "
+                      "its address: raise it or set 0). 0: no limit."),
+        "KGE_MAX_CONNECTIONS_PER_ADDRESS",
     )
     max_terminals = env(
         Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
@@ -362,8 +391,10 @@ class Gateway(Application):
         self.state_lock.acquire()
         await self.check_docker()
         app = self.make_app()
-        self.http_server = httpserver.HTTPServer(app, xheaders=False, max_body_size=64 * 1024 * 1024,
-                                                 ssl_options=self._ssl_context())
+        self.http_server = BoundedHTTPServer(
+            app, xheaders=False, ssl_options=self._ssl_context(), max_body_size=self.max_request_body,
+            idle_connection_timeout=self.header_timeout, body_timeout=self.body_timeout,
+            max_connections=self.max_connections, max_per_address=self.max_connections_per_address)
         sockets = _bind(self.ip, self.port)
         self.port = sockets[0].getsockname()[1]
         self.http_server.add_sockets(sockets)

@@ -17,11 +17,12 @@ import hmac
 
 from urllib.parse import urlencode
 
-from tornado import httpclient, websocket
+from tornado import httpclient, web, websocket
 from tornado.httputil import HTTPHeaders
 
 from ...auth import Identity, extract_token
 from ...errors import GatewayError, NotFound, Unauthorized
+from ..base import StreamedBody
 from .handlers import SkahaHandler
 
 COOKIE = "kge_user"
@@ -102,10 +103,12 @@ class ProxyMixin(SkahaHandler):
         return headers
 
 
-class NotebookProxyHandler(ProxyMixin):
+@web.stream_request_body
+class NotebookProxyHandler(StreamedBody, ProxyMixin):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
     async def proxy(self, session_id: str, path: str = "") -> None:
+        await self.take_body(parse=False)  # forwarded as it came
         host, token = self.target(session_id)
         body = self.request.body if self.request.method not in ("GET", "HEAD", "OPTIONS") else None
         req = httpclient.HTTPRequest(

@@ -1,7 +1,10 @@
 """/v2/folders/…: virtual folders of the calling key's owner."""
 from __future__ import annotations
 
+from tornado import web
+
 from ...errors import BadRequest
+from ..base import StreamedBody
 from .base import V2Handler
 
 
@@ -25,8 +28,10 @@ class FolderHandler(V2Handler):
         self.no_content()
 
 
-class FolderUploadHandler(V2Handler):
+@web.stream_request_body
+class FolderUploadHandler(StreamedBody, V2Handler):
     async def post(self, name: str) -> None:
+        await self.take_body()
         files = self.request.files.get("src") or []
         if not files:
             raise BadRequest("no files: send multipart field 'src'")

@@ -5,10 +5,13 @@ import re
 import time
 from typing import Any
 
+from tornado import web
+
 from ...errors import BadRequest, KernelDead, KernelNotFound
 from ...folders import safe_relative_path
 from ...kernels.manager import GatewayKernel
 from ...provisioners.limits import KernelLimits, parse_memory
+from ..base import StreamedBody
 from .base import V2Handler
 
 TOKEN_RE = re.compile(r"^\w[\w.-]*\w$")
@@ -175,8 +178,10 @@ class KernelHandler(KernelMixin):
         return {"runId": run_id or "batch", "status": "finished", "console": console, "exitCode": code, "options": {}}
 
 
-class KernelActionHandler(KernelMixin):
+@web.stream_request_body
+class KernelActionHandler(StreamedBody, KernelMixin):
     async def post(self, kernel_id: str, action: str) -> None:
+        await self.take_body()
         km = self.kernel(kernel_id)
         mgr = self.gateway.kernel_manager
         if action == "interrupt":
