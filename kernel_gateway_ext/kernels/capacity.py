@@ -1,16 +1,21 @@
 """What may be started: hard limits per kernel (406), kernel counts in total and per owner (403),
-and the host's memory budget shared with Skaha sessions (429)."""
+and the host's memory budget shared with Skaha sessions (429).
+
+The defaults are derived from the host, so that a fresh gateway shared by users who do not trust
+each other cannot be exhausted by one of them: one kernel per 128 MiB of memory in all, a quarter
+of that per owner, and container limits promised up to 250% of the memory (limits are caps, not
+reservations: kernels rarely use theirs, so a budget of exactly the host refuses what would run)."""
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 
-from traitlets import Float, HasTraits, Int, Unicode
+from traitlets import Float, HasTraits, Int, Unicode, default
 
 from ..config import env
 from ..errors import BadRequest, LimitExceeded, OverCapacity
 from ..provisioners.docker import DockerProvisioner
-from ..provisioners.limits import KernelLimits, parse_memory
+from ..provisioners.limits import KernelLimits, host_memory, parse_memory
 
 DOCKER_PROVISIONER = "docker-provisioner"
 MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
@@ -20,15 +25,26 @@ MIN_CPUS = 0.01  # below it Docker's nano_cpus rounds to 0, which means no CPU l
 class CapacityMixin(HasTraits):
     """Part of GatewayKernelManager: limits and the memory budget."""
 
-    max_kernels = env(Int(0, help="Most kernels at once, pooled ones included (0: no limit)."), "KGE_MAX_KERNELS")
-    max_kernels_per_owner = env(Int(0, help="Most kernels one owner may have at once (0: no limit)."),
+    max_kernels = env(Int(help="Most kernels at once, pooled ones included (0: no limit). "
+                               "Default: one per 128 MiB of host memory, 16 to 1024."), "KGE_MAX_KERNELS")
+    max_kernels_per_owner = env(Int(help="Most kernels one owner may have at once (0: no limit). "
+                                         "Default: a quarter of max_kernels, at least 8."),
                                 "KGE_MAX_KERNELS_PER_OWNER")
     memory_budget = env(
-        Unicode("", help="Memory all kernels and Skaha sessions together may be promised (their container limits), "
-                         "e.g. '48g' or '90%' of the host; a start beyond it answers 429. Empty: no budget "
-                         "(limits are caps, and callers such as the CANFAR clients ask generously)."),
+        Unicode("250%", help="Memory all kernels and Skaha sessions together may be promised (their container "
+                             "limits), e.g. '48g' or '90%' of the host; a start beyond it answers 429. Over 100% "
+                             "by default: limits are caps and callers such as the CANFAR clients ask generously. "
+                             "Empty: no budget."),
         "KGE_MEMORY_BUDGET",
     )
+
+    @default("max_kernels")
+    def _max_kernels_default(self) -> int:
+        return min(1024, max(16, host_memory() // (128 * 2**20)))
+
+    @default("max_kernels_per_owner")
+    def _max_kernels_per_owner_default(self) -> int:
+        return max(8, self.max_kernels // 4) if self.max_kernels else 0
     hard_mem_limit = env(Unicode("8g", help="Most memory one kernel may ask for (more: 406)."), "KGE_HARD_MEM_LIMIT")
     hard_cpu_limit = env(Float(float(os.cpu_count() or 1), help="Most CPUs one kernel may ask for."), "KGE_HARD_CPU_LIMIT")
     hard_gpu_limit = env(Int(0, help="Most GPUs one kernel may ask for (0: this host offers none)."), "KGE_HARD_GPU_LIMIT")
@@ -51,11 +67,7 @@ class CapacityMixin(HasTraits):
         if not text:
             return 0
         if text.endswith("%"):
-            try:
-                host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            except (ValueError, OSError):
-                return 0
-            return int(host * float(text[:-1]) / 100)
+            return int(host_memory() * float(text[:-1]) / 100)
         return parse_memory(text)
 
     def memory_of(self, name: str, limits: KernelLimits | None) -> int:

@@ -57,8 +57,9 @@ class CullingMixin(HasTraits):
     """Part of GatewayKernelManager: idle kernels are shut down at their deadline."""
 
     cull_idle_timeout = env(
-        Float(0.0, help="Shut kernels down after this many seconds without activity (0: never), as "
-                        "jupyter_server's MappingKernelManager.cull_idle_timeout."),
+        Float(86400.0, help="Shut kernels down after this many seconds without activity (0: never), as "
+                            "jupyter_server's MappingKernelManager.cull_idle_timeout. By default a kernel idle "
+                            "for a day with no websocket open goes (see cull_busy, cull_connected)."),
         "KGE_CULL_IDLE_TIMEOUT",
     )
     cull_busy = env(Bool(False, help="Cull busy kernels too (an execution that runs longer than the timeout)."),

@@ -1,6 +1,7 @@
 """Resource limits of a kernel or job container."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 
@@ -8,6 +9,14 @@ from ..errors import BadRequest
 
 _SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)\s{0,4}([bkmgt]?)(?:i?b)?")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def host_memory() -> int:
+    """The host's physical memory in bytes (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
 
 
 def parse_memory(value: str | int | float) -> int:

@@ -57,3 +57,25 @@ def test_no_key_pair_may_take_the_gateway_tokens_user(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "keys", "create", "--user=admin",
                            f"--state-dir={tmp_path}"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "gateway token's user" in proc.stderr + proc.stdout, proc.stderr[-500:]
+
+
+def test_quotas_are_on_by_default_and_follow_the_host(monkeypatch):
+    """A fresh gateway shared by mutually untrusted users bounds kernels in all and per owner,
+    promised memory, idle kernels and Skaha sessions per owner, from the host's size."""
+    from kernel_gateway_ext.provisioners.limits import host_memory
+
+    for var in ("KGE_MAX_KERNELS", "KGE_MAX_KERNELS_PER_OWNER", "KGE_MEMORY_BUDGET", "KGE_CULL_IDLE_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    app = make([], monkeypatch)
+    mgr = app.kernel_manager
+    per_128m = host_memory() // (128 * 2**20)
+    assert mgr.max_kernels == min(1024, max(16, per_128m)) > 0
+    assert mgr.max_kernels_per_owner == max(8, mgr.max_kernels // 4)
+    assert mgr.budget_bytes() == int(host_memory() * 2.5)
+    assert mgr.cull_idle_timeout == 86400 and not mgr.cull_connected
+    assert app.sessions.max_interactive_sessions == 3 and app.sessions.max_headless_sessions == 32
+    # each is overridable, 0 (or empty) turning it off
+    app = make(["--GatewayKernelManager.max_kernels=0", "--GatewayKernelManager.memory_budget="], monkeypatch,
+               KGE_MAX_KERNELS_PER_OWNER="0")
+    assert (app.kernel_manager.max_kernels, app.kernel_manager.max_kernels_per_owner) == (0, 0)
+    assert app.kernel_manager.budget_bytes() == 0
