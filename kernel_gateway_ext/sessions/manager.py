@@ -21,7 +21,7 @@ import docker.types
 from traitlets import Dict, Float, Instance, Int, List, Unicode
 
 from ..config import EnvConfigurable, env
-from ..errors import BadRequest, EngineUnavailable, NotFound
+from ..errors import BadRequest, EngineUnavailable, Forbidden, NotFound
 from ..folders import FolderManager
 from ..kernels.culling import Deadlines
 from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
@@ -45,6 +45,9 @@ NOTEBOOK_CMD = ["python3", "-m", "jupyter_server", "--config=/run/kge/jupyter_se
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+MAX_EVENTS = 50  # events kept per session, the latest
 
 
 @dataclass
@@ -71,12 +74,16 @@ class SessionRecord:
     events: list[list[Any]] = field(default_factory=list)  # [type, reason, message, first, last]
 
     def event(self, kind: str, reason: str, message: str) -> None:
+        """Record an event; a repeat of the last one (same type and reason) updates it, as
+        Kubernetes counts repeats, and only the latest MAX_EVENTS are kept: a session renewed
+        every minute for a month must not grow its record."""
         now = time.time()
         last = self.events[-1] if self.events else None
-        if last and last[0] == kind and last[1] == reason and last[2] == message:
-            last[4] = now
+        if last and last[0] == kind and last[1] == reason:
+            last[2], last[4] = message, now
         else:
             self.events.append([kind, reason, message, now, now])
+            del self.events[:-MAX_EVENTS]
 
 
 LOG_TAIL_LINES = 10_000  # what ?view=logs shows of a session's log
@@ -113,6 +120,15 @@ class SessionManager(EnvConfigurable):
     user = Unicode("1000:1000", help="uid:gid session containers run as.").tag(config=True)
     base_url = Unicode("/", help="The gateway's URL prefix (set by the app).")
     pids_limit = Int(1024, help="Process limit of a session container.").tag(config=True)
+    max_interactive_sessions = env(
+        Int(3, help="Interactive (notebook) sessions one owner may have pending or running at once; the "
+                    "context advertises it as maxInteractiveSessions. 0: no limit."),
+        "KGE_MAX_INTERACTIVE_SESSIONS",
+    )
+    max_headless_sessions = env(
+        Int(32, help="Headless jobs one owner may have pending or running at once. 0: no limit."),
+        "KGE_MAX_HEADLESS_SESSIONS",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -153,7 +169,7 @@ class SessionManager(EnvConfigurable):
             "memoryGB": {"default": default_ram, "defaultRequest": default_ram, "defaultLimit": max(ram),
                          "defaultHeadless": default_ram, "options": ram},
             "gpus": {"options": list(range(1, self.max_gpus + 1))},
-            "maxInteractiveSessions": 3,
+            "maxInteractiveSessions": self.max_interactive_sessions,
         }
 
     async def local_images(self) -> dict[str, dict[str, Any]]:
@@ -222,6 +238,7 @@ class SessionManager(EnvConfigurable):
             except ValueError as e:
                 raise BadRequest(f"malformed args: {e}") from e
         local_image = await self.resolve_image(image, kind)
+        self._check_owner_limit(owner, kind)  # no await between this and the record going in
         if self.check_capacity is not None:
             self.check_capacity(ram * 2**30)  # 429 past the host's memory budget
         now = time.time()
@@ -236,6 +253,15 @@ class SessionManager(EnvConfigurable):
         self._schedule_expiry(rec)
         self._tasks.spawn(self._start(rec))
         return rec
+
+    def _check_owner_limit(self, owner: str, kind: str) -> None:
+        headless = kind == "headless"
+        limit = self.max_headless_sessions if headless else self.max_interactive_sessions
+        active = sum(1 for r in self.records.values() if r.owner == owner and r.status in ("Pending", "Running")
+                     and (r.type == "headless") == headless)
+        if limit and active >= limit:
+            what = "headless jobs" if headless else "interactive sessions"
+            raise Forbidden(f"{owner} already has the maximum of {limit} {what} running; delete one first")
 
     def _int(self, raw: str | None, what: str, allowed: list[int], default: int) -> int:
         if raw is None or raw == "":
@@ -275,7 +301,13 @@ class SessionManager(EnvConfigurable):
         engine = self.engine
         try:
             mounts = []
-            for folder in await self.folders.list(rec.owner):
+            folders = sorted(await self.folders.list(rec.owner), key=lambda f: f["name"])
+            limit = self.folders.max_mounts
+            if len(folders) > limit:  # each bind mount costs the engine: the same cap as kernels
+                rec.event("Warning", "FoldersNotMounted", f"only the first {limit} of {len(folders)} folders are "
+                          f"mounted (max_mounts); not: {', '.join(f['name'] for f in folders[limit:])[:500]}")
+                folders = folders[:limit]
+            for folder in folders:
                 mounts.append(docker.types.Mount(target=f"/home/work/{folder['name']}",
                                                  source=str(self.folders.path_of(folder["id"])), type="bind"))
             command = [rec.cmd, *shlex.split(rec.args or "")] if rec.cmd else None

@@ -88,10 +88,13 @@ async def test_owners_folders_expiry_and_vosi(gateway, docker_client) -> None:
     assert avail.status == 200 and b"<vosi:available>true</vosi:available>" in avail.body
     caps = await c.fetch("GET", "/skaha/capabilities", token=None)
     assert caps.status == 200 and b"skaha/v1" in caps.body
-    # the view=all listing carries only the public fields
+    # the view=all listing carries only the public fields, and everyone's sessions only for operators
     status, sid = await create(gateway, alice, name="listed", image=IMAGE, cmd="true")
-    everyone = (await c.fetch("GET", "/skaha/v0/session?view=all", headers=hb, token=None)).json
-    assert everyone and set(everyone[0]) == {"userid", "type", "status", "startTime"}
+    mine = (await c.fetch("GET", "/skaha/v0/session?view=all", headers=ha, token=None)).json
+    assert mine and set(mine[0]) == {"userid", "type", "status", "startTime"}
+    assert (await c.fetch("GET", "/skaha/v0/session?view=all", headers=hb, token=None)).json == []  # before: alice's
+    everyone = (await gateway.client.fetch("GET", "/skaha/v0/session?view=all")).json  # the gateway token
+    assert any(e["userid"] == alice.user for e in everyone)
     unknown_view = await c.fetch("GET", f"/skaha/v0/session/{sid.strip()}?view=event", headers=ha, token=None)
     assert unknown_view.status == 200 and json.loads(unknown_view.body)["id"] == sid.strip()
     assert (await c.fetch("POST", f"/skaha/v0/session/{sid.strip()}?action=explode", headers=ha, token=None)).status == 400
@@ -212,3 +215,52 @@ async def test_a_hung_notebook_server_holds_up_only_its_owner(gateway, docker_cl
     for keys in (a, b):
         c, h = skaha(gateway, keys)
         assert (await c.fetch("DELETE", f"/skaha/v0/session/{urls[keys.user][1]}", headers=h, token=None)).status == 200
+
+
+async def test_per_owner_session_limits_mounts_and_renewals_are_bounded(gateway, docker_client) -> None:
+    """One owner cannot hold more interactive sessions than the context advertises (before: the
+    limit was advertised, never enforced), nor headless jobs past theirs; a session mounts at most
+    max_mounts folders; renewing forever does not grow the session's record."""
+    sessions = gateway.app.sessions
+    owner, other = create_keys("lim-" + uuid.uuid4().hex[:6]), create_keys("lio-" + uuid.uuid4().hex[:6])
+    c, h = skaha(gateway, owner)
+    context = (await c.fetch("GET", "/skaha/v0/context", headers=h, token=None)).json
+    assert context["maxInteractiveSessions"] == 3 == sessions.max_interactive_sessions
+    sessions.max_interactive_sessions, sessions.max_headless_sessions = 1, 2
+    status, nb = await create(gateway, owner, name="nb", image="images.canfar.net/skaha/notebook:latest",
+                              type="notebook", cores="1", ram="1")
+    assert status == 200, nb
+    status, body = await create(gateway, owner, name="nb2", image="images.canfar.net/skaha/notebook:latest",
+                                type="notebook", cores="1", ram="1")
+    assert status == 403 and "maximum of 1 interactive" in body, body
+    jobs = [await create(gateway, owner, name=f"j{i}", image=IMAGE, cmd="sleep", args="60") for i in range(2)]
+    assert all(status == 200 for status, _ in jobs), jobs
+    status, body = await create(gateway, owner, name="j3", image=IMAGE, cmd="sleep", args="60")
+    assert status == 403 and "maximum of 2 headless" in body, body
+    assert (await create(gateway, other, name="j", image=IMAGE, cmd="true"))[0] == 200  # others are not held up
+    # a finished or deleted session frees its place
+    assert (await c.fetch("DELETE", f"/skaha/v0/session/{jobs[0][1].strip()}", headers=h, token=None)).status == 200
+    status, third = await create(gateway, owner, name="j3", image=IMAGE, cmd="sleep", args="60")
+    assert status == 200, third
+    # renewals: the record stays the same size
+    sid = third.strip()
+    await wait_status(gateway, owner, sid, ("Running",))
+    assert (await c.fetch("POST", f"/skaha/v0/session/{sid}?action=renew", headers=h, token=None)).status == 200
+    size = len(json.dumps(sessions.records[sid].events))
+    for _ in range(200):
+        assert (await c.fetch("POST", f"/skaha/v0/session/{sid}?action=renew", headers=h, token=None)).status == 200
+    assert len(json.dumps(sessions.records[sid].events)) <= size + 10, sessions.records[sid].events  # before: +200 events
+    # at most max_mounts folders in a session, the rest named in its events
+    gateway.app.folders.max_mounts = 2
+    for name in ("f1", "f2", "f3"):
+        await gateway.app.folders.create(other.user, name)
+    status, sid = await create(gateway, other, name="mounts", image=IMAGE, cmd="sh",
+                               args="-c 'ls /home/work'")
+    info = await wait_status(gateway, other, sid.strip())
+    assert info["status"] == "Succeeded", info
+    logs = (await c.fetch("GET", f"/skaha/v0/session/{sid.strip()}?view=logs",
+                          headers=skaha(gateway, other)[1], token=None)).body.decode()
+    assert logs.split() == ["f1", "f2"], logs
+    events = (await c.fetch("GET", f"/skaha/v0/session/{sid.strip()}?view=events",
+                            headers=skaha(gateway, other)[1], token=None)).body.decode()
+    assert "FoldersNotMounted" in events and "f3" in events, events

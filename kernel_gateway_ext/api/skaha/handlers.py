@@ -44,7 +44,8 @@ class SessionsHandler(SkahaHandler):
         p = self.params()
         view = (p.get("view") or [""])[-1]
         if view == "all":
-            recs = self.sessions.list(None)
+            # Everyone's sessions (who runs what) are for operators; a user sees their own.
+            recs = self.sessions.list(self.identity.owner_filter())
             self.write_json([{"userid": r.owner, "type": r.type, "status": r.status,
                               "startTime": (await self.sessions.model(r, self.external_base))["startTime"]} for r in recs])
             return
