@@ -384,7 +384,16 @@ class Gateway(Application):
                 await engine.remove(c.id)
 
     async def start_server(self) -> None:
-        """Start listening (used by `start` and by in-process tests)."""
+        """Start listening (used by `start` and by in-process tests). A start that fails gives
+        back what it took (the id's lock and lease, the engine, the store)."""
+        try:
+            await self._start_server()
+        except BaseException:
+            await self.stop_server()
+            raise
+
+    async def _start_server(self) -> None:
+        ssl_context = self._ssl_context()  # configuration errors first, before the engine is touched
         self.kernel_manager.on_removal(self.bridges.forget_kernel)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
         self.state_lock = StateLock(self.store.state_dir, DockerEngine.instance(parent=self).gateway_id)
@@ -392,7 +401,7 @@ class Gateway(Application):
         await self.check_docker()
         app = self.make_app()
         self.http_server = BoundedHTTPServer(
-            app, xheaders=False, ssl_options=self._ssl_context(), max_body_size=self.max_request_body,
+            app, xheaders=False, ssl_options=ssl_context, max_body_size=self.max_request_body,
             idle_connection_timeout=self.header_timeout, body_timeout=self.body_timeout,
             max_connections=self.max_connections, max_per_address=self.max_connections_per_address)
         sockets = _bind(self.ip, self.port)
@@ -411,6 +420,7 @@ class Gateway(Application):
             # Optional: token callers need no certificate; a presented one must verify.
             ctx.load_verify_locations(self.client_ca)
             ctx.verify_mode = ssl.CERT_OPTIONAL
+            self.authenticator.trust_issuers([tuple(ca["subject"]) for ca in ctx.get_ca_certs()])
         return ctx
 
     @property

@@ -6,10 +6,21 @@ import secrets
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
-from traitlets import Instance, Unicode, default
+from traitlets import Instance, List, Unicode, default
 
 from ..config import EnvConfigurable, env
 from .identity import ADMIN_USER, Identity
+from .keypairs import USER_RE
+
+DN = tuple  # a distinguished name as ssl decodes it: ((("commonName", "x"),), …)
+
+
+def common_name(dn: DN) -> str | None:
+    for rdn in dn or ():
+        for key, value in rdn:
+            if key == "commonName" and value:
+                return str(value)
+    return None
 
 
 
@@ -40,24 +51,47 @@ class Authenticator(EnvConfigurable):
     def _generate_token(self) -> str:
         return ""
 
+    client_cert_issuers = env(
+        List(Unicode(), help="Common names of the CAs whose client certificates name users (by their CN). "
+                             "Default: the one CA of the client CA bundle; a bundle of several CAs must name "
+                             "them, or one CA's user could be another's namesake."),
+        "KGE_CLIENT_CERT_ISSUERS",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.generated_token = False
         if not self.auth_token:
             self.auth_token = secrets.token_urlsafe(32)
             self.generated_token = True
+        self.trusted_issuers: set[DN] = set()
+
+    def trust_issuers(self, ca_subjects: list[DN]) -> None:
+        """Which of the verified chain's CAs may issue identities (from the loaded CA bundle)."""
+        wanted = set(self.client_cert_issuers)
+        if not wanted:
+            if len(ca_subjects) != 1:
+                names = ", ".join(common_name(s) or "?" for s in ca_subjects)
+                raise SystemExit(f"the client CA bundle holds {len(ca_subjects)} CAs ({names}): name the ones whose "
+                                 "certificates identify users with --Authenticator.client_cert_issuers NAME (once per CA) "
+                                 "(KGE_CLIENT_CERT_ISSUERS)")
+            wanted = {common_name(ca_subjects[0]) or ""}
+        self.trusted_issuers = {s for s in ca_subjects if common_name(s) in wanted}
+        missing = wanted - {common_name(s) for s in self.trusted_issuers}
+        if missing:
+            raise SystemExit(f"client_cert_issuers names CAs that are not in the client CA bundle: {sorted(missing)}")
 
     def identify_certificate(self, cert: dict[str, Any] | None) -> Identity | None:
-        """A verified X.509 client certificate: its subject's CN is the user."""
-        if not cert:
+        """A verified X.509 client certificate issued directly by a trusted issuer: its subject's
+        CN is the user, if it is a valid user name."""
+        if not cert or tuple(cert.get("issuer", ())) not in self.trusted_issuers:
             return None
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName" and value:
-                    # The gateway token's user name is reserved: a certificate naming it would own
-                    # the operator's kernels.
-                    return Identity(str(value)) if value != ADMIN_USER else None
-        return None
+        user = common_name(tuple(cert.get("subject", ())))
+        # The gateway token's user name is reserved: a certificate naming it would own the
+        # operator's kernels.
+        if user is None or user == ADMIN_USER or not USER_RE.match(user):
+            return None
+        return Identity(user)
 
     async def identify(self, token: str | None) -> Identity | None:
         if not token:

@@ -90,3 +90,46 @@ async def test_certificate_callers_are_safe_from_cross_site_forms(make_gateway, 
         code, sid2 = await post({})
         assert code == 200, sid2
         assert len(await sessions()) == 2
+
+
+async def test_certificate_identities_are_unambiguous(make_gateway, tmp_path) -> None:
+    """With a bundle of two CAs, a certificate from the second naming a user of the first must not be
+    that user: the gateway makes the operator say which CAs issue identities, and a CN that is no
+    valid user name is no identity."""
+    pki = make_pki(tmp_path)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other-ca", "-keyout", "ca2.key",
+        "-out", "ca2.pem")
+    victim = subprocess.run(["openssl", "x509", "-in", pki["ccert"], "-noout", "-subject", "-nameopt", "multiline"],
+                            capture_output=True, text=True, check=True).stdout.split("=")[-1].strip()
+    for name, cn, ca in (("namesake", victim, "ca2"), ("weird", "bad user!", "ca")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "1", "-out", f"{name}.pem")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text((tmp_path / "ca.pem").read_text() + (tmp_path / "ca2.pem").read_text())
+    tls = [f"--Gateway.certfile={pki['cert']}", f"--Gateway.keyfile={pki['key']}", f"--Gateway.client_ca={bundle}"]
+
+    # a bundle of several CAs without naming the issuers: refused at start, with the reason
+    try:
+        async with make_gateway(*tls):
+            raise AssertionError("the gateway started with an ambiguous client CA bundle")
+    except SystemExit as e:
+        assert "client_cert_issuers" in str(e)
+
+    async with make_gateway(*tls, "--Authenticator.client_cert_issuers", "kge-test-ca") as gw:
+        client = AsyncHTTPClient()
+
+        async def sessions(name: str) -> tuple[int, bytes]:
+            req = HTTPRequest(gw.url + "skaha/v0/session", ca_certs=pki["ca"], client_cert=str(tmp_path / f"{name}.pem"),
+                              client_key=str(tmp_path / f"{name}.key"))
+            r = await client.fetch(req, raise_error=False)
+            return r.code, r.body
+
+        assert (await sessions("client"))[0] == 200
+        # before: the other CA's certificate with the same CN was the same user
+        assert (await sessions("namesake"))[0] == 401
+        assert (await sessions("weird"))[0] == 401
