@@ -30,6 +30,7 @@ from .api.skaha import handlers as sk, proxy as skproxy
 from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
 from .auth import Authenticator
 from .auth.authenticator import ADMIN_USER
+from .auth.hmac_v2 import SeenSignatures
 from .auth.keypairs import KeyPairs
 from .config import apply_env, env
 from .errors import Forbidden
@@ -203,6 +204,7 @@ class Gateway(Application):
         self._stopping: asyncio.Future[None] | None = None
         self.lease: EngineLease | None = None
         self.terminals: dict[str, set[Any]] = {}  # kernel id -> its open terminal handlers
+        self.signatures_seen = SeenSignatures()  # v2 replay guard
         self.state_lock: StateLock | None = None
 
     @catch_config_error

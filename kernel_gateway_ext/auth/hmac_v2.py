@@ -3,12 +3,18 @@
     string to sign = METHOD \\n PATH?QUERY \\n DATE-HEADER \\n host:HOST \\n content-type:MIME
                      \\n x-backendai-version:VER (x-sorna-version for Sorna) \\n hex(sha256(body))
     key = HMAC(HMAC(secret, YYYYMMDD of the date), host); signature = HMAC(key, string).hex
+
+A signature is accepted once: within the clock window a captured request cannot be sent again
+(the real clients date each request to the microsecond, so no two of theirs sign alike). What the
+clients leave unsigned stays unsigned: multipart bodies (uploads) hash as empty.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
+import time
+from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
@@ -23,6 +29,24 @@ AUTH_RE = re.compile(
     r"credential=(?P<ak>[A-Za-z0-9_-]{1,64}):(?P<sig>[0-9a-fA-F]{1,256})$"
 )
 MAX_SKEW = timedelta(minutes=15)
+
+
+class SeenSignatures:
+    """Signatures accepted within the clock window, to refuse a replay. Bounded: past `limit`
+    entries the oldest go (a flood of valid requests weakens only the oldest entries)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._until: OrderedDict[str, float] = OrderedDict()  # signature -> when its date leaves the window
+
+    def first_time(self, sig: str, date: datetime) -> bool:
+        now = time.time()
+        while self._until and (next(iter(self._until.values())) < now or len(self._until) >= self.limit):
+            self._until.popitem(last=False)
+        if sig in self._until:
+            return False
+        self._until[sig] = (date + MAX_SKEW).timestamp()
+        return True
 
 
 def parse_date(value: str) -> datetime:
@@ -47,7 +71,8 @@ def signature(secret: str, method: str, path: str, date_header: str, date: datet
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-async def verify(request: HTTPServerRequest, keypairs: KeyPairs, now: datetime | None = None) -> Identity:
+async def verify(request: HTTPServerRequest, keypairs: KeyPairs, seen: SeenSignatures | None = None,
+                 now: datetime | None = None) -> Identity:
     """The identity of a signed request, or Unauthorized (never saying which part was wrong)."""
     m = AUTH_RE.match(request.headers.get("Authorization", "").strip())
     if not m or m["hash"].lower() != "sha256":
@@ -69,4 +94,6 @@ async def verify(request: HTTPServerRequest, keypairs: KeyPairs, now: datetime |
                          request.headers.get("Host", ""), content_type, label, version, request.body or b"")
     if not hmac.compare_digest(expected, m["sig"].lower()):
         raise Unauthorized("invalid credentials")
+    if seen is not None and not seen.first_time(expected, date):
+        raise Unauthorized("this signed request was already used: sign each request anew")
     return Identity(keypair.user, admin=keypair.admin, access_key=keypair.access_key)

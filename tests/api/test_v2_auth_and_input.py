@@ -60,6 +60,14 @@ async def test_signatures_dates_and_revocation(gateway, keys: Keys) -> None:
     # the signature covers the body: a changed body is refused
     status, _ = await signed(gateway, keys, "POST", "/v2/folders/", b'{"name": "x"}')
     assert status == 201
+    # a captured request sent again within the clock window is refused (before: it ran again)
+    date = datetime.now(timezone.utc)
+    assert (await signed(gateway, keys, "DELETE", "/v2/folders/x", date=date))[0] == 204
+    status, _ = await signed(gateway, keys, "POST", "/v2/folders/", b'{"name": "x"}')
+    assert status == 201
+    status, body = await signed(gateway, keys, "DELETE", "/v2/folders/x", date=date)  # the same bytes again
+    assert status == 401 and "already used" in body["title"], body
+    assert (await signed(gateway, keys, "GET", "/v2/folders/x"))[0] == 200  # the folder is still there
     # no signature at all; a malformed header
     resp = await AsyncHTTPClient().fetch(gateway.url + "v2/folders/", raise_error=False)
     assert resp.code == 401 and json.loads(resp.body)["title"]

@@ -24,10 +24,10 @@ class V2Handler(BaseHandler):
                 "Content-Type", "").lower().startswith("multipart/"):
             return  # the signature covers a body still to come: checked by take_body()
         else:
-            self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs)
+            self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
 
     async def authenticate_with_body(self) -> None:
-        self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs)
+        self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
 
     def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
         self.set_header("Content-Type", "application/problem+json")

@@ -43,7 +43,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
         pass
 
     async def prepare(self) -> None:
-        self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs)
+        self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
 
     async def get(self, kernel_id: str) -> None:  # type: ignore[override]
         self.km = self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
