@@ -23,7 +23,7 @@ import docker.types
 from traitlets import Instance, Int, Unicode, default
 
 from ..config import EnvConfigurable, env
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..store import Store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -40,6 +40,45 @@ def safe_relative_path(name: str) -> str:
     if norm in (".", ""):
         raise BadRequest(f"invalid path {name!r}: names no file")
     return norm
+
+
+MAX_DEPTH = 128  # deeper directories are counted, not entered (each level holds an fd)
+
+
+def _usage(root: int, stop_bytes: int, stop_files: int) -> tuple[int, int]:
+    """(bytes, entries) under an open directory, by fd, never following a link; stops early once
+    past `stop_bytes` or `stop_files` (0: no stop) — the caller only needs to know it is over."""
+    total, count = 0, 0
+    stack = [(os.dup(root), None)]  # (fd, its scandir iterator once opened)
+    try:
+        while stack:
+            fd, it = stack[-1]
+            if it is None:
+                it = os.scandir(fd)
+                stack[-1] = (fd, it)
+            entry = next(it, None)
+            if entry is None:
+                it.close()
+                os.close(fd)
+                stack.pop()
+                continue
+            count += 1
+            if entry.is_dir(follow_symlinks=False):
+                if len(stack) < MAX_DEPTH:
+                    with contextlib.suppress(OSError):  # gone or swapped meanwhile
+                        stack.append((os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                              dir_fd=fd), None))
+            else:
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+            if (stop_bytes and total > stop_bytes) or (stop_files and count > stop_files):
+                break
+    finally:
+        for fd, it in stack:
+            if it is not None:
+                it.close()
+            os.close(fd)
+    return total, count
 
 
 def _open_root(base: Path) -> int:
@@ -63,6 +102,19 @@ class FolderManager(EnvConfigurable):
     file_gid = env(Int(1000, help="Owner gid of folder files."), "KGE_FOLDER_GID")
     max_mounts = Int(5, help="Most folders mounted into one kernel.").tag(config=True)
     max_upload_bytes = env(Int(64 * 2**20, help="Largest file accepted by a folder upload."), "KGE_FOLDER_MAX_UPLOAD")
+    max_folders = env(Int(32, help="Folders one owner may have (0: no limit)."), "KGE_MAX_FOLDERS_PER_OWNER")
+    quota_bytes = env(
+        Int(20 * 2**30, help="Bytes a folder may hold after an upload (0: no limit). Uploads are checked; what a "
+                             "kernel writes into a mounted folder is bounded only by the filesystem (use project "
+                             "quotas on the folder root for that)."),
+        "KGE_FOLDER_QUOTA_BYTES",
+    )
+    quota_files = env(Int(1_000_000, help="Files and directories a folder may hold after an upload (0: no limit)."),
+                      "KGE_FOLDER_QUOTA_FILES")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._upload_locks: dict[str, asyncio.Lock] = {}  # folder id -> its uploads' turn (dropped with it)
 
     @default("root")
     def _root_default(self) -> str:
@@ -91,6 +143,9 @@ class FolderManager(EnvConfigurable):
         def make(c: Any) -> None:
             if c.execute("SELECT 1 FROM folders WHERE owner = ? AND name = ?", (owner, name)).fetchone():
                 raise Conflict(f"a folder named {name!r} already exists", status=400)
+            count = c.execute("SELECT COUNT(*) FROM folders WHERE owner = ?", (owner,)).fetchone()[0]
+            if self.max_folders and count >= self.max_folders:
+                raise Forbidden(f"{owner} already has the maximum of {self.max_folders} folders; delete one first")
             path.mkdir(parents=True, mode=0o770)
             os.chown(path, self.file_uid, self.file_gid)
             try:
@@ -123,6 +178,7 @@ class FolderManager(EnvConfigurable):
         path = self.path_of(row["id"])
         doomed = path.with_name(f".deleting-{row['id']}")
         await self.store.run(lambda c: c.execute("DELETE FROM folders WHERE id = ?", (row["id"],)))
+        self._upload_locks.pop(row["id"], None)
 
         def remove() -> None:
             # Renamed first (the folder is gone at once), then removed off the database thread: a
@@ -146,6 +202,7 @@ class FolderManager(EnvConfigurable):
         def write() -> None:
             root = _open_root(base)
             try:
+                self._check_quota(root, name, checked)
                 for rel, body in checked:
                     *dirs, leaf = rel.split("/")
                     dfd = self._walk(root, dirs, create=True)
@@ -163,8 +220,21 @@ class FolderManager(EnvConfigurable):
             finally:
                 os.close(root)
 
-        await asyncio.to_thread(write)
+        async with self._upload_locks.setdefault(row["id"], asyncio.Lock()):
+            await asyncio.to_thread(write)  # one upload at a time per folder: the quota check holds for it
         return len(checked)
+
+    def _check_quota(self, root: int, name: str, incoming: list[tuple[str, bytes]]) -> None:
+        """Refuse an upload that would take the folder past its byte or file quota."""
+        if not self.quota_bytes and not self.quota_files:
+            return
+        used_bytes, used_files = _usage(root, self.quota_bytes, self.quota_files)
+        new_bytes = used_bytes + sum(len(body) for _, body in incoming)
+        new_files = used_files + len(incoming)
+        if self.quota_bytes and new_bytes > self.quota_bytes:
+            raise Forbidden(f"folder {name!r} would hold {new_bytes} bytes, over its quota of {self.quota_bytes}")
+        if self.quota_files and new_files > self.quota_files:
+            raise Forbidden(f"folder {name!r} would hold {new_files} files, over its quota of {self.quota_files}")
 
     async def files(self, owner: str | None, name: str, path: str = ".") -> list[dict[str, Any]]:
         row = await self._find(owner, name)
