@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import docker.types
 from traitlets import Dict, Float, Instance, Int, List, Unicode
 
 from ..config import EnvConfigurable, env
+from ..auth.sealing import Sealer
 from ..errors import BadRequest, EngineUnavailable, Forbidden, NotFound
 from ..folders import FolderManager
 from ..kernels.culling import Deadlines
@@ -48,6 +50,7 @@ def iso(ts: float | None) -> str | None:
 
 
 MAX_EVENTS = 50  # events kept per session, the latest
+SEALED = "__sealed__"  # the key of a record's env when it is sealed
 
 
 @dataclass
@@ -468,11 +471,27 @@ class SessionManager(EnvConfigurable):
             self.on_cull(rec.type)
         await self.delete(rec, "expired")
 
+    @functools.cached_property
+    def _env_sealer(self) -> Sealer:
+        return Sealer(self.keypairs.master, "skaha-session-env")
+
     async def _save(self, rec: SessionRecord) -> None:
         if rec.id not in self.records:
             return
         data = {k: v for k, v in asdict(rec).items() if k not in ("id", "owner")}
+        # The job's env (often tokens) is kept sealed: a dump of the store reveals no value.
+        data["env"] = {SEALED: self._env_sealer.seal(rec.env)} if rec.env else {}
         await self.store.put_record(RECORD_KIND, rec.id, self.engine.gateway_id, rec.owner, data)
+
+    def _unsealed(self, data: dict[str, Any]) -> dict[str, Any]:
+        env_ = data.get("env") or {}
+        if SEALED in env_:
+            try:
+                env_ = self._env_sealer.open(env_[SEALED])
+            except ValueError as e:
+                self.log.warning("Session %s: its env cannot be unsealed (%s); starting it without", data.get("id"), e)
+                env_ = {}
+        return {**data, "env": env_}
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def adopt(self, containers: list[Any]) -> set[str]:
@@ -485,7 +504,7 @@ class SessionManager(EnvConfigurable):
         names = {f.name for f in fields(SessionRecord)}
         adopted: set[str] = set()
         for data in await self.store.records(RECORD_KIND, self.engine.gateway_id):
-            rec = SessionRecord(**{k: v for k, v in data.items() if k in names})
+            rec = SessionRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
             container = by_session.get(rec.id)
             state = (container.attrs.get("State") or {}) if container is not None else {}
             if rec.status == "Terminating" or (container is None and rec.status != "Pending"):

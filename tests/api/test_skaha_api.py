@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -264,3 +265,27 @@ async def test_per_owner_session_limits_mounts_and_renewals_are_bounded(gateway,
     events = (await c.fetch("GET", f"/skaha/v0/session/{sid.strip()}?view=events",
                             headers=skaha(gateway, other)[1], token=None)).body.decode()
     assert "FoldersNotMounted" in events and "f3" in events, events
+
+
+async def test_a_jobs_env_reaches_it_but_is_sealed_in_the_store(gateway) -> None:
+    """Skaha env values are often tokens: the job gets them, a dump of the store does not."""
+    owner = create_keys("env-" + uuid.uuid4().hex[:6])
+    secret = "tok-" + uuid.uuid4().hex
+    status, sid = await create(gateway, owner, name="env", image=IMAGE, cmd="sh", args="-c 'echo got:$API_TOKEN'",
+                               env=f"API_TOKEN={secret}")
+    assert status == 200, sid
+    sid = sid.strip()
+    assert (await wait_status(gateway, owner, sid))["status"] == "Succeeded"
+    c, h = skaha(gateway, owner)
+    logs = (await c.fetch("GET", f"/skaha/v0/session/{sid}?view=logs", headers=h, token=None)).body.decode()
+    assert f"got:{secret}" in logs
+    store = gateway.app.store
+    with open(os.path.join(store.state_dir, "state.db"), "rb") as f:
+        dump = f.read()
+    for suffix in ("-wal", "-journal"):
+        path = os.path.join(store.state_dir, "state.db" + suffix)
+        if os.path.exists(path):
+            dump += open(path, "rb").read()
+    assert secret.encode() not in dump  # before: stored as given
+    (record,) = [r for r in await store.records("skaha-session", gateway.gateway_id) if r["id"] == sid]
+    assert gateway.app.sessions._unsealed(record)["env"] == {"API_TOKEN": secret}
