@@ -324,9 +324,11 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],
             "init": self.use_init,
-            "mounts": self.mounts or None,
             "log_config": self.engine.log_config(),
         }
+        rootfs, writable = self.engine.rootfs(self.work_dir, CONNECTION_DIR)
+        host_config.update(rootfs)
+        host_config["mounts"] = (writable + list(self.mounts or [])) or None
         if limits.gpus:
             host_config["device_requests"] = [
                 docker.types.DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])

@@ -71,6 +71,12 @@ class DockerEngine(SingletonConfigurable):
                             "A kernel printing forever must not fill the engine's disk."),
         "KGE_CONTAINER_LOG_MAX_SIZE",
     )
+    read_only_rootfs = env(
+        Bool(False, help="Run kernel and session containers with a read-only root filesystem: only /tmp (tmpfs), "
+                         "the home folder and the gateway's /run/kge (volumes removed with the container) and the "
+                         "mounted folders are writable. Code cannot change the image's programs for itself."),
+        "KGE_READ_ONLY_ROOTFS",
+    )
     lease_image = env(
         Unicode("kge-kernel:latest", help="Image of the tiny container that holds this gateway id on the engine "
                                           "while the gateway lives (any image with `cat`)."),
@@ -134,6 +140,15 @@ class DockerEngine(SingletonConfigurable):
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
         except (ConnectionError, OSError) as e:
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
+
+    def rootfs(self, home: str, run_dir: str) -> tuple[dict[str, Any], list[docker.types.Mount]]:
+        """Host-config entries and mounts for the root filesystem option (nothing when it is off).
+        Volumes, not tmpfs, where the gateway puts files (the engine copies into a read-only
+        container only onto its volumes)."""
+        if not self.read_only_rootfs:
+            return {}, []
+        writable = [docker.types.Mount(home, None, type="volume"), docker.types.Mount(run_dir, None, type="volume")]
+        return {"read_only": True, "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"}}, writable
 
     def log_config(self) -> docker.types.LogConfig:
         """Every container's log driver: bounded on disk, still readable with `docker logs`."""

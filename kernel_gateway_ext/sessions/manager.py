@@ -318,13 +318,16 @@ class SessionManager(EnvConfigurable):
                 command = NOTEBOOK_CMD + [f"--ServerApp.base_url={self.notebook_path(rec.id)}"]
             env_ = {**rec.env, "HOME": "/home/work", "SKAHA_SESSION_ID": rec.id, "SKAHA_SESSION_NAME": rec.name}
 
+            rootfs, writable = engine.rootfs("/home/work", "/run/kge")
+            mounts = writable + mounts
+
             def create() -> dict[str, Any]:
                 api = engine.client.api
                 host_config = api.create_host_config(
                     mem_limit=rec.ram * 2**30, memswap_limit=rec.ram * 2**30, nano_cpus=rec.cores * 10**9,
                     pids_limit=self.pids_limit, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
                     mounts=mounts or None, network_mode=engine.network or None,  # isolated, as kernels
-                    log_config=engine.log_config(),
+                    log_config=engine.log_config(), **rootfs,
                     device_requests=[docker.types.DeviceRequest(count=rec.gpus, capabilities=[["gpu"]])] if rec.gpus else None,
                 )
                 return api.create_container(

@@ -87,3 +87,65 @@ async def test_every_container_has_a_bounded_log(gateway, docker_client) -> None
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
     await Client(gateway.url, None).fetch("DELETE", f"/skaha/v0/session/{sid.strip()}", token=None,
                                           headers={"Authorization": f"Bearer {keys.token}"})
+
+
+async def test_read_only_root_filesystem_option(make_gateway, docker_client) -> None:
+    """With read_only_rootfs, a kernel cannot change the image's programs for itself (e.g. plant a
+    trojan `python3` for its next restart), yet its home, /tmp, uploads, restarts and Skaha jobs work."""
+    from urllib.parse import urlencode
+
+    from tests.api.test_v2_auth_and_input import multipart, signed
+
+    async with make_gateway("--DockerEngine.read_only_rootfs=True") as gw:
+        r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        assert r.status == 201, r.body
+        kid = r.json["id"]
+        (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+        assert len(volumes) == 2  # home and /run/kge, anonymous
+        ws = await KernelWS.connect(gw.url, kid, gw.client.token)
+        try:
+            code = ("import os, sys\n"
+                    "def tries(p):\n"
+                    "    try:\n        open(p, 'w').write('x'); return 'rw'\n"
+                    "    except OSError as e:\n        return 'ro' if e.errno == 30 else str(e)\n"
+                    "print(tries(sys.executable + '.planted'), tries('/etc/motd2'), tries('/tmp/t'), tries('/home/work/t'))")
+            out = await ws.execute(code)
+            assert ws.stdout(out) == "ro ro rw rw\n", out
+        finally:
+            ws.close()
+        assert (await gw.client.fetch("POST", f"/api/kernels/{kid}/restart", {})).status == 200
+        ws = await KernelWS.connect(gw.url, kid, gw.client.token)
+        try:
+            out = await ws.execute("print(open('/home/work/t').read())")
+            assert ws.stdout(out) == "x\n"  # the home volume outlives a restart, as the container does
+        finally:
+            ws.close()
+        # a v2 upload into a read-only container lands in its home volume
+        keys = create_keys("ro-" + uuid.uuid4().hex[:6])
+        import json
+        status, created = await signed(gw, keys, "POST", "/v2/kernel/create",
+                                       json.dumps({"lang": "python3", "clientSessionToken": "ro-1"}).encode())
+        assert status == 201, created
+        ctype, body = multipart([("up.txt", b"uploaded")])
+        status, _ = await signed(gw, keys, "POST", "/v2/kernel/ro-1/upload", body, content_type=ctype)
+        assert status == 204
+        run = json.dumps({"mode": "query", "runId": "r", "code": "print(open('up.txt').read())"}).encode()
+        status, out = await signed(gw, keys, "POST", "/v2/kernel/ro-1", run)
+        assert out["result"]["console"] == [["stdout", "uploaded\n"]], out
+        # a Skaha job too
+        c = Client(gw.url, None)
+        h = {"Authorization": f"Bearer {keys.token}", "X-Skaha-Authentication-Type": "token"}
+        query = urlencode({"name": "ro", "image": "images.canfar.net/skaha/terminal:1.1.1", "cmd": "sh",
+                           "args": "-c 'touch /usr/bin/x 2>/dev/null || echo ro; echo ok > /tmp/t && cat /tmp/t'"})
+        sid = (await c.fetch("POST", "/skaha/v0/session?" + query, headers=h, token=None)).body.decode().strip()
+        for _ in range(100):
+            info = (await c.fetch("GET", f"/skaha/v1/session/{sid}", headers=h, token=None)).json
+            if info["status"] in ("Succeeded", "Error"):
+                break
+            await asyncio.sleep(0.2)
+        logs = (await c.fetch("GET", f"/skaha/v0/session/{sid}?view=logs", headers=h, token=None)).body.decode()
+        assert info["status"] == "Succeeded" and logs.split() == ["ro", "ok"], (info, logs)
+    left = [v for v in volumes if docker_client.volumes.list(filters={"name": v})]
+    assert not left, f"volumes left behind: {left}"
