@@ -243,3 +243,23 @@ async def test_a_client_that_stops_reading_gets_back_pressure_not_a_swollen_gate
         assert again.stdout(reply) == "42\n"
     finally:
         again.close()
+
+
+async def test_one_huge_output_is_replaced_by_a_note_not_forwarded(gateway) -> None:
+    """A kernel that displays 300 MB in one message: the gateway does not hold and forward it
+    (once per websocket and again in the buffer), the cell gets a note saying why, the run ends."""
+    from tests import rawws
+
+    kid = await start(gateway)
+    ws = await KernelWS.connect(gateway.url, kid, TOKEN)
+    try:
+        before = rawws.rss_mb()
+        out = await ws.execute("from IPython.display import display\n"
+                               "display({'text/plain': 'x' * 300_000_000}, raw=True)\nprint('after')", timeout=120)
+        grown = rawws.rss_mb() - before
+        assert out["reply"]["status"] == "ok"
+        stderr = "".join(o["text"] for o in out["outputs"] if o["type"] == "stream" and o["name"] == "stderr")
+        assert "was dropped" in stderr and ws.stdout(out) == "after\n", out["outputs"][:3]
+        assert grown < 100, f"the gateway grew {grown:.0f} MB for one message"
+    finally:
+        ws.close()

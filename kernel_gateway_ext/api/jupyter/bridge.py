@@ -38,6 +38,7 @@ CLIENT_CHANNELS = ("shell", "control", "stdin")
 NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
 MAX_SENDERS = 1024  # request ids remembered per session, to route replies to the socket that asked
 MAX_SOCKETS = 8  # open websockets per session; beyond it the stalest is closed
+MAX_MESSAGE = 64 * 2**20  # an output bigger than this is replaced by a note (one display() of GBs)
 
 
 class Socket(Protocol):
@@ -109,6 +110,9 @@ class ChannelBridge:
 
     # ---- kernel -> websockets -----------------------------------------------------------------
     def _from_kernel(self, channel: str, parts: list[bytes]) -> None:
+        size = sum(len(p) for p in parts)
+        if size > MAX_MESSAGE and channel == "iopub":
+            parts = self._stand_in(parts, size)
         parent = self._parent_id(parts)
         if channel == "iopub" and self._iopub_seen is not None and not self._iopub_seen.done():
             self._iopub_seen.set_result(None)
@@ -130,6 +134,19 @@ class ChannelBridge:
         while len(self.buffer) > self.max_messages or self.buffered_bytes > self.max_bytes:
             self.buffered_bytes -= self.buffer.popleft()[2]
             self.dropped += 1
+
+    def _stand_in(self, parts: list[bytes], size: int) -> list[bytes]:
+        """A small stderr note in place of an output too large to hold and send (once per
+        websocket, and again in the buffer): the cell shows why its output is missing."""
+        try:
+            _, fed = self.session.feed_identities(parts)
+            parent = json.loads(bytes(fed[2]))
+        except Exception:  # noqa: BLE001 - no parent to attach the note to
+            parent = {}
+        note = (f"[kernel_gateway_ext] an output of {size / 2**20:.0f} MiB was dropped: over the "
+                f"{MAX_MESSAGE // 2**20} MiB limit of one message\n")
+        msg = self.session.msg("stream", {"name": "stderr", "text": note}, parent=parent)
+        return self.session.serialize(msg)
 
     def _parent_id(self, parts: list[bytes]) -> str | None:
         try:
