@@ -43,6 +43,7 @@ def safe_relative_path(name: str) -> str:
 
 
 MAX_DEPTH = 128  # deeper directories are counted, not entered (each level holds an fd)
+USAGE_TTL = 30.0  # seconds a folder's counted usage is trusted (plus what was uploaded since)
 
 
 def _usage(root: int, stop_bytes: int, stop_files: int) -> tuple[int, int]:
@@ -115,6 +116,7 @@ class FolderManager(EnvConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._upload_locks: dict[str, asyncio.Lock] = {}  # folder id -> its uploads' turn (dropped with it)
+        self._usage: dict[str, tuple[float, int, int]] = {}  # folder id -> (counted at, bytes, entries)
 
     @default("root")
     def _root_default(self) -> str:
@@ -179,6 +181,7 @@ class FolderManager(EnvConfigurable):
         doomed = path.with_name(f".deleting-{row['id']}")
         await self.store.run(lambda c: c.execute("DELETE FROM folders WHERE id = ?", (row["id"],)))
         self._upload_locks.pop(row["id"], None)
+        self._usage.pop(row["id"], None)
 
         def remove() -> None:
             # Renamed first (the folder is gone at once), then removed off the database thread: a
@@ -202,7 +205,7 @@ class FolderManager(EnvConfigurable):
         def write() -> None:
             root = _open_root(base)
             try:
-                self._check_quota(root, name, checked)
+                self._check_quota(root, row["id"], name, checked)
                 for rel, body in checked:
                     *dirs, leaf = rel.split("/")
                     dfd = self._walk(root, dirs, create=True)
@@ -224,17 +227,26 @@ class FolderManager(EnvConfigurable):
             await asyncio.to_thread(write)  # one upload at a time per folder: the quota check holds for it
         return len(checked)
 
-    def _check_quota(self, root: int, name: str, incoming: list[tuple[str, bytes]]) -> None:
-        """Refuse an upload that would take the folder past its byte or file quota."""
+    def _check_quota(self, root: int, folder_id: str, name: str, incoming: list[tuple[str, bytes]]) -> None:
+        """Refuse an upload that would take the folder past its byte or file quota. The folder is
+        counted at most every USAGE_TTL seconds (a walk costs its size; kernels may write to it
+        meanwhile), uploads in between add to the count."""
         if not self.quota_bytes and not self.quota_files:
             return
-        used_bytes, used_files = _usage(root, self.quota_bytes, self.quota_files)
+        now = time.monotonic()
+        counted = self._usage.get(folder_id)
+        if counted is None or now - counted[0] > USAGE_TTL:
+            counted = (now, *_usage(root, self.quota_bytes, self.quota_files))
+        _, used_bytes, used_files = counted
         new_bytes = used_bytes + sum(len(body) for _, body in incoming)
-        new_files = used_files + len(incoming)
+        # Each directory an upload names may be new: counted as such until the next walk.
+        dirs = {"/".join(rel.split("/")[:i]) for rel, _ in incoming for i in range(1, rel.count("/") + 1)}
+        new_files = used_files + len(incoming) + len(dirs)
         if self.quota_bytes and new_bytes > self.quota_bytes:
             raise Forbidden(f"folder {name!r} would hold {new_bytes} bytes, over its quota of {self.quota_bytes}")
         if self.quota_files and new_files > self.quota_files:
             raise Forbidden(f"folder {name!r} would hold {new_files} files, over its quota of {self.quota_files}")
+        self._usage[folder_id] = (counted[0], new_bytes, new_files)
 
     async def files(self, owner: str | None, name: str, path: str = ".") -> list[dict[str, Any]]:
         row = await self._find(owner, name)
