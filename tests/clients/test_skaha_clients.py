@@ -198,3 +198,18 @@ def test_canfar_cli(process_gateway: ProcessGateway, user: Keys, tmp_path) -> No
     run_canfar(["prune", "prunable", "headless", "Succeeded"], url, user, home)
     assert "prunable" not in run_canfar(["ps", "--all"], url, user, home).stdout
     assert not session_containers(process_gateway)
+
+
+def test_canfar_discovers_the_session_service(process_gateway: ProcessGateway, user: Keys, tmp_path) -> None:
+    """canfar 1.5 finds a server's session service by `platform#session-1` in its VOSI capabilities
+    (with its auth modes); the legacy `Proc#sessions` ids stay for skaha 1.7. Through the client's own
+    discovery code (strict: before, 'No complete session capabilities found')."""
+    out = run_py("canfar-1.5.2", f"""
+import json
+from canfar._server_discovery import enrich
+from canfar.models.http import Server
+server = enrich(Server(name="kge", url="{process_gateway.url}skaha"), token="{user.token}", strict=True, timeout=10)
+print(json.dumps({{"url": str(server.url), "version": server.version, "auths": list(server.auths or [])}}))
+""", process_gateway.url, user, HOME=str(tmp_path))
+    assert out["url"].rstrip("/") == process_gateway.url + "skaha" and out["version"] == "v1", out
+    assert set(out["auths"]) >= {"oidc", "x509"}, out

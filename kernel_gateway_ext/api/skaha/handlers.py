@@ -127,6 +127,12 @@ CAPABILITIES = """<?xml version="1.0" encoding="UTF-8"?>
   <capability standardID="ivo://ivoa.net/std/VOSI#availability">
     <interface xsi:type="vs:ParamHTTP" role="std"><accessURL use="full">{base}skaha/availability</accessURL></interface>
   </capability>
+  <capability standardID="http://www.opencadc.org/std/platform#session-1">
+    <interface xsi:type="vs:ParamHTTP" role="std" version="1.0"><accessURL use="base">{base}skaha/v1</accessURL>
+      <securityMethod standardID="ivo://ivoa.net/sso#token"/>
+      <securityMethod standardID="ivo://ivoa.net/sso#tls-with-certificate"/>
+    </interface>
+  </capability>
   <capability standardID="vos://cadc.nrc.ca~vospace/CADC/std/Proc#sessions-1.0">
     <interface xsi:type="vs:ParamHTTP" role="std" version="1.0"><accessURL use="base">{base}skaha/v1</accessURL></interface>
   </capability>
