@@ -91,7 +91,8 @@ async def test_upload_limits_and_escapes(gateway, keys: Keys, docker_client) -> 
     path = f"/v2/kernel/{kid}/upload"
     for files, why in [([(f"f{i}.txt", b"x") for i in range(21)], "21 files"),
                        ([("big.bin", b"x" * (2**20 + 1))], "over 1 MiB"),
-                       ([("../escape.txt", b"x")], "parent dir"), ([("/etc/passwd", b"x")], "absolute")]:
+                       ([("../escape.txt", b"x")], "parent dir"), ([("/etc/passwd", b"x")], "absolute"),
+                       ([("..%2Fescape.txt", b"x")], "encoded parent dir"), ([("%2Fetc%2Fpasswd", b"x")], "encoded absolute")]:
         ctype, data = multipart(files)
         status, body = await signed(gateway, keys, "POST", path, data, content_type=ctype)
         assert status == 400, (why, body)

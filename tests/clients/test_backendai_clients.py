@@ -149,6 +149,26 @@ def test_sdk_1_4_2_async(process_gateway: ProcessGateway, alice: Keys) -> None:
     assert out["console"] == [["stdout", "async ok\n"]]
 
 
+def test_sdk_1_4_2_upload_into_a_sub_directory(process_gateway: ProcessGateway, alice: Keys, tmp_path) -> None:
+    """1.4.2 sends multipart filenames percent-encoded (updir%2Fup2.txt): the file must land in
+    /home/work/updir/up2.txt, with the same path checks."""
+    (tmp_path / "updir").mkdir()
+    (tmp_path / "updir" / "up2.txt").write_text("in a sub-directory\n")
+    out = run_py("bai-1.4.2", f"""
+        import json
+        from ai.backend.client.session import Session
+        with Session() as s:
+            k = s.Kernel.get_or_create('python3', client_token='upload-142')
+            k.upload(['{tmp_path}/updir/up2.txt'], basedir='{tmp_path}')
+            r = k.execute(code='import os; print(open("updir/up2.txt").read(), end=""); print(os.listdir("."))',
+                          mode='query')
+            k.destroy()
+        print(json.dumps(r))
+    """, process_gateway.url, alice)
+    assert out["console"][0][1].startswith("in a sub-directory\n"), out
+    assert "updir%2Fup2.txt" not in out["console"][0][1]
+
+
 def test_sorna_client_0_9_8(process_gateway: ProcessGateway, alice: Keys) -> None:
     out = run_py("sorna-0.9.8", """
         import json

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import unquote
 from typing import Any
 
 from tornado import web
@@ -212,7 +213,8 @@ class KernelActionHandler(StreamedBody, KernelMixin):
         for f in files:
             if len(f.body) > MAX_UPLOAD_BYTES:
                 raise BadRequest(f"{f.filename!r} is larger than 1 MiB")
-            checked.append((safe_relative_path(f.filename), f.body))
+            # 1.4.x percent-encodes the name (updir%2Fup2.txt); decoded, it passes the same checks.
+            checked.append((safe_relative_path(unquote(f.filename)), f.body))
         if km.docker is None:
             raise BadRequest("upload needs a container kernel")
         if km.execution_state == "dead":
