@@ -269,6 +269,7 @@ class Gateway(Application):
             (rf"{b}v2/folders/{V2_FOLDER}/?", v2folders.FolderHandler),
             (rf"{b}v2/folders/{V2_FOLDER}/upload", v2folders.FolderUploadHandler),
             (rf"{b}v2/folders/{V2_FOLDER}/files", v2folders.FolderFilesHandler),
+            (rf"{b}v2/folders/{V2_FOLDER}/download", v2folders.FolderDownloadHandler),
             (rf"{b}v2/admin/graphql", v2admin.GraphQLHandler),
             (rf"{b}v2/stream/kernel/{V2_ID}/pty", v2stream.PtyHandler),
             # Skaha sessions (v0: skaha 1.7, v1: canfar 1.5)

@@ -203,6 +203,10 @@ def v2() -> dict[str, Any]:
         "/v2/folders/{name}/files": {"get": {
             "summary": "List files", "parameters": [folder, _query("path", {"type": "string"})],
             "responses": {"200": _resp("Files", {"type": "object"}), **errs}}},
+        "/v2/folders/{name}/download": {"get": {
+            "summary": "Download files (multipart/mixed, one gzip part per file; JSON body {files})",
+            "parameters": [folder],
+            "responses": {"200": {"description": "The files"}, **errs}}},
         "/v2/admin/graphql": {"post": {
             "summary": "compute_sessions query (what `backend.ai ps` sends)",
             "requestBody": _json({"type": "object", "properties": {"query": {"type": "string"}, "variables": {"type": "object"}}}),

@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import time
 import uuid
 from datetime import datetime, timezone
@@ -247,6 +248,43 @@ class FolderManager(EnvConfigurable):
         if self.quota_files and new_files > self.quota_files:
             raise Forbidden(f"folder {name!r} would hold {new_files} files, over its quota of {self.quota_files}")
         self._usage[folder_id] = (counted[0], new_bytes, new_files)
+
+    async def open_files(self, owner: str | None, name: str, paths: list[str]) -> list[tuple[str, int, int]]:
+        """[(path, fd, size)] of regular files of a folder, opened by fd without following a link
+        (the kernel may swap them meanwhile); the caller closes the fds."""
+        row = await self._find(owner, name)
+        base = self.path_of(row["id"])
+        rels = [safe_relative_path(p) for p in paths]
+
+        def open_all() -> list[tuple[str, int, int]]:
+            opened: list[tuple[str, int, int]] = []
+            root = _open_root(base)
+            try:
+                for rel in rels:
+                    *dirs, leaf = rel.split("/")
+                    try:
+                        dfd = self._walk(root, dirs, create=False, shown=rel)
+                    except NotADirectoryError:
+                        raise NotFound(f"no file {rel!r} in folder {name!r}") from None
+                    try:
+                        fd = _open_no_follow(leaf, os.O_RDONLY, dfd, rel)
+                    except FileNotFoundError:
+                        raise NotFound(f"no file {rel!r} in folder {name!r}") from None
+                    finally:
+                        os.close(dfd)
+                    st = os.fstat(fd)
+                    opened.append((rel, fd, st.st_size))
+                    if not stat.S_ISREG(st.st_mode):
+                        raise BadRequest(f"{rel!r} is not a file")
+            except BaseException:
+                for _, fd, _ in opened:
+                    os.close(fd)
+                raise
+            finally:
+                os.close(root)
+            return opened
+
+        return await asyncio.to_thread(open_all)
 
     async def files(self, owner: str | None, name: str, path: str = ".") -> list[dict[str, Any]]:
         row = await self._find(owner, name)

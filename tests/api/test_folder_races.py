@@ -80,3 +80,35 @@ async def test_deleting_a_big_folder_does_not_hold_the_store(gateway) -> None:
     assert (await deleting)[0] == 204
     assert not base.exists() and not list(base.parent.glob(f".deleting-{created['id']}"))
     assert slowest < 0.25, f"a request waited {slowest:.2f} s for the deletion"
+
+
+async def test_download_refuses_links_escapes_and_other_owners(gateway, tmp_path: Path) -> None:
+    """The folder download (backend.ai-client 1.4's) opens by fd without following links: a kernel
+    that plants a symlink to a host file cannot have the gateway (root) read it out."""
+    import gzip
+    import os
+
+    keys, other = create_keys("dl-" + uuid.uuid4().hex[:6]), create_keys("dlx-" + uuid.uuid4().hex[:6])
+    status, created = await signed(gateway, keys, "POST", "/v2/folders/", b'{"name": "dl"}')
+    assert status == 201, created
+    base = gateway.app.folders.path_of(created["id"])
+    (base / "ok.txt").write_text("fine")
+    secret = tmp_path / "host-secret"
+    secret.write_text("root's")
+    os.symlink(secret, base / "link.txt")
+
+    async def download(who, files) -> tuple[int, object]:
+        return await signed(gateway, who, "GET", "/v2/folders/dl/download", json.dumps({"files": files}).encode())
+
+    for files in (["link.txt"], ["../x"], ["/etc/passwd"], []):
+        status, _ = await download(keys, files)
+        assert status == 400, files
+    assert (await download(keys, ["nope.txt"]))[0] == 404
+    assert (await download(other, ["ok.txt"]))[0] == 404
+    status, resp = await signed(gateway, keys, "GET", "/v2/folders/dl/download", json.dumps({"files": ["ok.txt"]}).encode(),
+                                raw=True)
+    assert status == 200 and resp.headers["X-TOTAL-PAYLOADS-LENGTH"] == "4"
+    boundary = resp.headers["Content-Type"].split("boundary=")[1]
+    part = resp.body.split(f"--{boundary}".encode())[1]
+    head, _, data = part.partition(b"\r\n\r\n")
+    assert b'filename="ok.txt"' in head and gzip.decompress(data.rstrip(b"\r\n")) == b"fine"

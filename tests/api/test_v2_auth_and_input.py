@@ -18,7 +18,8 @@ VERSION = "v2.20170315"
 
 
 async def signed(gw, keys: Keys, method: str, path: str, body: bytes = b"", *, content_type: str = "application/json",
-                 date: datetime | None = None, scheme: str = "BackendAI", secret: str | None = None) -> tuple[int, Any]:
+                 date: datetime | None = None, scheme: str = "BackendAI", secret: str | None = None,
+                 raw: bool = False) -> tuple[int, Any]:
     date = date or datetime.now(timezone.utc)
     host = urlsplit(gw.url).netloc
     label = "x-sorna-version" if scheme == "Sorna" else "x-backendai-version"
@@ -28,9 +29,11 @@ async def signed(gw, keys: Keys, method: str, path: str, body: bytes = b"", *, c
                "Authorization": f"{scheme} signMethod=HMAC-SHA256, credential={keys.access_key}:{sig}",
                ("X-Sorna-Version" if scheme == "Sorna" else "X-BackendAI-Version"): VERSION}
     req = HTTPRequest(gw.url.rstrip("/") + path, method=method, headers=headers,
-                      body=body if method in ("POST", "PATCH", "PUT") else None, request_timeout=120,
+                      body=body if method in ("POST", "PATCH", "PUT") or body else None, request_timeout=120,
                       allow_nonstandard_methods=True)
     resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+    if raw:
+        return resp.code, resp
     return resp.code, (json.loads(resp.body) if resp.body else None)
 
 

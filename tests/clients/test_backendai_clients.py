@@ -206,6 +206,13 @@ def test_folders_mounts_and_data_outliving_the_kernel(process_gateway: ProcessGa
     assert "Number of files: 0" in run_cli(["vfolder", "info", "mydata"], url, alice).stdout
     run_cli(["vfolder", "upload", "mydata", "input.csv"], url, alice, cwd=tmp_path)
     assert "Number of files: 1" in run_cli(["vfolder", "info", "mydata"], url, alice).stdout
+    # the 1.4.2 CLI downloads it again (before: 404 "no such endpoint")
+    (tmp_path / "back").mkdir()
+    run_cli(["vfolder", "download", "mydata", "input.csv"], url, alice, cwd=tmp_path / "back")
+    assert (tmp_path / "back" / "input.csv").read_text() == "a,b\n1,2\n"
+    missing = run_cli(["vfolder", "download", "mydata", "nope.csv"], url, alice, cwd=tmp_path / "back", check=False)
+    assert missing.returncode != 0 or "404" in missing.stdout + missing.stderr
+    assert not (tmp_path / "back" / "nope.csv").exists()
     out = run_py("bai-1.4.2", f"""
         import json
         from ai.backend.client.session import Session
