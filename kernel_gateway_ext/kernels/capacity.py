@@ -17,7 +17,7 @@ from ..errors import BadRequest, LimitExceeded, OverCapacity
 from ..provisioners.docker import DockerProvisioner
 from ..provisioners.limits import KernelLimits, host_memory, parse_memory
 
-DOCKER_PROVISIONER = "docker-provisioner"
+DOCKER_PROVISIONER = "kge-docker-provisioner"
 MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
 MIN_CPUS = 0.01  # below it Docker's nano_cpus rounds to 0, which means no CPU limit at all
 

@@ -1,6 +1,6 @@
 """DockerProvisioner: a jupyter_client kernel provisioner that runs each kernel in a container.
 
-Registered as the ``docker-provisioner`` entry point of ``jupyter_client.kernel_provisioners``,
+Registered as the ``kge-docker-provisioner`` entry point of ``jupyter_client.kernel_provisioners``,
 so any jupyter_client KernelManager (our gateway's, or a plain jupyter_server's) picks it from a
 kernelspec's ``metadata.kernel_provisioner``.
 

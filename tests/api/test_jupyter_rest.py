@@ -143,14 +143,14 @@ async def test_failed_start_leaves_nothing(make_gateway, docker_client, tmp_path
     spec.mkdir()
     (spec / "kernel.json").write_text(
         '{"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "broken",'
-        ' "language": "python", "metadata": {"kernel_provisioner": {"provisioner_name": "docker-provisioner",'
+        ' "language": "python", "metadata": {"kernel_provisioner": {"provisioner_name": "kge-docker-provisioner",'
         ' "config": {"image": "kge-no-such-image:latest"}}}}'
     )
     spec2 = tmp_path / "crashes"
     spec2.mkdir()
     (spec2 / "kernel.json").write_text(
         '{"argv": ["python3", "-c", "import sys; print(\\"bad kernel\\"); sys.exit(3)"], "display_name": "crashes",'
-        ' "language": "python", "metadata": {"kernel_provisioner": {"provisioner_name": "docker-provisioner"}}}'
+        ' "language": "python", "metadata": {"kernel_provisioner": {"provisioner_name": "kge-docker-provisioner"}}}'
     )
     async with make_gateway(f"--GatewayKernelSpecManager.extra_kernelspec_dirs={tmp_path}") as gw:
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "broken"})

@@ -121,7 +121,7 @@ async def test_failed_start_says_why_leaves_nothing_and_is_counted(make_gateway,
     (specs / "broken" / "kernel.json").write_text(json.dumps({
         "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "broken",
         "language": "python",
-        "metadata": {"kernel_provisioner": {"provisioner_name": "docker-provisioner",
+        "metadata": {"kernel_provisioner": {"provisioner_name": "kge-docker-provisioner",
                                             "config": {"image": "kge-no-such-image:latest"}}}}))
     async with make_gateway(f"--GatewayKernelSpecManager.extra_kernelspec_dirs={specs}") as gw:
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "broken"})
