@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest  # noqa: E402
 
-from tests.conftest import free_port  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 from tests.wsclient import KernelWS  # noqa: E402
 
 TOKEN = "bench-" + uuid.uuid4().hex[:8]

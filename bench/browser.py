@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import ensure_kg  # noqa: E402
 from tests.browser.lab import Lab, LabServer, browser_problem  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 TOKEN = "bench-" + uuid.uuid4().hex[:8]
 

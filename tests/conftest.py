@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from kernel_gateway_ext.images.build import KERNEL_IMAGE
+from tests.ports import free_port
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Every gateway of the suite (in-process and subprocess) keeps its database and master key here.
@@ -97,12 +97,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env(timeout=30)
     yield client
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

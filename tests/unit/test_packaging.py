@@ -25,3 +25,15 @@ def test_the_provisioner_has_a_name_of_its_own() -> None:
 def test_local_kernels_have_an_extra() -> None:
     requires = distribution("kernel_gateway_ext").requires or []
     assert any(r.startswith("ipykernel") and 'extra == "local"' in r for r in requires), requires
+
+
+def test_the_benches_run_without_pytest() -> None:
+    """The benches run from the gateway's own venv (scripts/start-gateway's), which has no pytest:
+    they must not import the test fixtures."""
+    import subprocess
+    import sys
+
+    for module in ("bench.bench", "bench.load"):
+        code = f"import sys; sys.modules['pytest'] = None; import {module}"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{module}: {proc.stderr[-1500:]}"
