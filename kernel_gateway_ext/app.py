@@ -108,8 +108,8 @@ class Gateway(Application):
     )
     ws_max_unsent_bytes = env(
         Int(16 * 1024 * 1024, help="Bytes a kernel websocket may have sent that its client has not taken; past "
-                                   "this the socket is closed (1013) and the client reconnects to its session's "
-                                   "buffer. 0: no limit."),
+                                   "this it gets no more until it drains, and its output waits in the session's "
+                                   "bounded buffer. 0: no limit."),
         "KGE_WS_MAX_UNSENT_BYTES",
     )
     max_request_body = env(

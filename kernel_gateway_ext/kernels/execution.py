@@ -125,7 +125,7 @@ class Runner:
         self._interrupting: asyncio.Future[Any] | None = None
 
     def _connect(self) -> None:
-        self.close()
+        self._close_streams()
         from .manager import kernel_stream
 
         ident = uuid.uuid4().hex.encode()
@@ -300,12 +300,17 @@ class Runner:
 
     def reset(self) -> None:
         """After a restart: the old run is gone with the old process; resubscribe on next use."""
-        if self.current is not None and self.current.timer is not None:
-            self.current.timer.cancel()
-        self.current = None
         self.close()
+        self.current = None
 
     def close(self) -> None:
+        """The kernel is going (or restarting): its run's execTimeout must not fire on it later."""
+        if self.current is not None and self.current.timer is not None:
+            self.current.timer.cancel()
+            self.current.timer = None
+        self._close_streams()
+
+    def _close_streams(self) -> None:
         for stream in self._streams.values():
             stream.close()
         self._streams = {}

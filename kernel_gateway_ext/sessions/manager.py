@@ -27,6 +27,7 @@ from ..errors import BadRequest, EngineUnavailable, Forbidden, NotFound
 from ..folders import FolderManager
 from ..kernels.culling import Deadlines
 from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
+from ..provisioners.limits import host_memory
 from ..store import Store
 from ..tasks import TaskSet
 
@@ -151,10 +152,8 @@ class SessionManager(EnvConfigurable):
         return os.cpu_count() or 1
 
     def host_ram_gb(self) -> int:
-        try:
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-        except (ValueError, OSError):
-            return max(self.ram_options)
+        memory = host_memory()
+        return int(memory / 2**30) if memory else max(self.ram_options)
 
     def allowed_cores(self) -> list[int]:
         return [c for c in self.core_options if c <= self.host_cores()] or [1]

@@ -24,7 +24,7 @@ class V2Handler(BaseHandler):
                 "Content-Type", "").lower().startswith("multipart/"):
             return  # the signature covers a body still to come: checked by take_body()
         else:
-            self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
+            await self.authenticate_with_body()
 
     async def authenticate_with_body(self) -> None:
         self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)

@@ -19,7 +19,6 @@ from typing import Any
 
 from tornado import websocket
 
-from ...auth import hmac_v2
 from ...errors import BadRequest, KernelDead, OverCapacity
 from ...kernels.manager import GatewayKernel
 from .base import V2Handler
@@ -43,7 +42,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
         pass
 
     async def prepare(self) -> None:
-        self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
+        await self.authenticate_with_body()  # signed only, as the clients' pty streams are (no body)
 
     async def get(self, kernel_id: str) -> None:  # type: ignore[override]
         self.km = self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
