@@ -14,6 +14,7 @@ folder (other hosts):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
@@ -29,6 +30,10 @@ LABEL_LEASE = "org.kge.lease"  # the gateway id; deliberately not LABEL_GATEWAY 
 
 class GatewayIdTaken(SystemExit):
     """Another live gateway holds this id."""
+
+
+class LeaseNotStarted(Exception):
+    """The lease container ended before its start returned ("cannot start a stopped process")."""
 
 
 class StateLock:
@@ -80,6 +85,10 @@ class EngineLease:
             try:
                 await self.engine.run(self._take, method="lease")
                 return
+            except LeaseNotStarted:
+                if time.monotonic() > deadline:
+                    raise
+                continue  # seen once in ~100 starts: `cat` had already seen end-of-file; take it anew
             except docker.errors.APIError as e:
                 if e.status_code != 409:
                     raise
@@ -106,9 +115,12 @@ class EngineLease:
             # Attach before start: the lease lives exactly as long as this socket.
             self._stdin = api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             api.start(cid)
-        except Exception:
+        except Exception as e:
             self._close_socket()
-            api.remove_container(cid, force=True)
+            with contextlib.suppress(docker.errors.NotFound):  # AutoRemove may have been first
+                api.remove_container(cid, force=True)
+            if isinstance(e, docker.errors.APIError) and "stopped process" in str(e):
+                raise LeaseNotStarted(str(e)) from e
             raise
         self.container_id = cid
 
