@@ -67,7 +67,7 @@ async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker
     status, created = await signed(gateway, keys, "POST", "/v2/kernel/create",
                                    json.dumps({"lang": "python3", "clientSessionToken": "pty-1"}).encode())
     assert status == 201, created
-    kid = created["kernelId"]
+    kid = gateway.app.kernel_manager.get_by_id_or_token(created["kernelId"]).kernel_id
     (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
 
     # a restart hangs up the old shell (and its jobs); a close hangs up the last one

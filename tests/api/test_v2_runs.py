@@ -15,7 +15,8 @@ async def v2_kernel(gateway, keys: Keys, token: str, exec_ms: int) -> str:
     body = json.dumps({"lang": "python3", "clientSessionToken": token, "limits": {"execTimeout": exec_ms}}).encode()
     status, created = await signed(gateway, keys, "POST", "/v2/kernel/create", body)
     assert status == 201, created
-    return created["kernelId"]
+    assert created["kernelId"] == token  # the session id; the Jupyter kernel id is looked up by either
+    return gateway.app.kernel_manager.get_by_id_or_token(token).kernel_id
 
 
 async def execute(gateway, keys: Keys, kid: str, **body) -> dict:

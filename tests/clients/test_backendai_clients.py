@@ -4,6 +4,7 @@ with real containers."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import docker
@@ -192,9 +193,16 @@ def test_cli_run_ps_logs_terminate(process_gateway: ProcessGateway, alice: Keys)
     assert logs.returncode == 0
     run_cli(["terminate", token], process_gateway.url, alice)
     assert token not in run_cli(["ps"], process_gateway.url, alice).stdout
-    # the 1.1.11 CLI too
-    run = run_cli(["run", "python3", "-c", "print(2 + 3)"], process_gateway.url, alice, client="bai-1.1.11")
-    assert "5" in run.stdout
+    # The id `run` prints for a temporary session is the one `ps` lists and `terminate` takes (before: run
+    # printed the kernel's UUID, ps the client token), with either CLI.
+    for client in ("bai-1.4.2", "bai-1.1.11"):
+        run = run_cli(["run", "python3", "-c", "print(2 + 3)"], process_gateway.url, alice, client=client)
+        assert "5" in run.stdout
+        (sess,) = re.findall(r"Session (\S+) is ready", run.stdout + run.stderr)
+        listed = run_cli(["ps"], process_gateway.url, alice, client=client).stdout
+        assert re.search(rf"^{re.escape(sess)}\s+python3\s", listed, re.M), (sess, listed)
+        run_cli(["terminate", sess], process_gateway.url, alice, client=client)
+        assert sess not in run_cli(["ps"], process_gateway.url, alice, client=client).stdout
 
 
 def test_folders_mounts_and_data_outliving_the_kernel(process_gateway: ProcessGateway, alice: Keys, bob: Keys, tmp_path) -> None:
@@ -336,11 +344,14 @@ def test_one_owner_across_dialects(process_gateway: ProcessGateway, alice: Keys,
     out = run_py("bai-1.1.11", """
         import json
         from ai.backend.client.kernel import Kernel
+        from ai.backend.client.request import Request
         k = Kernel.get_or_create('python3', client_token='cross-111')
         k.execute(code='shared = "from v2"', mode='query')
-        print(json.dumps({'id': k.kernel_id}))
+        q = Request('POST', '/admin/graphql', {'query': '{ compute_sessions { sess_id kernel_id } }'}).send().json()
+        print(json.dumps({'id': k.kernel_id, 'sessions': q['compute_sessions']}))
     """, process_gateway.url, alice)
-    kid = out["id"]
+    assert out["id"] == "cross-111"  # the session id; compute_sessions names its Jupyter kernel id
+    (kid,) = [s["kernel_id"] for s in out["sessions"] if s["sess_id"] == "cross-111"]
 
     async def jupyter_side() -> str:
         c = Client(process_gateway.url, alice.token)

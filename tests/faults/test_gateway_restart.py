@@ -70,7 +70,8 @@ async def test_sigkill_then_restart_adopts_kernels_and_sessions(tmp_path, docker
                                                          "limits": {"execTimeout": 30000}},
                             headers={"Content-Type": "application/json"})
         assert r.status == 201, r.body
-        v2_kid = r.json["kernelId"]
+        assert r.json["kernelId"] == "survivor"  # the session id, as Backend.AI's manager answered
+        v2_kid = next(k["id"] for k in (await a.fetch("GET", "/api/kernels")).json if k["id"] != kid)
         skaha_h = {"Authorization": f"Bearer {alice.token}"}
         q = urlencode({"name": "job", "image": SKAHA_IMAGE, "cmd": "sleep", "args": "600"})
         r = await Client(p1.url, None).fetch("POST", f"/skaha/v0/session?{q}", headers=skaha_h, token=None)

@@ -105,7 +105,7 @@ async def test_oom_kill_says_so_and_v2_info_has_container_stats(gateway) -> None
     assert info["memoryLimit"] == 96 * 1024 and info["memoryUsed"] > 1024  # live figures from the container
     run = json.dumps({"mode": "query", "runId": "r1", "code": "x = bytearray(512 * 2**20); x[::4096] = b'1' * len(x[::4096])"}).encode()
     await signed(gateway, keys, "POST", "/v2/kernel/oom-1", run)
-    kid = created["kernelId"]
+    kid = gateway.app.kernel_manager.get_by_id_or_token(created["kernelId"]).kernel_id
     from tests.conftest import Client
     c = Client(gateway.url, keys.token)
     await state_within(c, kid, "dead", 10.0)

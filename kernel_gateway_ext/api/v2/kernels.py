@@ -84,7 +84,9 @@ class KernelCreateHandler(V2Handler):
             owner=self.identity.user, client_token=token, lang=lang, limits=limits, mounts=mounts,
             user_env=user_env, exec_timeout=exec_timeout, idle_timeout=idle_ms / 1000.0 if idle_ms else None,
         )
-        self.write_json({"kernelId": km.kernel_id, "created": created}, status=201)
+        # The v2-era manager answered its session id, the client token, as kernelId: the id `run` prints
+        # is the one `ps` lists. Lookups by the Jupyter kernel id keep working (get_by_id_or_token).
+        self.write_json({"kernelId": km.client_token or km.kernel_id, "created": created}, status=201)
 
 
 class KernelMixin(V2Handler):
