@@ -2,6 +2,8 @@
 
     kernel-gateway-ext [--ip=…] [--port=…] [--auth-token=…] [--config=FILE]
     kernel-gateway-ext build-images [--force] [--base=IMAGE]
+    kernel-gateway-ext keys create --user=NAME
+    kernel-gateway-ext --generate-config   # a commented kernel_gateway_ext_config.py in `jupyter --config-dir`
     kernel-gateway-ext --help-all          # every option with its env var
 """
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 
 import docker.errors
 from tornado import httpserver, web
-from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode, default
-from traitlets.config import Application, catch_config_error
+from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode
+from traitlets.config import catch_config_error
 
 from ._version import __version__
 from .api import openapi
+from .api.access_log import AccessLog
 from .api.base import NotFoundHandler
 from .api.jupyter import channels, handlers as jh, sessions as js
 from .api.jupyter.bridge import Bridges
@@ -32,7 +35,8 @@ from .auth import Authenticator
 from .auth.authenticator import ADMIN_USER
 from .auth.hmac_v2 import SeenSignatures
 from .auth.keypairs import KeyPairs
-from .config import apply_env, env
+from .application import GatewayApplication, common_aliases, common_flags
+from .config import env
 from .errors import Forbidden
 from .api.base import BaseHandler
 from .folders import FolderManager
@@ -51,7 +55,7 @@ V2_ID = r"(?P<kernel_id>[\w-]{1,64})"
 V2_FOLDER = r"(?P<name>[\w.-]{1,64})"
 
 
-class Gateway(Application):
+class Gateway(GatewayApplication):
     """kernel_gateway_ext: Jupyter kernels in Docker containers, served to JupyterLab."""
 
     name = "kernel-gateway-ext"
@@ -62,7 +66,6 @@ class Gateway(Application):
     port = env(Int(8888, help="Port to listen on (0: any free port)."), "KGE_PORT")
     base_url = env(Unicode("/", help="URL prefix of every route."), "KGE_BASE_URL")
     allow_origin = env(Unicode("", help="Access-Control-Allow-Origin for browsers ('*' for any)."), "KGE_ALLOW_ORIGIN")
-    config_file = env(Unicode("", help="A traitlets config file (Python) to load."), "KGE_CONFIG")
     certfile = env(Unicode("", help="TLS certificate (PEM): serve https."), "KGE_CERTFILE")
     keyfile = env(Unicode("", help="TLS private key (PEM) of the certificate."), "KGE_KEYFILE")
     client_ca = env(
@@ -150,21 +153,20 @@ class Gateway(Application):
 
     aliases = Dict(
         {
+            **common_aliases,
             "ip": "Gateway.ip",
             "port": "Gateway.port",
             "base-url": "Gateway.base_url",
             "auth-token": "Authenticator.auth_token",
-            "config": "Gateway.config_file",
             "gateway-id": "DockerEngine.gateway_id",
-            "log-level": "Application.log_level",
         }
     )
     flags = Dict(
         {
+            **common_flags,
             "require-docker": ({"Gateway": {"require_docker": True}}, "Fail if no Docker engine answers."),
             "local-kernels": ({"Gateway": {"local_kernels": True}},
                               "Without a Docker engine, run local-process kernels for the gateway token's user only."),
-            "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
         }
     )
     subcommands = Dict(
@@ -176,10 +178,6 @@ class Gateway(Application):
             "keys": ("kernel_gateway_ext.auth.cli.KeysApp", "Create, list and revoke key pairs."),
         }
     )
-
-    @default("log_level")
-    def _log_level_default(self) -> int:
-        return logging.INFO
 
     store = Instance(Store, allow_none=True)
     folders = Instance(FolderManager, allow_none=True)
@@ -209,13 +207,9 @@ class Gateway(Application):
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
-        super().initialize(argv)
-        if self.subapp is not None:
+        super().initialize(argv)  # config file, env vars and command line, as every subcommand
+        if self._dispatching:  # a subcommand, or --generate-config
             return
-        if self.config_file:
-            self.load_config_file(self.config_file)
-            self.update_config(self.cli_config)  # the command line wins over the file
-        apply_env(self)
         if not self.base_url.startswith("/"):
             self.base_url = "/" + self.base_url
         if not self.base_url.endswith("/"):
@@ -287,19 +281,8 @@ class Gateway(Application):
             default_handler_class=NotFoundHandler,
             websocket_ping_interval=30,
             websocket_max_message_size=64 * 1024 * 1024,
-            log_function=self._log_request,
+            log_function=AccessLog(self.log, self.metrics, routes, b),
             cookie_secret=self.keypairs._secret("tornado-cookies", "kge"),
-        )
-
-    def _log_request(self, handler: web.RequestHandler) -> None:
-        # Access log without query strings: ?token= must never reach a log.
-        status = handler.get_status()
-        level = logging.INFO if status < 400 else logging.WARNING
-        if handler.request.path.endswith("/api/kernels") and handler.request.method == "GET" and status < 400:
-            level = logging.DEBUG  # JupyterLab polls this every few seconds
-        self.log.log(
-            level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
-            1000.0 * handler.request.request_time(),
         )
 
     def status_model(self) -> dict[str, Any]:
@@ -460,6 +443,9 @@ class Gateway(Application):
     def start(self) -> None:
         if self.subapp is not None:
             self.subapp.start()
+            return
+        if self.generate_config:
+            self.write_default_config()
             return
         asyncio.run(self._main())
 

@@ -6,7 +6,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram, generate_latest
+from prometheus_client import (
+    GCCollector, PlatformCollector, ProcessCollector, CollectorRegistry, Counter as PCounter, Histogram, generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
@@ -28,6 +30,14 @@ class Metrics:
         self.docker_seconds = Histogram("kge_docker_call_seconds", "Docker API call latency", ["method"],
                                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
                                         registry=self.registry)
+        self.request_seconds = Histogram(
+            "kge_http_request_duration_seconds", "HTTP requests by method, route template and status, seconds",
+            ["method", "route", "status"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
+        # The standard process_* (CPU, RSS, open fds), python_info and python_gc_* series.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.registry.register(_Live(gateway))
 
     def render(self) -> bytes:

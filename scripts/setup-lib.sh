@@ -6,12 +6,21 @@ KGE_VENV=${KGE_VENV:-$KGE_ROOT/.venv}
 
 say() { echo "[kge-setup] $*" >&2; }
 
+ensure_python_venv() {
+  # Debian's python3 has no ensurepip until python3-venv is installed: `python3 -m venv` fails without it.
+  if python3 -c "import ensurepip, venv" >/dev/null 2>&1; then return 0; fi
+  say "python3 -m venv needs Debian's python3-venv: installing it"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+}
+
 ensure_venv() {  # ensure_venv [extras]
+  ensure_python_venv
   local extras=${1:-}
   local spec="$KGE_ROOT"; [ -n "$extras" ] && spec="$KGE_ROOT[$extras]"
   [ -x "$KGE_VENV/bin/python" ] || { say "creating $KGE_VENV"; python3 -m venv "$KGE_VENV"; }
   local stamp="$KGE_VENV/.kge-installed-${extras:-base}"
-  local want; want=$(cat "$KGE_ROOT/setup.cfg" "$KGE_ROOT/setup.py" | sha256sum | cut -c1-16)
+  local want; want=$(cat "$KGE_ROOT/pyproject.toml" "$KGE_ROOT/setup.py" | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing kernel_gateway_ext${extras:+ with [$extras]} into $KGE_VENV"
     "$KGE_VENV/bin/pip" install -q --disable-pip-version-check -U pip wheel >/dev/null
@@ -75,6 +84,7 @@ _client_venv_with_deps() {  # _client_venv_with_deps NAME "REQUIREMENTS..." (a n
 }
 
 ensure_client_venvs() {
+  ensure_python_venv
   _client_venv_with_deps skaha-1.7.0 "skaha==1.7.0"
   _client_venv_with_deps canfar-1.5.2 "canfar==1.5.2 typer==0.27.2"
   _client_venv bai-1.1.11 "backend.ai-client==1.1.11" "$V2_CLIENT_DEPS"

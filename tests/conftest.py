@@ -194,14 +194,15 @@ class ProcessGateway:
 
 
 def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None = None,
-                          gateway_id: str | None = None) -> ProcessGateway:
+                          gateway_id: str | None = None, python: str = sys.executable,
+                          cwd: str | None = None) -> ProcessGateway:
     port = free_port()
     gateway_id = gateway_id or new_gateway_id("proc-")
     log_path = os.path.join(tmp_dir, f"gateway-{port}.log")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kernel_gateway_ext", f"--port={port}", f"--auth-token={TOKEN}",
+        [python, "-m", "kernel_gateway_ext", f"--port={port}", f"--auth-token={TOKEN}",
          f"--gateway-id={gateway_id}", *argv],
-        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}/"
     wait_http(url + "api", proc, log_path)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import sys
 
-from traitlets import Bool, Dict, Unicode
-from traitlets.config import Application
+from traitlets import Bool, Dict, List, Unicode
 
+from ..application import GatewayApplication, common_aliases, common_flags
 from ..errors import GatewayError
 from ..store import Store
 from .keypairs import KeyPairs
@@ -15,20 +15,39 @@ USAGE = """kernel-gateway-ext keys create --user=NAME [--admin]   # prints the p
 kernel-gateway-ext keys list
 kernel-gateway-ext keys revoke ACCESS_KEY"""
 
+DESCRIPTION = """Manage key pairs (access key + secret key) in the gateway's store: the credentials of
+Backend.AI clients (HMAC signatures), and of Jupyter and Skaha callers as the token ACCESS_KEY:SECRET_KEY.
+The secret is derived from the master key and shown once, at creation. The gateway need not be stopped:
+it reads key pairs from the store, and a revoked pair is refused at once.
 
-class KeysApp(Application):
-    """Manage key pairs (access key + secret key) in the gateway's store."""
+It uses the gateway's configuration (its config file, KGE_* env vars, --state-dir), so it works on the
+same store as the running gateway."""
+
+
+class KeysApp(GatewayApplication):
+    """Manage key pairs."""
 
     name = "kernel-gateway-ext keys"
-    description = USAGE
+    description = DESCRIPTION
+    examples = USAGE + """
+
+kernel-gateway-ext keys create --user=alice
+kernel-gateway-ext keys create --user=ops --admin --json
+kernel-gateway-ext keys --config=/etc/kge/kernel_gateway_ext_config.py list
+kernel-gateway-ext keys revoke AKKGE0123456789ABCDEF"""
     user = Unicode("", help="Owner name for `create`.").tag(config=True)
     admin = Bool(False, help="`create` an admin key pair (sees every owner's kernels).").tag(config=True)
-    aliases = Dict({"user": "KeysApp.user", "state-dir": "Store.state_dir"})
-    flags = Dict({"admin": ({"KeysApp": {"admin": True}}, "Create an admin key pair."),
+    aliases = Dict({**common_aliases, "user": "KeysApp.user", "state-dir": "Store.state_dir"})
+    flags = Dict({**common_flags,
+                  "admin": ({"KeysApp": {"admin": True}}, "Create an admin key pair."),
                   "json": ({"KeysApp": {"as_json": True}}, "Print JSON.")})
     as_json = Bool(False, help="Print JSON.").tag(config=True)
+    classes = List([Store, KeyPairs])
 
     def start(self) -> None:
+        if self.generate_config:
+            self.write_default_config()
+            return
         if not self.extra_args:
             print(USAGE, file=sys.stderr)
             self.exit(2)

@@ -48,6 +48,12 @@ class KeyPairs(EnvConfigurable):
         "KGE_MASTER_KEY_FILE",
     )
 
+    master_key = env(
+        Unicode(help="The master key itself, instead of master_key_file (a secret: set it in the environment of "
+                     "the gateway's service, never on a command line; it is never logged)."),
+        "KGE_MASTER_KEY",
+    )
+
     @default("master_key_file")
     def _master_key_file_default(self) -> str:
         return os.path.join(self.store.state_dir, "master.key")
@@ -61,9 +67,8 @@ class KeyPairs(EnvConfigurable):
     @property
     def master(self) -> bytes:
         if self._master is None:
-            from_env = os.environ.get("KGE_MASTER_KEY")
-            if from_env:
-                self._master = from_env.encode()
+            if self.master_key:
+                self._master = self.master_key.encode()
             else:
                 path = Path(self.master_key_file)
                 if not path.exists():

@@ -66,7 +66,8 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         Float(60.0, help="Seconds a new kernel may take to answer kernel_info."), "KGE_KERNEL_READY_TIMEOUT"
     )
     env_allowlist = env(
-        List(Unicode(), help="Request env names passed to kernels besides KERNEL_*."), "KGE_ENV_ALLOWLIST"
+        List(Unicode(), help="Names of variables a start request may pass into its kernel besides KERNEL_* "
+                             "(the gateway's own environment never passes)."), "KGE_ENV_ALLOWLIST"
     )
     run_flush_interval = env(
         Float(3.0, help="Seconds a REST execute waits before answering 'continued'."), "KGE_RUN_FLUSH_INTERVAL"

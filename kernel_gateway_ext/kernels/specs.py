@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
@@ -11,6 +10,7 @@ from traitlets import Bool, List, Unicode, default
 
 from ..config import env
 from ..errors import KernelSpecNotFound
+from ..resources import resource_path
 
 FALLBACK_KEY = "kge_fallback"  # kernelspec metadata marking a local-process spec
 
@@ -25,11 +25,8 @@ def unknown_kernelspec(name: str) -> KernelSpecNotFound:
 
 
 def bundled_kernelspec_dir() -> str:
-    """The kernelspecs/ folder of the source tree, or the one installed as data files."""
-    here = Path(__file__).resolve().parents[2] / "kernelspecs"
-    if here.is_dir():
-        return str(here)
-    return str(Path(sys.prefix) / "share" / "kernel_gateway_ext" / "kernelspecs")
+    """The kernelspecs this package ships (package data, or the source tree's folder)."""
+    return str(resource_path("kernelspecs"))
 
 
 class GatewayKernelSpecManager(KernelSpecManager):

@@ -81,10 +81,6 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         Unicode("", help="Docker network for kernel containers (empty: DockerEngine.network, isolated)."),
         "KGE_KERNEL_NETWORK",
     )
-    env_allowlist = env(
-        List(Unicode(), help="Names of variables that may pass from a start request into the kernel, besides KERNEL_*."),
-        "KGE_KERNEL_ENV_ALLOWLIST",
-    )
     extra_env = Dict(
         value_trait=Unicode(), help="Variables every kernel container gets (not secrets: they show in docker inspect)."
     ).tag(config=True)
@@ -246,7 +242,9 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return kwargs
 
     def _filter_env(self, requested: dict[str, Any]) -> dict[str, str]:
-        allowed = set(self.env_allowlist)
+        # One list, GatewayKernelManager.env_allowlist (KGE_ENV_ALLOWLIST): the manager filtered the request
+        # already; this second pass keeps the gateway's own environment out whoever calls start_kernel.
+        allowed = set(getattr(getattr(self.parent, "parent", None), "env_allowlist", ()))
         out = {k: str(v) for k, v in requested.items() if k.startswith("KERNEL_") or k in allowed}
         out.update(self.extra_env)
         return out

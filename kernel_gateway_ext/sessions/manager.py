@@ -104,11 +104,13 @@ class SessionManager(EnvConfigurable):
     default_cores = Int(1, help="Cores of a session that asks for none.").tag(config=True)
     default_ram = Int(4, help="RAM (GB) of a session that asks for none.").tag(config=True)
     max_gpus = env(Int(0, help="Most GPUs a session may ask for (0: this host offers none)."), "KGE_SESSION_MAX_GPUS")
-    lifetimes = Dict(
+    lifetimes = env(Dict(
         {"headless": 24 * 3600.0, "notebook": 4 * 24 * 3600.0},
-        help="Seconds a session of each kind lives (renew pushes expiryTime forward by as much).",
-    ).tag(config=True)
-    default_lifetime = env(Float(24 * 3600.0, help="Lifetime of kinds not in `lifetimes`."), "KGE_SESSION_LIFETIME")
+        help="Seconds a session of each kind lives (renew pushes expiryTime forward by as much), "
+             "e.g. '{\"headless\": 3600, \"notebook\": 86400}'.",
+    ), "KGE_SESSION_LIFETIMES")
+    default_lifetime = env(Float(24 * 3600.0, help="Seconds a session of a kind not in `lifetimes` lives."),
+                           "KGE_SESSION_DEFAULT_LIFETIME")
     image_map = Dict(
         {"images.canfar.net/skaha/terminal:*": "kge-kernel:latest",
          "images.canfar.net/chimefrb/testing:*": "kge-kernel:latest",

@@ -49,7 +49,7 @@ async def test_kernelspecs_full_form_with_logos(gateway) -> None:
     r = await gateway.client.fetch("GET", "/api/kernelspecs")
     assert r.status == 200 and r.json["default"] == "python3"
     specs = r.json["kernelspecs"]
-    assert set(specs) == {"python3", "bash"}  # the local fallback is hidden while Docker answers
+    assert set(specs) == {"python3", "python3-datascience", "bash"}  # the local fallback is hidden while Docker answers
     for name, model in specs.items():
         assert model["name"] == name and model["spec"]["display_name"] and isinstance(model["resources"], dict)
         logo = model["resources"]["logo-64x64"]
@@ -59,7 +59,7 @@ async def test_kernelspecs_full_form_with_logos(gateway) -> None:
     one = await gateway.client.fetch("GET", "/api/kernelspecs/bash")
     assert one.json["spec"]["language"] == "bash"
     assert (await gateway.client.fetch("GET", "/api/kernelspecs/nope")).status == 404
-    assert (await gateway.client.fetch("GET", "/kernelspecs/python3/..%2f..%2fsetup.cfg")).status == 404
+    assert (await gateway.client.fetch("GET", "/kernelspecs/python3/..%2f..%2fpyproject.toml")).status == 404
     assert (await gateway.client.fetch("GET", "/kernelspecs/python3/kernel.json")).status == 200
 
 
