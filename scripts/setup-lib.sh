@@ -52,6 +52,14 @@ ensure_browser() {
   apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+ensure_compose() {
+  # Debian's docker-compose: the deploy test brings deploy/docker-compose.yml up with it.
+  if command -v docker-compose >/dev/null 2>&1; then return 0; fi
+  say "installing Debian's docker-compose (deploy test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+}
+
 ensure_images() {
   # Cached: skipped when the images exist and their build context is unchanged.
   "$KGE_VENV/bin/kernel-gateway-ext" build-images
