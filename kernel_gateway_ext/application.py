@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from tornado.log import LogFormatter
@@ -69,7 +69,7 @@ class GatewayApplication(JupyterApp):
     config_file = Unicode(
         help=f"A config file to load instead of {CONFIG_FILE_NAME}.py from the Jupyter config paths. [env: KGE_CONFIG]"
     ).tag(config=True)
-    _log_formatter_cls = LogFormatter  # jupyter_server's: colours on a terminal, none in files
+    _log_formatter_cls = LogFormatter  # type: ignore[assignment]  # jupyter_server's: colours on a terminal only
 
     @default("config_file")
     def _config_file_default(self) -> str:
@@ -79,7 +79,7 @@ class GatewayApplication(JupyterApp):
     def _config_file_name_default(self) -> str:
         return CONFIG_FILE_NAME  # one file for the gateway and every subcommand
 
-    def _classes_inc_parents(self, classes: Any = None) -> Iterator[type[Configurable]]:
+    def _classes_inc_parents(self, classes: Any = None) -> Generator[type[Configurable], None, None]:
         # traitlets' Application section would list log_level etc. with its own defaults (WARN), not the
         # ones in effect: this class redefines each of them.
         for cls in super()._classes_inc_parents(classes):

@@ -160,7 +160,9 @@ def v2() -> dict[str, Any]:
         "mode": {"type": "string", "enum": ["query", "continue", "input", "batch", "complete"]},
         "runId": {"type": "string"}, "code": {"type": "string"},
         "options": {"type": "object"}}}
-    created = _resp("Created", {"type": "object", "properties": {"kernelId": {"type": "string", "description": "the session id: the clientSessionToken"}, "created": {"type": "boolean"}}})
+    created = _resp("Created", {"type": "object", "properties": {
+        "kernelId": {"type": "string", "description": "the session id: the clientSessionToken"},
+        "created": {"type": "boolean"}}})
     paths = {
         "/v2/": {"get": {"summary": "API version", "security": [], "responses": {"200": _resp("Version", {"type": "object"})}}},
         "/v2/kernel/": {"post": {"summary": "Get or create a kernel by client token", "requestBody": _json(create_body),

@@ -42,7 +42,7 @@ kernel-gateway-ext keys revoke AKKGE0123456789ABCDEF"""
                   "admin": ({"KeysApp": {"admin": True}}, "Create an admin key pair."),
                   "json": ({"KeysApp": {"as_json": True}}, "Print JSON.")})
     as_json = Bool(False, help="Print JSON.").tag(config=True)
-    classes = List([Store, KeyPairs])
+    classes = List([Store, KeyPairs])  # type: ignore[assignment]
 
     def start(self) -> None:
         if self.generate_config:

@@ -99,7 +99,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
     aliases = Dict({**common_aliases, "base": "BuildImagesApp.base", "tag": "BuildImagesApp.tag",
                     "kernelspec-dirs": "GatewayKernelSpecManager.extra_kernelspec_dirs"})
     flags = Dict({**common_flags, "force": ({"BuildImagesApp": {"force": True}}, "Rebuild everything.")})
-    classes = List([GatewayKernelSpecManager])
+    classes = List([GatewayKernelSpecManager])  # type: ignore[assignment]
 
     def start(self) -> None:
         if self.generate_config:
@@ -114,7 +114,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
             self.ensure_local_base(client)
         wheels = self.ensure_wheels()
         self.build(client, root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
-        kernel_id = client.images.get(self.tag).id
+        kernel_id = str(client.images.get(self.tag).id)
         # Images built on the kernel image are rebuilt whenever it changes.
         self.build(client, root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id)
         for name, folder, image in self.kernelspec_images():

@@ -77,7 +77,8 @@ async def test_data_science_kernel_plots_inline_and_pip_installs_persist_in_a_fo
     out = await query(gateway, keys, "ds-2", "import tinypkg; print(tinypkg.VALUE, tinypkg.__file__)")
     assert text(out) == "42 /home/work/.local/lib/python3.11/site-packages/tinypkg.py\n", out
     # and a kernel without it does not: nothing was installed into the image
-    assert (await v2(gateway, keys, "POST", "/v2/kernel/create", {"lang": "python3-datascience", "clientSessionToken": "ds-3"}))[0] == 201
+    plain = {"lang": "python3-datascience", "clientSessionToken": "ds-3"}
+    assert (await v2(gateway, keys, "POST", "/v2/kernel/create", plain))[0] == 201
     out = await query(gateway, keys, "ds-3", "import tinypkg")
     assert "ModuleNotFoundError" in text(out, "stderr") + json.dumps(out), out
     for token in ("ds-2", "ds-3"):
@@ -86,8 +87,8 @@ async def test_data_science_kernel_plots_inline_and_pip_installs_persist_in_a_fo
 
 async def test_an_operators_own_r_kernel_is_built_and_runs_like_ours(make_gateway, docker_client) -> None:
     specs = ROOT / "examples" / "kernelspecs"
-    build = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "build-images", f"--kernelspec-dirs={json.dumps([str(specs)])}"],
-                           capture_output=True, text=True, timeout=900)
+    build = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "build-images",
+                            f"--kernelspec-dirs={json.dumps([str(specs)])}"], capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert "kernelspec ir has a Dockerfile" in build.stdout
     image = docker_client.images.get("kge-example-r:latest")

@@ -192,7 +192,8 @@ def test_a_data_science_notebook_plots_inline(lab: Lab) -> None:
     with step(lab, "data-science notebook: click -> inline plot") as t:
         _, clicked, _ = lab.new_notebook(DATASCIENCE)
         # one line (run_cell types one): pandas draws with matplotlib; the figure shows as an image
-        cell = lab.run_cell("import pandas as pd; pd.Series([1, 3, 2]).plot(title='inline'); import matplotlib.pyplot as plt; plt.show()")
+        cell = lab.run_cell("import pandas as pd; pd.Series([1, 3, 2]).plot(title='inline'); "
+                            "import matplotlib.pyplot as plt; plt.show()")
         img = lab.wait("an inline plot", lambda: cell.find_elements("css selector", ".jp-RenderedImage img"), 120)[0]
         assert lab.js("return arguments[0].naturalWidth", img) > 100
         assert lab.js("return arguments[0].src", img).startswith("data:image/png;base64,")
