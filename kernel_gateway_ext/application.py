@@ -93,6 +93,9 @@ class GatewayApplication(JupyterApp):
         apply_env(self)
         self._use_json_logs()
 
+    def migrate_config(self) -> None:
+        """JupyterApp would copy an IPython 3 profile into ~/.jupyter: a service has none to migrate."""
+
     @observe("log_json")
     def _log_json_changed(self, change: Any) -> None:
         self._use_json_logs()

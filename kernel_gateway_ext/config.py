@@ -5,10 +5,12 @@ Env vars are read when an object is created, never at import.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 from typing import Any, TypeVar
 
-from traitlets import TraitType
+from traitlets import Container, Dict, TraitType
 from traitlets.config import LoggingConfigurable
 
 T = TypeVar("T", bound=TraitType)
@@ -43,10 +45,21 @@ def apply_env(obj: LoggingConfigurable, explicit: set[str] | None = None) -> Non
         if raw is None or raw == "":
             continue
         try:
-            value: Any = trait.from_string(raw)
+            value: Any = _parse(trait, raw)
             setattr(obj, name, value)
         except Exception as e:  # noqa: BLE001 - a bad env value must say which variable
             raise ValueError(f"invalid value for {trait.metadata['env']}: {e}") from e
+
+
+def _parse(trait: TraitType[Any, Any], raw: str) -> Any:
+    """An env var's value. Lists and dicts are JSON ('["A", "B"]', '{"python3": 2}'), or a Python
+    literal; traitlets' own from_string for them is deprecated."""
+    if isinstance(trait, (Container, Dict)) and raw.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return ast.literal_eval(raw)
+    return trait.from_string(raw)
 
 
 class EnvConfigurable(LoggingConfigurable):

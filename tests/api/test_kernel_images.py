@@ -87,14 +87,13 @@ async def test_data_science_kernel_plots_inline_and_pip_installs_persist_in_a_fo
 
 async def test_an_operators_own_r_kernel_is_built_and_runs_like_ours(make_gateway, docker_client) -> None:
     specs = ROOT / "examples" / "kernelspecs"
-    build = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "build-images",
-                            f"--kernelspec-dirs={json.dumps([str(specs)])}"], capture_output=True, text=True, timeout=900)
+    build = subprocess.run([sys.executable, "-m", "kernel_gateway_ext", "build-images", f"--kernelspec-dirs={specs}"],
+                           capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     assert "kernelspec ir has a Dockerfile" in build.stdout
     image = docker_client.images.get("kge-example-r:latest")
     assert image.labels["org.kge.languages"] == "R"
-    async with make_gateway(f"--GatewayKernelSpecManager.extra_kernelspec_dirs={json.dumps([str(specs)])}",
-                            "--GatewayKernelManager.pool_sizes={}") as gw:
+    async with make_gateway(f"--GatewayKernelSpecManager.extra_kernelspec_dirs={specs}") as gw:
         specs_model = (await gw.client.fetch("GET", "/api/kernelspecs")).json["kernelspecs"]
         assert specs_model["ir"]["spec"]["language"] == "R"
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "ir"})

@@ -31,6 +31,10 @@ async def test_metrics(gateway) -> None:
 async def test_unknown_kernelspec_names_grow_no_series_and_echo_little(gateway) -> None:
     """Every refused name used to become a permanent series (200 names of 10 KB: /metrics 4 MB)."""
     c = gateway.client
+    # The request-latency series of this route and status, and of /metrics itself, exist once (by route
+    # template, never by name): made before measuring.
+    assert (await c.fetch("POST", "/api/kernels", {"name": "no-such-warm-up"})).status == 404
+    await c.fetch("GET", "/metrics")
     before = len((await c.fetch("GET", "/metrics")).body)
     for i in range(50):
         r = await c.fetch("POST", "/api/kernels", {"name": f"no-such-{i}-" + "x" * 10_000})

@@ -111,7 +111,7 @@ async def test_metrics_have_process_figures_and_request_latency_by_route(gateway
 
 
 async def test_one_env_allowlist_decides_what_reaches_a_kernel(make_gateway, docker_client) -> None:
-    async with make_gateway('--GatewayKernelManager.env_allowlist=["ALLOWED_ONE"]', "--GatewayKernelManager.pool_sizes={}") as gw:
+    async with make_gateway("--GatewayKernelManager.env_allowlist=ALLOWED_ONE") as gw:
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3", "env": {
             "ALLOWED_ONE": "yes", "NOT_LISTED": "no", "KERNEL_USERNAME": "ann"}})
         assert r.status == 201, r.body
