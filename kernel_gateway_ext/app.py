@@ -16,7 +16,6 @@ import ssl
 import sys
 from typing import Any
 
-import docker.errors
 from tornado import httpserver, web
 from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode
 from traitlets.config import catch_config_error
@@ -36,7 +35,7 @@ from .auth.hmac_v2 import SeenSignatures
 from .auth.keypairs import KeyPairs
 from .application import GatewayApplication, common_aliases, common_flags
 from .config import env
-from .errors import Forbidden
+from .errors import Forbidden, ImageMissing
 from .api.base import BaseHandler
 from .folders import FolderManager
 from .metrics import Metrics
@@ -45,8 +44,8 @@ from .kernels.jupyter_sessions import JupyterSessions
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
-from .provisioners.engine import DockerEngine
-from .provisioners.lease import EngineLease, StateLock
+from .containers.engine import DockerEngine
+from .containers.lease import EngineLease, StateLock
 from .store import Store
 
 
@@ -171,7 +170,7 @@ class Gateway(GatewayApplication):
     subcommands = Dict(
         {
             "build-images": (
-                "kernel_gateway_ext.images.build.BuildImagesApp",
+                "kernel_gateway_ext.build_images.BuildImagesApp",
                 "Build the kernel images (no registry needed).",
             ),
             "keys": ("kernel_gateway_ext.auth.cli.KeysApp", "Create, list and revoke key pairs."),
@@ -188,7 +187,8 @@ class Gateway(GatewayApplication):
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, SessionManager, GatewayKernelManager, GatewayKernelSpecManager,
+        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, SessionManager, GatewayKernelManager,
+                GatewayKernelSpecManager,
                 DockerProvisioner, DockerEngine]
 
     def __init__(self, **kwargs: Any) -> None:
@@ -334,7 +334,7 @@ class Gateway(GatewayApplication):
         lease = EngineLease(engine)
         try:
             await lease.acquire()
-        except docker.errors.ImageNotFound:
+        except ImageMissing:
             warning = (f"gateway id {engine.gateway_id!r} is not leased on the engine (no image {lease.image}: "
                        "run build-images): a gateway elsewhere with the same id would not be noticed")
             self.warnings.append(warning)

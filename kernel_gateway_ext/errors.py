@@ -98,6 +98,17 @@ class KernelStartFailed(GatewayError):
     kind = "kernel-start-failed"
 
 
+class ContainerFailed(GatewayError):
+    """A container could not be created or started (the container layer's one failure)."""
+
+    status = 500
+    kind = "container-failed"
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
 class KernelDead(GatewayError):
     """The kernel is not running."""
 
@@ -110,6 +121,31 @@ class EngineUnavailable(GatewayError):
 
     status = 503
     kind = "engine-unavailable"
+
+
+class EngineError(GatewayError):
+    """The container engine refused a call (docker's APIError, translated once in the container layer)."""
+
+    status = 502
+    kind = "engine-error"
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ContainerMissing(EngineError):
+    """The engine has no such container (any more)."""
+
+    status = 404
+    kind = "container-missing"
+
+
+class ImageMissing(EngineError):
+    """The engine has no such image."""
+
+    status = 404
+    kind = "image-missing"
 
 
 class GatewayTimeout(GatewayError):

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     GCCollector, PlatformCollector, ProcessCollector, CollectorRegistry, Counter as PCounter, Histogram, generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from .app import Gateway
+
+
+class LiveSource(Protocol):
+    """What the scrape-time gauges read (the Gateway application is one)."""
+
+    kernel_manager: Any  # kernels.manager.GatewayKernelManager
+    sessions: Any  # sessions.SessionManager
 
 
 class Metrics:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: LiveSource) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.starts = PCounter("kge_kernel_starts", "Kernels started", ["kernelspec", "source"], registry=self.registry)
         self.start_failures = PCounter("kge_kernel_start_failures", "Kernel starts that failed", ["kernelspec"],
@@ -47,7 +52,7 @@ class Metrics:
 class _Live:
     """Gauges read from the store when scraped: kernels, sessions, pools."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: LiveSource) -> None:
         self.gateway = gateway
 
     def collect(self) -> Iterator[Any]:

@@ -21,7 +21,7 @@ import docker
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from kernel_gateway_ext.images.build import KERNEL_IMAGE
+from kernel_gateway_ext.containers.images import KERNEL_IMAGE
 from tests.ports import free_port
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from tornado import httputil, iostream, web
 
 from ..auth import Identity, extract_token
 from ..errors import BadRequest, Forbidden, GatewayError, Unauthorized
-
-if TYPE_CHECKING:
-    from ..app import Gateway
+from .context import GatewayContext
 
 
 class GatewayMixin:
@@ -21,8 +19,8 @@ class GatewayMixin:
     request: Any
 
     @property
-    def gateway(self) -> "Gateway":
-        return self.settings["gateway"]
+    def gateway(self) -> GatewayContext:
+        return self.settings["gateway"]  # type: ignore[no-any-return]
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.

@@ -111,7 +111,8 @@ def jupyter() -> dict[str, Any]:
             "post": {"summary": "Create a session (starts a kernel)", "requestBody": _json(session_body),
                      "responses": {"201": _resp("Session", _ref("Session")), **start_errs}}},
         "/api/sessions/{session_id}": {
-            "get": {"summary": "One session", "parameters": [sid], "responses": {"200": _resp("Session", _ref("Session")), **errs}},
+            "get": {"summary": "One session", "parameters": [sid],
+                    "responses": {"200": _resp("Session", _ref("Session")), **errs}},
             "patch": {"summary": "Rename or change its kernel", "parameters": [sid], "requestBody": _json(session_body),
                       "responses": {"200": _resp("Session", _ref("Session")), **start_errs}},
             "delete": {"summary": "Delete (its kernel is shut down)", "parameters": [sid],
@@ -173,7 +174,8 @@ def v2() -> dict[str, Any]:
             "get": {"summary": "Info with live container figures", "parameters": [kid],
                     "responses": {"200": _resp("Info", _ref("KernelInfo")), **errs}},
             "patch": {"summary": "Restart", "parameters": [kid], "responses": {"204": _resp("Restarted"), **start_errs}},
-            "delete": {"summary": "Destroy", "parameters": [kid], "responses": {"200": _resp("Final stats", {"type": "object"}), **errs}},
+            "delete": {"summary": "Destroy", "parameters": [kid],
+                       "responses": {"200": _resp("Final stats", {"type": "object"}), **errs}},
             "post": {"summary": "Execute", "parameters": [kid], "requestBody": _json(run_body),
                      "responses": {"200": _resp("Result", {"type": "object"}), "409": {"description": "Kernel dead", **problem},
                                    **errs}}},
@@ -195,7 +197,8 @@ def v2() -> dict[str, Any]:
                 "name": {"type": "string"}}}), "responses": {"201": _resp("Folder", {"type": "object"}),
                                                              "409": {"description": "Exists", **problem}, **errs}}},
         "/v2/folders/{name}": {
-            "get": {"summary": "Folder info", "parameters": [folder], "responses": {"200": _resp("Folder", {"type": "object"}), **errs}},
+            "get": {"summary": "Folder info", "parameters": [folder],
+                    "responses": {"200": _resp("Folder", {"type": "object"}), **errs}},
             "delete": {"summary": "Delete a folder", "parameters": [folder], "responses": {"204": _resp("Gone"), **errs}}},
         "/v2/folders/{name}/upload": {"post": {
             "summary": "Upload files", "parameters": [folder],
@@ -211,7 +214,8 @@ def v2() -> dict[str, Any]:
             "responses": {"200": {"description": "The files"}, **errs}}},
         "/v2/admin/graphql": {"post": {
             "summary": "compute_sessions query (what `backend.ai ps` sends)",
-            "requestBody": _json({"type": "object", "properties": {"query": {"type": "string"}, "variables": {"type": "object"}}}),
+            "requestBody": _json({"type": "object",
+                                  "properties": {"query": {"type": "string"}, "variables": {"type": "object"}}}),
             "responses": {"200": _resp("Result", {"type": "object"}), **errs}}},
         "/v2/stream/kernel/{kernel_id}/pty": {"get": {
             "summary": "Terminal websocket", "parameters": [kid],

@@ -65,7 +65,8 @@ def parse_date(value: str) -> datetime:
 def signature(secret: str, method: str, path: str, date_header: str, date: datetime, host: str,
               content_type: str, version_label: str, version: str, body: bytes) -> str:
     body_hash = hashlib.sha256(b"" if content_type.startswith("multipart/") else body).hexdigest()
-    text = f"{method.upper()}\n{path}\n{date_header}\nhost:{host}\ncontent-type:{content_type}\n{version_label}:{version}\n{body_hash}"
+    text = (f"{method.upper()}\n{path}\n{date_header}\nhost:{host}\ncontent-type:{content_type}\n"
+            f"{version_label}:{version}\n{body_hash}")
     key = hmac.new(secret.encode(), date.strftime("%Y%m%d").encode(), hashlib.sha256).digest()
     key = hmac.new(key, host.encode(), hashlib.sha256).digest()
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import docker.types
 from traitlets import Instance, Int, Unicode, default
 
+from ..containers.spec import BindMount
 from ..config import EnvConfigurable, env
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..store import Store
@@ -347,7 +347,7 @@ class FolderManager(EnvConfigurable):
         return fd
 
     # ---- mounts ---------------------------------------------------------------------------------
-    async def mounts(self, owner: str, specs: Any) -> list[docker.types.Mount]:
+    async def mounts(self, owner: str, specs: Any) -> list[BindMount]:
         """`["data", "pkgs:.local/lib"]` -> bind mounts at /home/work/NAME or /home/work/ALIAS."""
         if specs is None:
             return []
@@ -355,7 +355,7 @@ class FolderManager(EnvConfigurable):
             raise BadRequest("'mounts' must be a list of folder names")
         if len(specs) > self.max_mounts:
             raise BadRequest(f"at most {self.max_mounts} folders can be mounted")
-        out: list[docker.types.Mount] = []
+        out: list[BindMount] = []
         targets: set[str] = set()
         for spec in specs:
             name, sep, alias = spec.partition(":")
@@ -367,5 +367,5 @@ class FolderManager(EnvConfigurable):
                 raise BadRequest(f"mount {spec!r} overlaps another mount")
             targets.add(target)
             row = await self._find(owner, name)
-            out.append(docker.types.Mount(target=target, source=str(self.path_of(row["id"])), type="bind"))
+            out.append(BindMount(source=str(self.path_of(row["id"])), target=target))
         return out

@@ -13,8 +13,8 @@ from jupyter_client.provisioning import KernelProvisionerFactory
 from traitlets import HasTraits, Instance
 
 from ..errors import KernelStartFailed
-from ..provisioners.engine import LABEL_KIND, DockerEngine
-from ..provisioners.limits import KernelLimits
+from ..containers.engine import LABEL_KIND, DockerEngine
+from ..containers.limits import KernelLimits
 from ..store import Store
 from ..tasks import TaskSet
 from .kernel import GatewayKernel

@@ -15,7 +15,7 @@ from traitlets import Float, HasTraits, Int, Unicode, default
 from ..config import env
 from ..errors import BadRequest, LimitExceeded, OverCapacity
 from ..provisioners.docker import DockerProvisioner
-from ..provisioners.limits import KernelLimits, host_memory, parse_memory
+from ..containers.limits import KernelLimits, host_memory, parse_memory
 
 DOCKER_PROVISIONER = "kge-docker-provisioner"
 MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit

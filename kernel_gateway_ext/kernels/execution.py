@@ -9,20 +9,35 @@ interrupts the kernel and tells the client, whether or not the client is polling
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ..errors import BadRequest, Conflict, KernelDead
+from .channels import HasConnectionInfo, kernel_stream
 
-if TYPE_CHECKING:
-    from .manager import GatewayKernel
+
+class RunnableKernel(HasConnectionInfo, Protocol):
+    """What a Runner needs of its kernel (GatewayKernel is one)."""
+
+    kernel_id: str
+    session: Session
+    execution_state: str
+    generation: int
+    num_queries: int
+
+    log: Any
+
+    def touch(self) -> None: ...
+
+    def interrupt_kernel(self) -> Any: ...  # awaitable
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Output a run keeps until its caller polls: past it, items are dropped (and the caller told how
@@ -112,7 +127,7 @@ class _Pieces(list):  # type: ignore[type-arg]
 class Runner:
     """Executes code on one kernel for REST callers; one run at a time."""
 
-    def __init__(self, km: "GatewayKernel", flush_interval: float) -> None:
+    def __init__(self, km: RunnableKernel, flush_interval: float) -> None:
         self.km = km
         self.flush_interval = flush_interval
         self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
@@ -126,12 +141,11 @@ class Runner:
 
     def _connect(self) -> None:
         self._close_streams()
-        from .manager import kernel_stream
 
         ident = uuid.uuid4().hex.encode()
         for channel in ("shell", "stdin", "iopub"):
             stream = kernel_stream(self.km, channel, ident)
-            stream.on_recv(lambda parts, ch=channel: self._on_recv(ch, parts))
+            stream.on_recv(functools.partial(self._on_recv, channel))
             self._streams[channel] = stream
         self._generation = self.km.generation
 
@@ -147,7 +161,7 @@ class Runner:
 
     def _dispatch(self, channel: str, msg: dict[str, Any]) -> None:
         parent = (msg.get("parent_header") or {}).get("msg_id")
-        waiter = self._replies.pop(parent, None) if channel == "shell" else None
+        waiter = self._replies.pop(parent, None) if channel == "shell" and isinstance(parent, str) else None
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
             return

@@ -1,5 +1,5 @@
 """One kernel of the store: a jupyter_client `AsyncKernelManager` that also knows its owner,
-activity, state and listeners (the websockets), plus the ZMQ helpers every dialect uses."""
+activity, state and listeners (the websockets)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,12 +8,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import zmq
 from jupyter_client.manager import AsyncKernelManager
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ..provisioners.docker import DockerProvisioner
-from ..provisioners.limits import KernelLimits
+from ..containers.limits import KernelLimits
 from .execution import Runner
 
 # A listener may return an awaitable; `notify_and_wait` waits for them (a restart is not
@@ -28,31 +27,6 @@ def utcnow() -> datetime:
 def isoformat(dt: datetime) -> str:
     """The exact format jupyter_server's GatewayClient parses: %Y-%m-%dT%H:%M:%S.%fZ."""
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def zmq_url(info: dict[str, Any], channel: str) -> str:
-    return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
-
-
-# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
-RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
-
-
-def kernel_stream(km: "GatewayKernel", channel: str, identity: bytes | None = None) -> ZMQStream:
-    """A ZMQStream on the IOLoop to one of the kernel's channels (iopub: subscribed to all).
-
-    ZMQStreams, not zmq.asyncio recv futures: with sends on the same socket from elsewhere, a
-    pending asyncio recv can miss its edge-triggered wake-up and never see a reply."""
-    sock = zmq.Context.instance().socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
-    sock.linger = 0
-    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-    if channel == "iopub":
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-    elif identity is not None:
-        sock.setsockopt(zmq.IDENTITY, identity)  # stdin replies route to the shell sender's identity
-    sock.connect(zmq_url(km.get_connection_info(), channel))
-    return ZMQStream(sock)
 
 
 class GatewayKernel(AsyncKernelManager):

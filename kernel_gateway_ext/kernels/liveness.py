@@ -19,7 +19,8 @@ from traitlets import Bool, Float, HasTraits, Int
 
 from ..config import env
 from ..tasks import TaskSet
-from .kernel import GatewayKernel, kernel_stream
+from .channels import kernel_stream
+from .kernel import GatewayKernel
 
 # Requests whose status messages do not make a kernel "busy" for clients and culling.
 UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}

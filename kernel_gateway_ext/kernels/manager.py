@@ -41,17 +41,19 @@ from ..provisioners.docker import (
     LAUNCH_OWNER,
     LAUNCH_USER_ENV,
 )
-from ..provisioners.limits import KernelLimits
+from ..containers.limits import KernelLimits
+from ..containers.spec import BindMount
 from ..tasks import TaskSet
 from .adoption import RECORD_KIND, AdoptionMixin
 from .capacity import DOCKER_PROVISIONER, CapacityMixin
 from .culling import CullingMixin, Deadlines
-from .kernel import GatewayKernel, Listener, isoformat, kernel_stream, utcnow, zmq_url
+from .channels import zmq_url
+from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import LivenessMixin
 from .pool import WarmPoolMixin
 from .specs import GatewayKernelSpecManager
 
-__all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "kernel_stream", "utcnow", "zmq_url"]
+__all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "utcnow"]
 
 # What a local (fallback) kernel process gets from the gateway's environment.
 LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
@@ -144,7 +146,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         owner: str,
         env_: dict[str, Any] | None,
         limits: KernelLimits | None,
-        mounts: list[dict[str, Any]] | None,
+        mounts: list[BindMount] | None,
         labels: dict[str, str] | None,
         user_env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
@@ -172,7 +174,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         kernel_name: str | None = None,
         env: dict[str, Any] | None = None,
         limits: KernelLimits | None = None,
-        mounts: list[dict[str, Any]] | None = None,
+        mounts: list[BindMount] | None = None,
         labels: dict[str, str] | None = None,
         user_env: dict[str, str] | None = None,
         exec_timeout: float | None = None,
@@ -246,7 +248,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())
 
     async def _launch(self, name: str, *, owner: str, env: dict[str, Any] | None = None,
-                      limits: KernelLimits | None = None, mounts: list[dict[str, Any]] | None = None,
+                      limits: KernelLimits | None = None, mounts: list[BindMount] | None = None,
                       labels: dict[str, str] | None = None, user_env: dict[str, str] | None = None) -> GatewayKernel:
         """A new kernel, answering kernel_info, not yet in the store; nothing left on failure."""
         kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels,

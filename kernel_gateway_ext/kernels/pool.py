@@ -14,8 +14,10 @@ from traitlets import Dict, HasTraits, Int
 
 from ..config import env
 from ..errors import KernelStartFailed
-from ..provisioners.limits import KernelLimits
-from .kernel import GatewayKernel, zmq_url
+from ..containers.limits import KernelLimits
+from ..containers.spec import BindMount
+from .channels import zmq_url
+from .kernel import GatewayKernel
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
 
@@ -42,7 +44,8 @@ class WarmPoolMixin(HasTraits):
                 if self.max_kernels and self._count() + sum(self._pool_filling.values()) >= self.max_kernels:
                     return
                 budget = self.budget_bytes()
-                if budget and self.promised_memory() + (sum(self._pool_filling.values()) + 1) * self.memory_of(name, None) > budget:
+                filling = (sum(self._pool_filling.values()) + 1) * self.memory_of(name, None)
+                if budget and self.promised_memory() + filling > budget:
                     return
                 self._pool_filling[name] = self._pool_filling.get(name, 0) + 1
                 self._fill_tasks.spawn(self._fill_one(name))
@@ -80,7 +83,7 @@ class WarmPoolMixin(HasTraits):
             self.fill_pools()
 
     async def _take_pooled(self, name: str, env: dict[str, Any] | None, limits: KernelLimits | None,
-                           mounts: list[dict[str, Any]] | None, labels: dict[str, str] | None,
+                           mounts: list[BindMount] | None, labels: dict[str, str] | None,
                            user_env: dict[str, str] | None) -> GatewayKernel | None:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
         ready = self._pool.get(name)

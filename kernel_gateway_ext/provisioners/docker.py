@@ -16,33 +16,28 @@ What it does differently from gateway_provisioners / Enterprise Gateway:
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import math
 import signal
-import tarfile
-import time
 from collections.abc import Callable
 from typing import Any
 
-import docker.errors
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Float, Int, List, Unicode
 
 from ..config import apply_env, env
-from ..errors import EngineUnavailable, GatewayError, KernelStartFailed
-from .engine import (
+from ..errors import ContainerFailed, EngineError, EngineUnavailable, GatewayError, KernelStartFailed
+from ..containers.engine import (
     LABEL_CONNECTION,
-    LABEL_GATEWAY,
     LABEL_KERNEL_ID,
     LABEL_KERNELSPEC,
-    LABEL_KIND,
-    LABEL_MANAGED,
     LABEL_OWNER,
     DockerEngine,
 )
-from .limits import KernelLimits, parse_memory
+from ..containers.limits import KernelLimits, parse_memory
+from ..containers.runtime import ContainerRuntime, Tty
+from ..containers.spec import BindMount, ContainerSpec, FileToPut
 
 # Fixed ports inside the container: each container has its own network namespace, so every
 # kernel can use the same ones, and nothing is published on the host.
@@ -102,7 +97,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.container_id: str | None = None
         self.owner: str = ""
         self.limits = KernelLimits()
-        self.mounts: list[dict[str, Any]] = []
+        self.mounts: list[BindMount] = []
         self.extra_labels: dict[str, str] = {}
         self._exit_code: int | None = None
         self._oom_killed = False
@@ -196,9 +191,9 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return
         try:
             await self.engine.api("kill", self.container_id, signal=int(signum))
-        except docker.errors.APIError as e:
+        except EngineError as e:
             # A stopped container cannot be signalled: it is already what the caller wanted.
-            if e.status_code not in (404, 409) and "is not running" not in str(e):
+            if e.status_code not in (404, 409) and "is not running" not in e.message:
                 raise
 
     async def send_signal(self, signum: int) -> None:
@@ -270,9 +265,6 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         conn = {k: v for k, v in CONTAINER_PORTS.items()}
         conn.update(transport="tcp", signature_scheme=self._signature_scheme())
         labels = {
-            LABEL_MANAGED: "true",
-            LABEL_GATEWAY: self.engine.gateway_id,
-            LABEL_KIND: "kernel",
             LABEL_KERNEL_ID: str(self.kernel_id),
             LABEL_OWNER: self.owner,
             LABEL_KERNELSPEC: str(getattr(self.parent, "kernel_name", "") or ""),
@@ -290,8 +282,8 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         key = getattr(getattr(km, "session", None), "key", b"")
         return key if isinstance(key, bytes) else str(key).encode()
 
-    def _connection_file_tar(self) -> bytes:
-        """A tar holding the kernel's connection file, readable only by the kernel's user."""
+    def _connection_file(self) -> FileToPut:
+        """The kernel's connection file, readable only by the kernel's user (the key is in it)."""
         info = {
             "ip": "0.0.0.0",
             "transport": "tcp",
@@ -300,51 +292,19 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
             **CONTAINER_PORTS,
         }
-        data = json.dumps(info).encode()
-        uid, _, gid = self.user.partition(":")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            ti = tarfile.TarInfo("connection.json")
-            ti.size, ti.mode, ti.mtime = len(data), 0o400, int(time.time())
-            ti.uid, ti.gid = int(uid or 0), int(gid or uid or 0)
-            tar.addfile(ti, io.BytesIO(data))
-        return buf.getvalue()
+        return FileToPut(CONNECTION_DIR, "connection.json", json.dumps(info).encode(), 0o400)
 
-    def _create_kwargs(self, cmd: list[str]) -> dict[str, Any]:
+    def container_spec(self, cmd: list[str]) -> ContainerSpec:
         limits = self.limits.resolve(
             mem_default=parse_memory(self.mem_limit), cpu_default=self.cpu_limit, pids_default=self.pids_limit
         )
-        host_config: dict[str, Any] = {
-            "mem_limit": limits.memory_bytes,
-            "memswap_limit": limits.memory_bytes,  # no swap beyond the limit
-            "nano_cpus": max(int(limits.cpus * 1e9), 10**7),  # never 0: Docker reads 0 as unlimited
-            "pids_limit": limits.pids,
-            "security_opt": ["no-new-privileges"],
-            "cap_drop": ["ALL"],
-            "init": self.use_init,
-            "log_config": self.engine.log_config(),
-        }
-        rootfs, writable = self.engine.rootfs(self.work_dir, CONNECTION_DIR)
-        host_config.update(rootfs)
-        host_config["mounts"] = (writable + list(self.mounts or [])) or None
-        if limits.gpus:
-            host_config["device_requests"] = [
-                docker.types.DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])
-            ]
-        network = self.network or self.engine.network
-        if network:
-            host_config["network_mode"] = network
-        return {
-            "image": self.image,
-            "command": self._nanny_cmd(cmd),
-            "environment": self._container_env(),
-            "labels": self._labels(),
-            "user": self.user,
-            "working_dir": self.work_dir,
-            "hostname": f"kernel-{str(self.kernel_id)[:8]}",
-            "detach": True,
-            "host_config": self.engine.client.api.create_host_config(**host_config),
-        }
+        return ContainerSpec(
+            image=self.image, command=self._nanny_cmd(cmd), kind="kernel", labels=self._labels(),
+            env=self._container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
+            hostname=f"kernel-{str(self.kernel_id)[:8]}", memory_bytes=limits.memory_bytes or 0,
+            cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts),
+            network=self.network or None, init=self.use_init, files=[self._connection_file()],
+        )
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         if self._restarting and self.container_id is not None:
@@ -358,53 +318,38 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self._exited.clear()
                 await self._read_address()
             return self.connection_info
-        engine = self.engine
-        created: str | None = None
+        runtime = ContainerRuntime(self.engine)
+        spec = self.container_spec(cmd)
         try:
-            # Built in the worker thread too: the first use of the client talks to the engine.
-            resp = await asyncio.wait_for(
-                engine.run(lambda: engine.client.api.create_container(**self._create_kwargs(cmd)),
-                           method="create_container"),
-                self.launch_timeout,
-            )
-            created = resp["Id"]
-            await engine.api("put_archive", created, CONNECTION_DIR, self._connection_file_tar())
+            created = await runtime.create(spec, self.launch_timeout)
             self.container_id = created
             self._exit_code = None
             self._exited.clear()
             self._watch()
-            await asyncio.wait_for(engine.api("start", created), self.launch_timeout)
-            await self._read_address()
-        except BaseException as e:
-            if created is not None:
-                engine.unsubscribe(created)
+            await runtime.start(created, self.launch_timeout, spec.image)
+            ip = await runtime.address(created)
+        except ContainerFailed as e:
+            if self.container_id is not None:
+                await runtime.discard(self.container_id)
                 self.container_id = None
-                try:
-                    await asyncio.shield(engine.remove(created))
-                except Exception:  # noqa: BLE001 - report the original failure
-                    self.log.warning("Could not remove failed kernel container %s", created[:12])
-            if isinstance(e, docker.errors.ImageNotFound):
-                raise KernelStartFailed(
-                    f"image {self.image!r} not found: build it with `kernel-gateway-ext build-images`"
-                ) from e
-            if isinstance(e, docker.errors.APIError):
-                raise KernelStartFailed(f"container could not start: {e.explanation or e}") from e
-            if isinstance(e, asyncio.TimeoutError):
-                raise KernelStartFailed("container start timed out") from e
+            raise KernelStartFailed(e.message) from e
+        except BaseException:
+            if self.container_id is not None:
+                await runtime.discard(self.container_id)
+                self.container_id = None
             raise
+        self._set_address(ip)
         self.log.info("Kernel %s: started container %s for %s", self.kernel_id, created[:12], self.owner or "-")
         return self.connection_info
 
     async def _read_address(self) -> None:
         assert self.container_id is not None
-        info = await self.engine.api("inspect_container", self.container_id)
-        nets = info.get("NetworkSettings", {}).get("Networks") or {}
-        ip = next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "")
-        if not ip:
-            state = info.get("State", {})
-            raise KernelStartFailed(
-                f"container has no network address (state {state.get('Status')}, exit {state.get('ExitCode')})"
-            )
+        try:
+            self._set_address(await ContainerRuntime(self.engine).address(self.container_id))
+        except ContainerFailed as e:
+            raise KernelStartFailed(e.message) from e
+
+    def _set_address(self, ip: str) -> None:
         self.connection_info = {
             "ip": ip,
             "transport": "tcp",
@@ -421,42 +366,35 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.engine.unsubscribe(cid)
         try:
             await self.engine.remove(cid)
-        except (EngineUnavailable, docker.errors.APIError) as e:
+        except (EngineUnavailable, EngineError) as e:
             self.log.warning("Kernel %s: could not remove container %s: %s", self.kernel_id, cid[:12], e)
 
     async def logs(self, tail: int = 200) -> str:
         """The container's recent output (the kernel's stdout/stderr)."""
         if self.container_id is None:
             return ""
-        try:
-            raw = await self.engine.api("logs", self.container_id, tail=tail)
-        except docker.errors.NotFound:
-            return ""
-        return raw.decode(errors="replace")
+        return await ContainerRuntime(self.engine).logs(self.container_id, tail)
 
     # ---- what REST callers do in the container ------------------------------------------------
+    async def open_terminal(self, env: dict[str, str]) -> Tty:
+        """A login shell with a TTY in the kernel's container, as the kernel's user, with its env."""
+        assert self.container_id is not None
+        return await ContainerRuntime(self.engine).open_tty(
+            self.container_id, ["/bin/bash", "-l"], user=self.user, workdir=self.work_dir,
+            env={**self._container_env(), **env})
+
+    async def run_quietly(self, argv: list[str]) -> None:
+        """A short command in the kernel's container as its user (output not kept)."""
+        if self.container_id is not None:
+            await ContainerRuntime(self.engine).run_detached(self.container_id, argv, self.user)
+
     async def put_files(self, files: list[tuple[str, bytes]]) -> None:
         """Write files (relative paths, already checked) into the work dir as the kernel user."""
         if self.container_id is None:
             raise KernelStartFailed("kernel has no container")
         uid, _, gid = self.user.partition(":")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            dirs: set[str] = set()
-            for rel, body in files:
-                parts = rel.split("/")[:-1]
-                for i in range(1, len(parts) + 1):
-                    d = "/".join(parts[:i])
-                    if d not in dirs:
-                        dirs.add(d)
-                        ti = tarfile.TarInfo(d)
-                        ti.type, ti.mode, ti.uid, ti.gid = tarfile.DIRTYPE, 0o755, int(uid or 0), int(gid or uid or 0)
-                        tar.addfile(ti)
-                ti = tarfile.TarInfo(rel)
-                ti.size, ti.mode, ti.mtime = len(body), 0o644, int(time.time())
-                ti.uid, ti.gid = int(uid or 0), int(gid or uid or 0)
-                tar.addfile(ti, io.BytesIO(body))
-        await self.engine.api("put_archive", self.container_id, self.work_dir, buf.getvalue())
+        await ContainerRuntime(self.engine).put_tree(self.container_id, self.work_dir, files,
+                                                     int(uid or 0), int(gid or uid or 0))
 
     async def run_command(self, command: str, timeout: float, max_output: int = BATCH_MAX_OUTPUT) -> tuple[int, str, str]:
         """Run a shell command in the container as the kernel user: (exit code, stdout, stderr).
@@ -468,25 +406,9 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise KernelStartFailed("kernel has no container")
         cid = self.container_id
         seconds = max(1, math.ceil(timeout))
-        created = await self.engine.api(
-            "exec_create", cid, ["timeout", "--kill-after=2", str(seconds), "/bin/sh", "-c", command],
-            user=self.user, workdir=self.work_dir, environment=self._container_env(),
-        )
-
-        def read() -> tuple[bytes, bytes, int]:
-            kept = {0: bytearray(), 1: bytearray()}
-            dropped = 0
-            for chunk in self.engine.client.api.exec_start(created["Id"], stream=True, demux=True):
-                for which, data in enumerate(chunk):
-                    if not data:
-                        continue
-                    room = max(0, max_output - len(kept[0]) - len(kept[1]))
-                    kept[which] += data[:room]
-                    dropped += max(0, len(data) - room)
-            return bytes(kept[0]), bytes(kept[1]), dropped
-
-        out, err, dropped = await self.engine.run_long(read)
-        code = int((await self.engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0)
+        code, out, err, dropped = await ContainerRuntime(self.engine).exec_capture(
+            cid, ["timeout", "--kill-after=2", str(seconds), "/bin/sh", "-c", command],
+            user=self.user, workdir=self.work_dir, env=self._container_env(), max_output=max_output)
         tail = ""
         if dropped:
             tail += f"[{dropped} bytes of output dropped: more than {max_output} bytes]\n"
@@ -498,16 +420,8 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""
         if self.container_id is None or self._exit_code is not None:
             return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        try:
-            raw = await self.engine.api("stats", self.container_id, stream=False, one_shot=True)
-        except (docker.errors.APIError, EngineUnavailable):
-            # A container exiting right now answers with an empty body; info still answers.
-            return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        mem = raw.get("memory_stats") or {}
-        cache = (mem.get("stats") or {}).get("cache", 0)
-        cpu = ((raw.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
-        return {"memory": max(0, int(mem.get("usage", 0)) - int(cache)), "memory_max": int(mem.get("max_usage", 0)),
-                "cpu_ns": int(cpu)}
+        use = await ContainerRuntime(self.engine).usage(self.container_id)
+        return {"memory": use.memory, "memory_max": use.memory_max, "cpu_ns": use.cpu_ns}
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 4.0)

@@ -17,17 +17,17 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-import docker.errors
-import docker.types
 from traitlets import Dict, Float, Instance, Int, List, Unicode
 
 from ..config import EnvConfigurable, env
 from ..auth.sealing import Sealer
-from ..errors import BadRequest, EngineUnavailable, Forbidden, NotFound
+from ..errors import BadRequest, ContainerFailed, EngineUnavailable, Forbidden, NotFound
 from ..folders import FolderManager
 from ..kernels.culling import Deadlines
-from ..provisioners.engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, DockerEngine
-from ..provisioners.limits import host_memory
+from ..containers.engine import LABEL_KIND, LABEL_OWNER, DockerEngine
+from ..containers.limits import host_memory
+from ..containers.runtime import ContainerRuntime
+from ..containers.spec import BindMount, ContainerSpec, FileToPut
 from ..store import Store
 from ..tasks import TaskSet
 
@@ -203,7 +203,8 @@ class SessionManager(EnvConfigurable):
         for pattern, target in self.image_map.items():
             if fnmatch.fnmatchcase(name, pattern) and target in local:
                 if kind not in local[target]["types"]:
-                    raise BadRequest(f"image {name!r} cannot run {kind} sessions; it supports {', '.join(local[target]['types'])}")
+                    supported = ", ".join(local[target]["types"])
+                    raise BadRequest(f"image {name!r} cannot run {kind} sessions; it supports {supported}")
                 return target
         known = ", ".join(i["id"] for i in await self.catalogue()) or "none"
         raise BadRequest(f"unknown image {name!r}; this gateway runs: {known}")
@@ -285,77 +286,49 @@ class SessionManager(EnvConfigurable):
         """The session's Jupyter server token: derived from the master key, never stored."""
         return self.keypairs._secret(f"notebook-{session_id}", "jupyter-server")
 
-    def _notebook_config(self, rec: SessionRecord) -> bytes:
-        import io
-        import tarfile
-
+    def _notebook_config(self, rec: SessionRecord) -> FileToPut:
         data = json.dumps({"ServerApp": {"token": self.notebook_token(rec.id)}}).encode()
-        uid, _, gid = self.user.partition(":")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            ti = tarfile.TarInfo("jupyter_server_config.json")
-            ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(data), 0o400, int(time.time()), int(uid), int(gid or uid)
-            tar.addfile(ti, io.BytesIO(data))
-        return buf.getvalue()
+        return FileToPut("/run/kge", "jupyter_server_config.json", data, 0o400)
 
     def lifetime(self, kind: str) -> float:
         return float(self.lifetimes.get(kind, self.default_lifetime))
 
     async def _start(self, rec: SessionRecord) -> None:
-        engine = self.engine
+        runtime = ContainerRuntime(self.engine)
         try:
-            mounts = []
             folders = sorted(await self.folders.list(rec.owner), key=lambda f: f["name"])
             limit = self.folders.max_mounts
             if len(folders) > limit:  # each bind mount costs the engine: the same cap as kernels
                 rec.event("Warning", "FoldersNotMounted", f"only the first {limit} of {len(folders)} folders are "
                           f"mounted (max_mounts); not: {', '.join(f['name'] for f in folders[limit:])[:500]}")
                 folders = folders[:limit]
-            for folder in folders:
-                mounts.append(docker.types.Mount(target=f"/home/work/{folder['name']}",
-                                                 source=str(self.folders.path_of(folder["id"])), type="bind"))
             command = [rec.cmd, *shlex.split(rec.args or "")] if rec.cmd else None
             if rec.type == "notebook":
                 command = NOTEBOOK_CMD + [f"--ServerApp.base_url={self.notebook_path(rec.id)}"]
-            env_ = {**rec.env, "HOME": "/home/work", "SKAHA_SESSION_ID": rec.id, "SKAHA_SESSION_NAME": rec.name}
-
-            rootfs, writable = engine.rootfs("/home/work", "/run/kge")
-            mounts = writable + mounts
-
-            def create() -> dict[str, Any]:
-                api = engine.client.api
-                host_config = api.create_host_config(
-                    mem_limit=rec.ram * 2**30, memswap_limit=rec.ram * 2**30, nano_cpus=rec.cores * 10**9,
-                    pids_limit=self.pids_limit, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
-                    mounts=mounts or None, network_mode=engine.network or None,  # isolated, as kernels
-                    log_config=engine.log_config(), **rootfs,
-                    device_requests=[docker.types.DeviceRequest(count=rec.gpus, capabilities=[["gpu"]])] if rec.gpus else None,
-                )
-                return api.create_container(
-                    image=rec.local_image, command=command, environment=env_, user=self.user, working_dir="/home/work",
-                    hostname=f"session-{rec.id}", detach=True, host_config=host_config,
-                    labels={LABEL_MANAGED: "true", LABEL_GATEWAY: engine.gateway_id, LABEL_KIND: "session",
-                            LABEL_SESSION_ID: rec.id, LABEL_OWNER: rec.owner},
-                )
-
-            created = await engine.run(create, method="create_container")
+            spec = ContainerSpec(
+                image=rec.local_image, command=command, kind="session",
+                labels={LABEL_SESSION_ID: rec.id, LABEL_OWNER: rec.owner},
+                env={**rec.env, "HOME": "/home/work", "SKAHA_SESSION_ID": rec.id, "SKAHA_SESSION_NAME": rec.name},
+                user=self.user, hostname=f"session-{rec.id}", memory_bytes=rec.ram * 2**30, cpus=float(rec.cores),
+                pids=self.pids_limit, gpus=rec.gpus,
+                mounts=[BindMount(source=str(self.folders.path_of(f["id"])), target=f"/home/work/{f['name']}")
+                        for f in folders],
+                # the notebook server's token as a file only its user reads: never in env or inspect
+                files=[self._notebook_config(rec)] if rec.type == "notebook" else [],
+            )
+            created = await runtime.create(spec, self.engine.call_timeout)
             if rec.status == "Terminating" or rec.id not in self.records:
-                await engine.remove(created["Id"])
+                await runtime.discard(created)
                 return
-            rec.container_id = created["Id"]
-            engine.subscribe(rec.container_id, lambda ev, r=rec: self._on_event(r, ev))
-            if rec.type == "notebook":
-                # The server's token as a file only its user reads: never in env or inspect.
-                await engine.api("put_archive", rec.container_id, "/run/kge", self._notebook_config(rec))
-            await engine.api("start", rec.container_id)
-            info = await engine.api("inspect_container", rec.container_id)
-            nets = info.get("NetworkSettings", {}).get("Networks") or {}
-            rec.ip = next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), None)
-        except (docker.errors.APIError, EngineUnavailable) as e:
+            rec.container_id = created
+            self.engine.subscribe(rec.container_id, lambda ev, r=rec: self._on_event(r, ev))
+            await runtime.start(created, self.engine.call_timeout, spec.image)
+            rec.ip = await runtime.address(created, required=False) or None
+        except (ContainerFailed, EngineUnavailable) as e:
             rec.status = "Error"
-            rec.event("Warning", "Failed", f"the container could not start: {getattr(e, 'explanation', None) or e}")
+            rec.event("Warning", "Failed", f"the container could not start: {getattr(e, 'detail', e.message)}")
             if rec.container_id:
-                await engine.remove(rec.container_id)
+                await runtime.discard(rec.container_id)
                 rec.container_id = None
         await self._save(rec)
 
@@ -398,18 +371,8 @@ class SessionManager(EnvConfigurable):
         """Live RAM and CPU in use, from the container's stats."""
         if rec.status != "Running" or rec.container_id is None:
             return "<none>", "<none>"
-        try:
-            raw = await self.engine.api("stats", rec.container_id, stream=False, one_shot=True)
-        except (docker.errors.APIError, EngineUnavailable):  # exiting right now: an empty body
-            return "<none>", "<none>"
-        mem = raw.get("memory_stats") or {}
-        used = max(0, int(mem.get("usage", 0)) - int((mem.get("stats") or {}).get("cache", 0)))
-        cpu = raw.get("cpu_stats") or {}
-        pre = raw.get("precpu_stats") or {}
-        delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
-        sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
-        cores = (delta / sys_delta) * (cpu.get("online_cpus") or self.host_cores()) if sys_delta > 0 else 0.0
-        return f"{used / 2**30:.3f}G", f"{cores:.3f}"
+        use = await ContainerRuntime(self.engine).usage(rec.container_id, self.host_cores())
+        return f"{use.memory / 2**30:.3f}G", f"{use.cores:.3f}"
 
     async def model(self, rec: SessionRecord, external_base: str) -> dict[str, Any]:
         """`external_base`: how the caller reaches the gateway, e.g. http://host:8888/."""
@@ -429,16 +392,13 @@ class SessionManager(EnvConfigurable):
     async def logs(self, rec: SessionRecord) -> str:
         if rec.container_id is None:
             return ""
-        try:
-            # The last lines only: a log holds up to two files of log_max_size.
-            raw = await self.engine.api("logs", rec.container_id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
-        except docker.errors.NotFound:
-            return ""
-        return raw.decode(errors="replace")
+        # The last lines only: a log holds up to two files of log_max_size.
+        return await ContainerRuntime(self.engine).logs(rec.container_id, LOG_TAIL_LINES)
 
     def events_table(self, rec: SessionRecord) -> str:
         rows = [["TYPE", "REASON", "MESSAGE", "FIRST-TIME", "LAST-TIME"]]
-        rows += [[k, r, m.replace("\n", " "), iso(f) or "", iso(l) or ""] for k, r, m, f, l in rec.events]
+        rows += [[kind, reason, msg.replace("\n", " "), iso(first) or "", iso(last) or ""]
+                 for kind, reason, msg, first, last in rec.events]
         if len(rows) == 1:
             return "<none>\n"
         widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
@@ -546,12 +506,10 @@ class SessionManager(EnvConfigurable):
             if rec.container_id is None or rec.status not in ("Pending", "Running"):
                 continue
             try:
-                info = await self.engine.api("inspect_container", rec.container_id)
-            except docker.errors.NotFound:
-                info = {"State": {"Running": False, "ExitCode": -1}}
-            except (docker.errors.APIError, EngineUnavailable):
+                found = await ContainerRuntime(self.engine).state(rec.container_id)
+            except EngineUnavailable:
                 continue
-            state = info.get("State") or {}
+            state = found if found is not None else {"Running": False, "ExitCode": -1}
             if state.get("Running"):
                 if rec.status != "Running":
                     self._on_event(rec, {"Action": "start"})

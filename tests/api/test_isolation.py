@@ -9,7 +9,7 @@ import uuid
 import docker
 
 from kernel_gateway_ext.provisioners.docker import CONTAINER_PORTS
-from kernel_gateway_ext.provisioners.engine import ICC_OPTION
+from kernel_gateway_ext.containers.engine import ICC_OPTION
 from tests.clients.v2util import create_keys
 from tests.conftest import Client
 from tests.wsclient import KernelWS

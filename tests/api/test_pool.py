@@ -33,7 +33,7 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
         # the pool refills in the background
         await wait_pool(gw, "python3", 2)
         # what a pooled kernel cannot be (other limits, a non-python env) starts cold, never differs
-        from kernel_gateway_ext.provisioners.limits import KernelLimits
+        from kernel_gateway_ext.containers.limits import KernelLimits
 
         km = await mgr.start(owner="x", kernel_name="python3", limits=KernelLimits(memory_bytes=300 * 2**20))
         assert mgr.pool_hits == 1 and mgr.pool_misses >= 1

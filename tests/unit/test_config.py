@@ -62,7 +62,7 @@ def test_no_key_pair_may_take_the_gateway_tokens_user(tmp_path) -> None:
 def test_quotas_are_on_by_default_and_follow_the_host(monkeypatch):
     """A fresh gateway shared by mutually untrusted users bounds kernels in all and per owner,
     promised memory, idle kernels and Skaha sessions per owner, from the host's size."""
-    from kernel_gateway_ext.provisioners.limits import host_memory
+    from kernel_gateway_ext.containers.limits import host_memory
 
     for var in ("KGE_MAX_KERNELS", "KGE_MAX_KERNELS_PER_OWNER", "KGE_MEMORY_BUDGET", "KGE_CULL_IDLE_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)

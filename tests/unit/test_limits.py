@@ -1,7 +1,7 @@
 import pytest
 
 from kernel_gateway_ext.errors import BadRequest
-from kernel_gateway_ext.provisioners.limits import KernelLimits, parse_memory
+from kernel_gateway_ext.containers.limits import KernelLimits, parse_memory
 
 
 @pytest.mark.parametrize("text,value", [("512m", 512 * 2**20), ("2g", 2 * 2**30), ("1.5G", int(1.5 * 2**30)),

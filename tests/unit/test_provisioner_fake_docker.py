@@ -17,8 +17,8 @@ from jupyter_client.manager import AsyncKernelManager
 
 from kernel_gateway_ext.kernels.specs import GatewayKernelSpecManager
 from kernel_gateway_ext.provisioners.docker import LAUNCH_LIMITS, LAUNCH_OWNER, DockerProvisioner
-from kernel_gateway_ext.provisioners.engine import DockerEngine
-from kernel_gateway_ext.provisioners.limits import KernelLimits
+from kernel_gateway_ext.containers.engine import DockerEngine
+from kernel_gateway_ext.containers.limits import KernelLimits
 
 
 class FakeAPI:

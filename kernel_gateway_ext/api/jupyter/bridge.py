@@ -32,7 +32,8 @@ from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ...errors import OverCapacity
-from ...kernels.manager import GatewayKernel, GatewayKernelManager, kernel_stream, zmq_url
+from ...kernels.channels import kernel_stream, zmq_url
+from ...kernels.manager import GatewayKernel, GatewayKernelManager
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
 NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling

@@ -11,7 +11,7 @@ from tornado import web
 from ...errors import BadRequest, KernelDead, KernelNotFound
 from ...folders import safe_relative_path
 from ...kernels.manager import GatewayKernel
-from ...provisioners.limits import KernelLimits, parse_memory
+from ...containers.limits import KernelLimits, parse_memory
 from ..base import StreamedBody
 from .base import V2Handler
 

@@ -2,8 +2,8 @@
 
 Client frames: {"type": "stdin", "chars": base64}, {"type": "resize", "rows", "cols"},
 {"type": "ping"}, {"type": "restart"}. Server frames: {"type": "out", "data": base64},
-{"type": "pong"}. The terminal is a `docker exec` with a TTY; its socket is read by the event
-loop itself (add_reader), so no thread waits on it. Reading pauses while the client has not taken
+{"type": "pong"}. The terminal is an exec with a TTY in the kernel's container (containers/runtime.py);
+its socket is read by the event loop itself (add_reader), so no thread waits on it. Reading pauses while the client has not taken
 what was sent (the pty then fills and the shell waits: back-pressure, no buffer grows), and a
 shell that is left (restart, close) is hung up: the engine keeps an exec running after its
 client goes, so each shell carries a marker in its environment to be found by.
@@ -19,6 +19,7 @@ from typing import Any
 
 from tornado import websocket
 
+from ...containers.runtime import Tty
 from ...errors import BadRequest, KernelDead, OverCapacity
 from ...kernels.manager import GatewayKernel
 from .base import V2Handler
@@ -32,10 +33,9 @@ HANGUP = ('for p in /proc/[0-9]*; do grep -qzx "' + MARKER + '=$0" "$p/environ" 
 
 class PtyHandler(V2Handler, websocket.WebSocketHandler):
     km: GatewayKernel
-    exec_id: str | None = None
+    tty: Tty | None = None
     sock: socket.socket | None = None
     marker: str | None = None
-    _holder: Any = None
     _paused = False
 
     def set_default_headers(self) -> None:
@@ -76,19 +76,10 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
     async def start_shell(self) -> None:
         prov = self.km.docker
         assert prov is not None and prov.container_id is not None
-        engine = prov.engine
         self.marker = secrets.token_hex(8)
-        created = await engine.api(
-            "exec_create", prov.container_id, ["/bin/bash", "-l"], stdin=True, tty=True, user=prov.user,
-            workdir=prov.work_dir,
-            environment={**prov._container_env(), "TERM": "xterm-256color", MARKER: self.marker},
-        )
-        self.exec_id = created["Id"]
-        holder = await engine.api("exec_start", self.exec_id, tty=True, socket=True)
-        raw: socket.socket = getattr(holder, "_sock", holder)
-        raw.setblocking(False)
-        self._holder, self.sock = holder, raw
-        asyncio.get_running_loop().add_reader(raw.fileno(), self._readable)
+        self.tty = await prov.open_terminal({"TERM": "xterm-256color", MARKER: self.marker})
+        self.sock = self.tty.sock
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         sock = self.sock
@@ -127,13 +118,9 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             except (ValueError, OSError):
                 pass
-            sock.close()
-        if self._holder is not None:
-            try:
-                self._holder.close()
-            except OSError:
-                pass
-            self._holder = None
+        if self.tty is not None:
+            self.tty.close()
+            self.tty = None
         marker, self.marker = self.marker, None
         prov = self.km.docker
         if marker is not None and prov is not None and prov.container_id is not None:
@@ -143,9 +130,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
     async def _hang_up(prov: Any, marker: str) -> None:
         """The engine leaves an exec running when its client goes: end the shell and its jobs."""
         try:
-            created = await prov.engine.api("exec_create", prov.container_id, ["/bin/sh", "-c", HANGUP, marker],
-                                            user=prov.user)
-            await prov.engine.api("exec_start", created["Id"])
+            await prov.run_quietly(["/bin/sh", "-c", HANGUP, marker])
         except Exception as e:  # noqa: BLE001 - the container may be gone already: nothing to hang up
             prov.log.debug("terminal hang-up skipped: %s", e)
 
@@ -161,10 +146,10 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
             except ValueError:
                 return
             await asyncio.get_running_loop().sock_sendall(self.sock, data)
-        elif kind == "resize" and self.exec_id:
+        elif kind == "resize" and self.tty is not None:
             rows, cols = msg.get("rows"), msg.get("cols")
             if isinstance(rows, int) and isinstance(cols, int) and 0 < rows < 1000 and 0 < cols < 1000:
-                await self.km.docker.engine.api("exec_resize", self.exec_id, height=rows, width=cols)  # type: ignore[union-attr]
+                await self.tty.resize(rows, cols)
         elif kind == "ping":
             self.write_message(json.dumps({"type": "pong"}))
         elif kind == "restart":

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import docker.errors
 
+from ..errors import ContainerMissing, EngineError
 from .engine import LABEL_MANAGED, DockerEngine
 
 LABEL_LEASE = "org.kge.lease"  # the gateway id; deliberately not LABEL_GATEWAY (never adopted or reaped)
@@ -89,7 +90,7 @@ class EngineLease:
                 if time.monotonic() > deadline:
                     raise
                 continue  # seen once in ~100 starts: `cat` had already seen end-of-file; take it anew
-            except docker.errors.APIError as e:
+            except EngineError as e:
                 if e.status_code != 409:
                     raise
             if time.monotonic() > deadline:
@@ -127,7 +128,7 @@ class EngineLease:
     async def _holder(self) -> str:
         try:
             info = await self.engine.api("inspect_container", self.name)
-        except docker.errors.NotFound:
+        except ContainerMissing:
             return "it has just gone: try again"
         labels = (info.get("Config") or {}).get("Labels") or {}
         return f"{labels.get('org.kge.lease.holder', 'unknown')}, since {labels.get('org.kge.lease.since', '?')}"

@@ -23,7 +23,7 @@ from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import SingletonConfigurable
 
 from ..config import apply_env, env
-from ..errors import EngineUnavailable
+from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
 
 T = TypeVar("T")
 
@@ -41,6 +41,18 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def translate(e: Exception) -> GatewayError:
+    """The one place a docker-py error becomes one of errors.py's."""
+    if isinstance(e, docker.errors.APIError):
+        text = str(e.explanation or e)
+        if isinstance(e, docker.errors.ImageNotFound):
+            return ImageMissing(text, e.status_code)
+        if isinstance(e, docker.errors.NotFound):
+            return ContainerMissing(text, e.status_code)
+        return EngineError(text, e.status_code)
+    return EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}")
 
 
 class DockerEngine(SingletonConfigurable):
@@ -135,9 +147,7 @@ class DockerEngine(SingletonConfigurable):
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except docker.errors.DockerException as e:
-            if isinstance(e, docker.errors.APIError):
-                raise
-            raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
+            raise translate(e) from e
         except (ConnectionError, OSError) as e:
             raise EngineUnavailable(f"Docker engine unavailable: {type(e).__name__}") from e
 
@@ -206,7 +216,7 @@ class DockerEngine(SingletonConfigurable):
     async def get_container(self, container_id: str) -> Container | None:
         try:
             return await self.run(lambda: self.client.containers.get(container_id))
-        except docker.errors.NotFound:
+        except ContainerMissing:
             return None
 
     async def list_ours(self, all_gateways: bool = False, **labels: str) -> list[Container]:
@@ -221,11 +231,11 @@ class DockerEngine(SingletonConfigurable):
         """Remove a container whatever its state; a missing one is already removed."""
         try:
             await self.api("remove_container", container_id, force=True, v=True)
-        except docker.errors.NotFound:
+        except ContainerMissing:
             pass
-        except docker.errors.APIError as e:
+        except EngineError as e:
             # "removal already in progress" means another caller is doing our job.
-            if "already in progress" not in str(e):
+            if "already in progress" not in e.message:
                 raise
 
     # ---- events -----------------------------------------------------------------------------

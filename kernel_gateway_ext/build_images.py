@@ -5,38 +5,29 @@ Without a registry (the default) the base is made locally by docker/base/make-ba
 registry serves) the Dockerfile installs the packages itself. A build is skipped when an image
 with the same build-context hash exists, so CI can call this every run.
 
-The build contexts ship with the package (kernel_gateway_ext.resources) and are sent to the engine
-as a tar made here, so an installed wheel builds exactly what a source checkout does. Any kernelspec
+The build contexts ship with the package (kernel_gateway_ext.resources); the container layer
+(containers/images.py) sends them to the engine, so an installed wheel builds what a checkout does. Any kernelspec
 folder with a Dockerfile (ours, or an operator's in extra_kernelspec_dirs) is built too, FROM the
 kernel image, and tagged with the image its kernel.json names.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
 
 from traitlets import Bool, Dict, List, Unicode
 
-from ..application import GatewayApplication, common_aliases, common_flags
-from ..config import env
-from ..kernels.specs import GatewayKernelSpecManager
-from ..resources import resource, resource_path, walk
+from .application import GatewayApplication, common_aliases, common_flags
+from .config import env
+from .containers.images import BASE_LOCAL, KERNEL_IMAGE, NOTEBOOK_IMAGE, ImageBuilder
+from .kernels.specs import GatewayKernelSpecManager
+from .resources import resource, resource_path
 
-BASE_LOCAL = "kge-base:bookworm"
-KERNEL_IMAGE = "kge-kernel:latest"
-NOTEBOOK_IMAGE = "kge-notebook:latest"
 BASH_KERNEL_WHEEL = "bash_kernel==0.10.0"
-CONTEXT_LABEL = "org.kge.context-hash"
-EXECUTABLE = {"kge-nanny", "make-base.sh"}  # files the images run: 0755 in the tar, 0644 the rest
 
 DESCRIPTION = """Build the images kernels and sessions run in, without a container registry.
 
@@ -46,34 +37,6 @@ sessions) and the image of every kernelspec folder that holds a Dockerfile (pyth
 operator's own in extra_kernelspec_dirs / KGE_KERNELSPEC_DIRS) are built on it. An image whose build
 context is unchanged is kept, so this is cheap to run at every start. It reads the gateway's config file
 and KGE_* env vars."""
-
-
-def context_hash(files: list[tuple[str, bytes]], extra: str) -> str:
-    h = hashlib.sha256(extra.encode())
-    for rel, data in files:
-        h.update(rel.encode())
-        h.update(data)
-    return h.hexdigest()[:16]
-
-
-def read_context(root: Traversable | Path, extra_files: list[tuple[str, Path]] | None = None) -> list[tuple[str, bytes]]:
-    """(relative path, bytes) of every file of a build context, extra files added (or replacing)."""
-    files = {rel: f.read_bytes() for rel, f in walk(root)}
-    files.update({rel: p.read_bytes() for rel, p in extra_files or []})
-    return sorted(files.items())
-
-
-def tar_context(files: list[tuple[str, bytes]]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for rel, data in files:
-            info = tarfile.TarInfo(rel)
-            info.size = len(data)
-            info.mode = 0o755 if Path(rel).name in EXECUTABLE else 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
 
 
 def wheel_cache() -> Path:
@@ -105,21 +68,19 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         if self.generate_config:
             self.write_default_config()
             return
-        import docker
-
-        client = docker.from_env(timeout=600)
+        builder = ImageBuilder(force=self.force)
         root = resource("docker")
         base = self.base or BASE_LOCAL
         if not self.base:
-            self.ensure_local_base(client)
+            self.ensure_local_base(builder)
         wheels = self.ensure_wheels()
-        self.build(client, root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
-        kernel_id = str(client.images.get(self.tag).id)
+        builder.build(root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
+        kernel_id = builder.image_id(self.tag) or ""
         # Images built on the kernel image are rebuilt whenever it changes.
-        self.build(client, root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id)
+        builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id)
         for name, folder, image in self.kernelspec_images():
             print(f"build-images: kernelspec {name} has a Dockerfile: building {image}", flush=True)
-            self.build(client, folder, image, self.tag, extra=kernel_id)
+            builder.build(folder, image, self.tag, extra=kernel_id)
 
     def kernelspec_images(self) -> list[tuple[str, Path, str]]:
         """(kernelspec, folder, image) of every kernelspec folder holding a Dockerfile."""
@@ -137,17 +98,8 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
             out.append((name, path, image))
         return out
 
-    def exists(self, client: Any, tag: str) -> Any:
-        import docker.errors
-
-        try:
-            return client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            return None
-
-    def ensure_local_base(self, client: Any) -> None:
-        image = self.exists(client, BASE_LOCAL)
-        if image is not None and not self.force:
+    def ensure_local_base(self, builder: ImageBuilder) -> None:
+        if builder.image_id(BASE_LOCAL) is not None and not self.force:
             print(f"build-images: {BASE_LOCAL} exists, kept (--force rebuilds)", flush=True)
             return
         print(f"build-images: making {BASE_LOCAL} with debootstrap (1-2 minutes)", flush=True)
@@ -168,24 +120,3 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
             for w in Path(tmp).glob("*.whl"):
                 w.rename(cache / w.name)
         return sorted(cache.glob("bash_kernel-*.whl"))
-
-    def build(self, client: Any, context: Traversable | Path, tag: str, base: str, extra: str = "",
-              extra_files: list[tuple[str, Path]] | None = None) -> None:
-        files = read_context(context, extra_files or [])
-        digest = context_hash(files, base + extra)
-        image = self.exists(client, tag)
-        if image is not None and not self.force and image.labels.get(CONTEXT_LABEL) == digest:
-            print(f"build-images: {tag} is up to date", flush=True)
-            return
-        print(f"build-images: building {tag} from {base}", flush=True)
-        stream = client.api.build(
-            fileobj=tar_context(files), custom_context=True, tag=tag, buildargs={"BASE": base},
-            labels={CONTEXT_LABEL: digest}, rm=True, forcerm=True, decode=True,
-        )
-        for chunk in stream:
-            if "stream" in chunk:
-                sys.stdout.write(chunk["stream"])
-                sys.stdout.flush()
-            elif "error" in chunk:
-                raise SystemExit(f"build-images: {tag} failed: {chunk['error']}")
-        print(f"build-images: built {tag}", flush=True)

@@ -1,0 +1,43 @@
+"""What handlers may use of the gateway: a narrow, typed view of its parts.
+
+The application object (`app.Gateway`) satisfies it and is handed to Tornado as the `gateway` setting;
+handlers import this Protocol, never the application, so `api/` does not import `app` back.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from ..auth import Authenticator
+from ..auth.hmac_v2 import SeenSignatures
+from ..auth.keypairs import KeyPairs
+from ..folders import FolderManager
+from ..kernels.jupyter_sessions import JupyterSessions
+from ..kernels.manager import GatewayKernelManager
+from ..kernels.specs import GatewayKernelSpecManager
+from ..metrics import Metrics
+from ..sessions import SessionManager
+
+
+class GatewayContext(Protocol):
+    # the parts (set once, by the composition root, before any handler runs)
+    kernel_manager: GatewayKernelManager
+    kernel_spec_manager: GatewayKernelSpecManager
+    folders: FolderManager
+    sessions: SessionManager
+    keypairs: KeyPairs
+    authenticator: Authenticator
+    jupyter_sessions: JupyterSessions
+    metrics: Metrics
+    bridges: Any  # api.jupyter.bridge.Bridges (the Jupyter dialect's own registry)
+    terminals: dict[str, set[Any]]
+    signatures_seen: SeenSignatures
+    log: logging.Logger | logging.LoggerAdapter[Any]
+    # settings handlers read
+    base_url: str
+    allow_origin: str
+    max_upload_body: int
+    max_terminals: int
+    ws_max_unsent_bytes: int
+
+    def status_model(self) -> dict[str, Any]: ...

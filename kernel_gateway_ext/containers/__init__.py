@@ -1,0 +1,1 @@
+"""The container layer: the only part of the gateway that speaks to the container engine."""

@@ -1,0 +1,92 @@
+"""Images built on the engine from build contexts the package ships (the container layer's part of
+`build-images`; the command itself is kernel_gateway_ext/build_images.py).
+
+A context is sent as a tar made here from the package's resources, so an installed wheel builds
+exactly what a source checkout does; an image whose context hash is unchanged is kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tarfile
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from ..resources import walk
+
+BASE_LOCAL = "kge-base:bookworm"
+KERNEL_IMAGE = "kge-kernel:latest"
+NOTEBOOK_IMAGE = "kge-notebook:latest"
+CONTEXT_LABEL = "org.kge.context-hash"
+EXECUTABLE = {"kge-nanny", "make-base.sh"}  # files the images run: 0755 in the tar, 0644 the rest
+
+
+def context_hash(files: list[tuple[str, bytes]], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for rel, data in files:
+        h.update(rel.encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def read_context(root: Traversable | Path, extra_files: list[tuple[str, Path]] | None = None) -> list[tuple[str, bytes]]:
+    """(relative path, bytes) of every file of a build context, extra files added (or replacing)."""
+    files = {rel: f.read_bytes() for rel, f in walk(root)}
+    files.update({rel: p.read_bytes() for rel, p in extra_files or []})
+    return sorted(files.items())
+
+
+def tar_context(files: list[tuple[str, bytes]]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for rel, data in files:
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            info.mode = 0o755 if Path(rel).name in EXECUTABLE else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+class ImageBuilder:
+    """Builds and finds images on the local engine (a command-line tool: it may block)."""
+
+    def __init__(self, force: bool = False) -> None:
+        self.client = docker.from_env(timeout=600)
+        self.force = force
+
+    def image_id(self, tag: str) -> str | None:
+        try:
+            return str(self.client.images.get(tag).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def build(self, context: Traversable | Path, tag: str, base: str, extra: str = "",
+              extra_files: list[tuple[str, Path]] | None = None) -> None:
+        files = read_context(context, extra_files or [])
+        digest = context_hash(files, base + extra)
+        try:
+            image: Any = self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            image = None
+        if image is not None and not self.force and image.labels.get(CONTEXT_LABEL) == digest:
+            print(f"build-images: {tag} is up to date", flush=True)
+            return
+        print(f"build-images: building {tag} from {base}", flush=True)
+        stream = self.client.api.build(
+            fileobj=tar_context(files), custom_context=True, tag=tag, buildargs={"BASE": base},
+            labels={CONTEXT_LABEL: digest}, rm=True, forcerm=True, decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                sys.stdout.write(chunk["stream"])
+                sys.stdout.flush()
+            elif "error" in chunk:
+                raise SystemExit(f"build-images: {tag} failed: {chunk['error']}")
+        print(f"build-images: built {tag}", flush=True)

@@ -1,0 +1,240 @@
+"""Containers made from a ContainerSpec: launched hardened, measured, read from and removed.
+
+The provisioner (kernels) and the Skaha job manager both go through here; only this layer speaks
+docker-py, and a Docker error becomes one of errors.py's here, once.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import docker.types
+
+from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
+from .engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, DockerEngine
+from .spec import ContainerSpec
+
+
+@dataclass(frozen=True)
+class Launched:
+    id: str
+    ip: str
+
+
+class Tty:
+    """An interactive process with a terminal in a container: a non-blocking socket to read and
+    write (the loop watches it; no thread waits on it), resized through the engine."""
+
+    def __init__(self, runtime: "ContainerRuntime", exec_id: str, holder: Any) -> None:
+        self.runtime = runtime
+        self.exec_id = exec_id
+        self._holder = holder
+        # docker-py answers a socket wrapper; the raw socket is what the loop can watch.
+        self.sock: socket.socket = getattr(holder, "_sock", holder)
+        self.sock.setblocking(False)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.runtime.engine.api("exec_resize", self.exec_id, height=rows, width=cols)
+
+    def close(self) -> None:
+        for part in (self.sock, self._holder):
+            try:
+                part.close()
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class Usage:
+    memory: int = 0  # bytes in use, page cache excluded
+    memory_max: int = 0
+    cpu_ns: int = 0  # CPU time used
+    cores: float = 0.0  # cores in use now (from the engine's two samples)
+
+
+def address_of(info: dict[str, Any]) -> str:
+    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    return next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "") or ""
+
+
+class ContainerRuntime:
+    """Operations on our containers, over the process's one engine connection."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+
+    def create_kwargs(self, spec: ContainerSpec) -> dict[str, Any]:
+        """Docker's create arguments: limits, no privileges, no capabilities, the isolated network."""
+        engine = self.engine
+        rootfs, writable = engine.rootfs(spec.working_dir, spec.run_dir)
+        mounts = writable + [docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+                             for m in spec.mounts]
+        network = spec.network or engine.network
+        host_config = engine.client.api.create_host_config(
+            mem_limit=spec.memory_bytes or None, memswap_limit=spec.memory_bytes or None,
+            nano_cpus=max(int(spec.cpus * 1e9), 10**7),  # never 0: Docker reads 0 as unlimited
+            pids_limit=spec.pids, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=spec.init,
+            mounts=mounts or None, network_mode=network or None, log_config=engine.log_config(), **rootfs,
+            device_requests=[docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
+        )
+        labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: engine.gateway_id, LABEL_KIND: spec.kind, **spec.labels}
+        return {"image": spec.image, "command": spec.command, "environment": spec.env, "labels": labels,
+                "user": spec.user, "working_dir": spec.working_dir, "hostname": spec.hostname, "detach": True,
+                "host_config": host_config}
+
+    async def create(self, spec: ContainerSpec, timeout: float) -> str:
+        """Create the container and put its files in; not started. Raises ContainerFailed, or
+        EngineUnavailable when the engine cannot be reached."""
+        engine = self.engine
+        created: str | None = None
+        try:
+            resp = await asyncio.wait_for(
+                engine.run(lambda: engine.client.api.create_container(**self.create_kwargs(spec)),
+                           method="create_container"), timeout)
+            created = str(resp["Id"])
+            for directory, tar in spec.tars().items():
+                await engine.api("put_archive", created, directory, tar)
+            return created
+        except BaseException as e:
+            if created is not None:
+                await self.discard(created)
+            raise self.failure(e, spec.image) from e
+
+    async def start(self, container_id: str, timeout: float, image: str = "") -> None:
+        """Start a created container. Raises ContainerFailed."""
+        try:
+            await asyncio.wait_for(self.engine.api("start", container_id), timeout)
+        except BaseException as e:
+            raise self.failure(e, image) from e
+
+    async def address(self, container_id: str, required: bool = True) -> str:
+        """The container's address on its network; a container that already ended has none (an
+        error when `required`, '' otherwise: a job may finish before it is asked)."""
+        try:
+            info = await self.engine.api("inspect_container", container_id)
+        except EngineError as e:
+            raise self.failure(e, "") from e
+        ip = address_of(info)
+        if not ip and required:
+            state = info.get("State", {})
+            raise ContainerFailed(f"container has no network address (state {state.get('Status')}, "
+                                  f"exit {state.get('ExitCode')})")
+        return ip
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """The container's State (Running, ExitCode, OOMKilled, …); None once it is gone.
+        Raises EngineUnavailable when the engine cannot say."""
+        try:
+            info = await self.engine.api("inspect_container", container_id)
+        except ContainerMissing:
+            return None
+        except EngineError as e:
+            raise EngineUnavailable(f"the engine could not inspect a container: {e.message}") from e
+        return dict(info.get("State") or {})
+
+    async def discard(self, container_id: str) -> None:
+        """Remove a container that failed to launch; a failure here must not hide the first."""
+        self.engine.unsubscribe(container_id)
+        try:
+            await asyncio.shield(self.engine.remove(container_id))
+        except Exception:  # noqa: BLE001
+            pass
+
+    @staticmethod
+    def failure(e: BaseException, image: str) -> BaseException:
+        """The one translation of what a launch raised."""
+        if isinstance(e, ImageMissing):
+            return ContainerFailed(f"image {image!r} not found: build it with `kernel-gateway-ext build-images`",
+                                   detail=e.message)
+        if isinstance(e, EngineError):
+            return ContainerFailed(f"container could not start: {e.message}", detail=e.message)
+        if isinstance(e, asyncio.TimeoutError):
+            return ContainerFailed("container start timed out", detail="timed out")
+        return e  # EngineUnavailable (503) and the rest pass as they are
+
+    async def open_tty(self, container_id: str, argv: list[str], *, user: str, workdir: str,
+                       env: dict[str, str]) -> Tty:
+        created = await self.engine.api("exec_create", container_id, argv, stdin=True, tty=True, user=user,
+                                        workdir=workdir, environment=env)
+        holder = await self.engine.api("exec_start", created["Id"], tty=True, socket=True)
+        return Tty(self, created["Id"], holder)
+
+    async def run_detached(self, container_id: str, argv: list[str], user: str) -> None:
+        """Run a short command in the container and wait for it (its output is not kept)."""
+        created = await self.engine.api("exec_create", container_id, argv, user=user)
+        await self.engine.api("exec_start", created["Id"])
+
+    async def put_tree(self, container_id: str, directory: str, files: list[tuple[str, bytes]], uid: int,
+                       gid: int) -> None:
+        """Write files (relative paths, already checked) under `directory`, owned by uid:gid, with
+        the folders they need."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            dirs: set[str] = set()
+            for rel, body in files:
+                parts = rel.split("/")[:-1]
+                for i in range(1, len(parts) + 1):
+                    d = "/".join(parts[:i])
+                    if d not in dirs:
+                        dirs.add(d)
+                        ti = tarfile.TarInfo(d)
+                        ti.type, ti.mode, ti.uid, ti.gid = tarfile.DIRTYPE, 0o755, uid, gid
+                        tar.addfile(ti)
+                ti = tarfile.TarInfo(rel)
+                ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(body), 0o644, int(time.time()), uid, gid
+                tar.addfile(ti, io.BytesIO(body))
+        await self.engine.api("put_archive", container_id, directory, buf.getvalue())
+
+    async def exec_capture(self, container_id: str, argv: list[str], *, user: str, workdir: str,
+                           env: dict[str, str], max_output: int) -> tuple[int, bytes, bytes, int]:
+        """Run a command to its end: (exit code, stdout, stderr, bytes dropped). At most `max_output`
+        bytes are kept; the rest is read and counted, so the command never blocks on a full pipe.
+        It runs in the engine's pool for long calls (as long as the command)."""
+        engine = self.engine
+        created = await engine.api("exec_create", container_id, argv, user=user, workdir=workdir, environment=env)
+
+        def read() -> tuple[bytes, bytes, int]:
+            kept = {0: bytearray(), 1: bytearray()}
+            dropped = 0
+            for chunk in engine.client.api.exec_start(created["Id"], stream=True, demux=True):
+                for which, data in enumerate(chunk):
+                    if not data:
+                        continue
+                    room = max(0, max_output - len(kept[0]) - len(kept[1]))
+                    kept[which] += data[:room]
+                    dropped += max(0, len(data) - room)
+            return bytes(kept[0]), bytes(kept[1]), dropped
+
+        out, err, dropped = await engine.run_long(read)
+        code = int((await engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0)
+        return code, out, err, dropped
+
+    async def usage(self, container_id: str, host_cores: int = 1) -> Usage:
+        """Live figures; zeros for a container exiting right now (the engine answers an empty body)."""
+        try:
+            raw = await self.engine.api("stats", container_id, stream=False, one_shot=True)
+        except (EngineError, EngineUnavailable):
+            return Usage()
+        mem = raw.get("memory_stats") or {}
+        cache = int((mem.get("stats") or {}).get("cache", 0))
+        cpu = raw.get("cpu_stats") or {}
+        pre = raw.get("precpu_stats") or {}
+        total = int((cpu.get("cpu_usage") or {}).get("total_usage", 0))
+        delta = total - int((pre.get("cpu_usage") or {}).get("total_usage", 0))
+        sys_delta = int(cpu.get("system_cpu_usage", 0)) - int(pre.get("system_cpu_usage", 0))
+        cores = (delta / sys_delta) * (cpu.get("online_cpus") or host_cores) if sys_delta > 0 else 0.0
+        return Usage(memory=max(0, int(mem.get("usage", 0)) - cache), memory_max=int(mem.get("max_usage", 0)),
+                     cpu_ns=total, cores=cores)
+
+    async def logs(self, container_id: str, tail: int) -> str:
+        """The container's last `tail` lines of output ('' once it is gone)."""
+        try:
+            raw = await self.engine.api("logs", container_id, stdout=True, stderr=True, tail=tail)
+        except ContainerMissing:
+            return ""
+        return bytes(raw).decode(errors="replace")

@@ -1,1 +1,0 @@
-"""Kernel images: how they are built (docker/ in the source tree) and found."""

@@ -1,0 +1,36 @@
+"""ZMQ connections to a kernel's channels, shared by every part that talks to a kernel (the websocket
+bridge, REST runs, the activity watcher, the pool's readiness probe)."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import zmq
+from zmq.eventloop.zmqstream import ZMQStream
+
+# Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
+RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
+
+
+class HasConnectionInfo(Protocol):
+    def get_connection_info(self, session: bool = False) -> Any: ...
+
+
+def zmq_url(info: dict[str, Any], channel: str) -> str:
+    return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
+
+
+def kernel_stream(km: HasConnectionInfo, channel: str, identity: bytes | None = None) -> ZMQStream:
+    """A ZMQStream on the IOLoop to one of the kernel's channels (iopub: subscribed to all).
+
+    ZMQStreams, not zmq.asyncio recv futures: with sends on the same socket from elsewhere, a
+    pending asyncio recv can miss its edge-triggered wake-up and never see a reply."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB if channel == "iopub" else zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if channel == "iopub":
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    elif identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)  # stdin replies route to the shell sender's identity
+    sock.connect(zmq_url(km.get_connection_info(), channel))
+    return ZMQStream(sock)
