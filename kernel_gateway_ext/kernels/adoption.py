@@ -15,6 +15,7 @@ from traitlets import HasTraits, Instance
 from ..errors import KernelStartFailed
 from ..containers.engine import LABEL_KIND, DockerEngine
 from ..containers.limits import KernelLimits
+from ..provisioners.launch import LaunchRequest
 from ..store import Store
 from ..tasks import TaskSet
 from .kernel import GatewayKernel
@@ -98,8 +99,7 @@ class AdoptionMixin(HasTraits):
         km._attempted_start = True  # started, by an earlier process: restarts then make fresh futures
         self._derive_key(km, kernel_id)
         # What a restart re-runs start_kernel with (the container stays; these are not re-applied).
-        km._launch_args = self._launch_kwargs(name, owner=km.owner, env_=None, limits=km.limits, mounts=None,
-                                              labels=None)
+        km._launch_args = self._launch_kwargs(LaunchRequest(owner=km.owner, kernel_name=name, limits=km.limits))
         km.provisioner = KernelProvisionerFactory.instance(parent=self.parent).create_provisioner_instance(
             kernel_id, km.kernel_spec, parent=km)
         prov = km.docker

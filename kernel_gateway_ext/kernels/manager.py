@@ -34,13 +34,7 @@ from ..errors import (
     OverCapacity,
     TooManyKernels,
 )
-from ..provisioners.docker import (
-    LAUNCH_LABELS,
-    LAUNCH_LIMITS,
-    LAUNCH_MOUNTS,
-    LAUNCH_OWNER,
-    LAUNCH_USER_ENV,
-)
+from ..provisioners.launch import LAUNCH_REQUEST, LaunchRequest
 from ..containers.limits import KernelLimits
 from ..containers.spec import BindMount
 from ..tasks import TaskSet
@@ -139,33 +133,15 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         return [k for k in kms if owner is None or k.owner == owner]
 
     # ---- start --------------------------------------------------------------------------------
-    def _launch_kwargs(
-        self,
-        kernel_name: str,
-        *,
-        owner: str,
-        env_: dict[str, Any] | None,
-        limits: KernelLimits | None,
-        mounts: list[BindMount] | None,
-        labels: dict[str, str] | None,
-        user_env: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        spec = self.kernel_spec_manager.get_kernel_spec(kernel_name)
-        allowed = set(self.env_allowlist)
-        requested = {k: str(v) for k, v in (env_ or {}).items() if k.startswith("KERNEL_") or k in allowed}
+    def _launch_kwargs(self, request: LaunchRequest) -> dict[str, Any]:
+        """start_kernel's keywords for a request (kept by jupyter_client for restarts)."""
+        spec = self.kernel_spec_manager.get_kernel_spec(request.kernel_name)
         provisioner = (spec.metadata.get("kernel_provisioner") or {}).get("provisioner_name")
         if provisioner == DOCKER_PROVISIONER:
-            return {
-                "env": requested,
-                LAUNCH_OWNER: owner,
-                LAUNCH_LIMITS: limits or KernelLimits(),
-                LAUNCH_MOUNTS: mounts or [],
-                LAUNCH_LABELS: labels or {},
-                LAUNCH_USER_ENV: user_env or {},
-            }
+            return {LAUNCH_REQUEST: request}
         # A local process: the minimum it needs to run, never the gateway's secrets.
         base = {k: os.environ[k] for k in LOCAL_BASE_ENV if k in os.environ}
-        return {"env": {**base, **requested, **(user_env or {})}}
+        return {"env": {**base, **request.all_env}}
 
     async def start(
         self,
@@ -196,8 +172,10 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         if self.max_kernels_per_owner and len(self.list(owner)) + self._starting_for(owner) >= self.max_kernels_per_owner:
             self._observe("rejected", name, "owner_max")
             raise TooManyKernels(f"{owner} already has the maximum of {self.max_kernels_per_owner} kernels")
+        request = LaunchRequest.build(owner=owner, kernel_name=name, requested_env=env, user_env=user_env,
+                                      allowlist=self.env_allowlist, limits=limits, mounts=mounts, labels=labels)
         began = time.monotonic()
-        km = await self._take_pooled(name, env, limits, mounts, labels, user_env)
+        km = await self._take_pooled(request)
         source = "pooled" if km is not None else "cold"
         if km is None:
             if self.max_kernels and self._count() >= self.max_kernels:
@@ -209,8 +187,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
                 self._observe("rejected", name, "memory_budget")
                 raise
             try:
-                km = await self._launch(name, owner=owner, env=env, limits=limits, mounts=mounts, labels=labels,
-                                        user_env=user_env)
+                km = await self._launch(request)
             except GatewayError:
                 self._observe("start_failure", name)
                 raise
@@ -247,12 +224,10 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
     def _count(self) -> int:
         return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())
 
-    async def _launch(self, name: str, *, owner: str, env: dict[str, Any] | None = None,
-                      limits: KernelLimits | None = None, mounts: list[BindMount] | None = None,
-                      labels: dict[str, str] | None = None, user_env: dict[str, str] | None = None) -> GatewayKernel:
+    async def _launch(self, request: LaunchRequest) -> GatewayKernel:
         """A new kernel, answering kernel_info, not yet in the store; nothing left on failure."""
-        kwargs = self._launch_kwargs(name, owner=owner, env_=env, limits=limits, mounts=mounts, labels=labels,
-                                     user_env=user_env)
+        kwargs = self._launch_kwargs(request)
+        name, owner = request.kernel_name, request.owner
         km, name, kernel_id = self.pre_start_kernel(name, kwargs)
         assert isinstance(km, GatewayKernel)
         km.owner = owner

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -14,8 +13,7 @@ from traitlets import Dict, HasTraits, Int
 
 from ..config import env
 from ..errors import KernelStartFailed
-from ..containers.limits import KernelLimits
-from ..containers.spec import BindMount
+from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
 from .kernel import GatewayKernel
 
@@ -54,7 +52,7 @@ class WarmPoolMixin(HasTraits):
         assert self._pool_sem is not None
         try:
             async with self._pool_sem:
-                km = await self._launch(name, owner="")
+                km = await self._launch(LaunchRequest(owner="", kernel_name=name))
                 # One quiet execution warms the kernel's execute path: the caller's first
                 # execute then answers as fast as any later one.
                 language = (self.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
@@ -82,22 +80,19 @@ class WarmPoolMixin(HasTraits):
             asyncio.ensure_future(self._discard(km))
             self.fill_pools()
 
-    async def _take_pooled(self, name: str, env: dict[str, Any] | None, limits: KernelLimits | None,
-                           mounts: list[BindMount] | None, labels: dict[str, str] | None,
-                           user_env: dict[str, str] | None) -> GatewayKernel | None:
+    async def _take_pooled(self, request: LaunchRequest) -> GatewayKernel | None:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
+        name = request.kernel_name
         ready = self._pool.get(name)
         if not ready:
             if name in self.pool_sizes:
                 self.pool_misses += 1
             return None
         # Mounts, limits and labels are fixed when a container is made: only defaults pool.
-        if mounts or labels or (limits is not None and limits != KernelLimits()):
+        if not request.is_plain:
             self.pool_misses += 1
             return None
-        allowed = set(self.env_allowlist)
-        wanted = {k: str(v) for k, v in (env or {}).items() if k.startswith("KERNEL_") or k in allowed}
-        wanted.update(user_env or {})
+        wanted = request.all_env
         spec = self.kernel_spec_manager.get_kernel_spec(name)
         if wanted and not (spec.language or "").lower().startswith("python"):
             self.pool_misses += 1

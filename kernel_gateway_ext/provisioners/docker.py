@@ -38,6 +38,7 @@ from ..containers.engine import (
 from ..containers.limits import KernelLimits, parse_memory
 from ..containers.runtime import ContainerRuntime, Tty
 from ..containers.spec import BindMount, ContainerSpec, FileToPut
+from .launch import LAUNCH_REQUEST, LaunchRequest
 
 # Fixed ports inside the container: each container has its own network namespace, so every
 # kernel can use the same ones, and nothing is published on the host.
@@ -53,12 +54,6 @@ CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
 NANNY = "/usr/local/bin/kge-nanny"
 BATCH_MAX_OUTPUT = 8 * 2**20  # bytes of a batch command's output kept for its caller
 
-# Launch kwargs the gateway passes through KernelManager.start_kernel (kept for restarts).
-LAUNCH_OWNER = "kge_owner"
-LAUNCH_LIMITS = "kge_limits"
-LAUNCH_MOUNTS = "kge_mounts"
-LAUNCH_LABELS = "kge_labels"
-LAUNCH_USER_ENV = "kge_user_env"  # what a REST caller explicitly set: passed as given
 
 
 class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -218,15 +213,16 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     # ---- launch ---------------------------------------------------------------------------------
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        self.owner = str(kwargs.pop(LAUNCH_OWNER, "") or "")
-        limits = kwargs.pop(LAUNCH_LIMITS, None)
-        self.limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
-        self.mounts = list(kwargs.pop(LAUNCH_MOUNTS, None) or [])
-        self.extra_labels = dict(kwargs.pop(LAUNCH_LABELS, None) or {})
-        user_env = {str(k): str(v) for k, v in (kwargs.pop(LAUNCH_USER_ENV, None) or {}).items()}
-        requested = dict(kwargs.pop("env", None) or {})
-        # Never the gateway's own environment: only what the request asked for, filtered.
-        kwargs = await super().pre_launch(env={**self._filter_env(requested), **user_env}, **kwargs)
+        request = kwargs.pop(LAUNCH_REQUEST, None)
+        if not isinstance(request, LaunchRequest):  # started by jupyter_client alone: nothing asked
+            request = LaunchRequest(owner="", kernel_name=str(getattr(self.parent, "kernel_name", "") or ""))
+        self.owner = request.owner
+        self.limits = request.limits
+        self.mounts = list(request.mounts)
+        self.extra_labels = dict(request.labels)
+        # The container's environment is the request's, never jupyter_client's (the gateway's own).
+        kwargs.pop("env", None)
+        kwargs = await super().pre_launch(env={**request.env, **self.extra_env, **request.user_env}, **kwargs)
         self._env = dict(kwargs["env"])
         km = self.parent
         if km is not None and not self._restarting:
@@ -235,14 +231,6 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 setattr(km, name, port)
         kwargs["cmd"] = self._kernel_cmd(kwargs.get("cmd") or self.kernel_spec.argv)
         return kwargs
-
-    def _filter_env(self, requested: dict[str, Any]) -> dict[str, str]:
-        # One list, GatewayKernelManager.env_allowlist (KGE_ENV_ALLOWLIST): the manager filtered the request
-        # already; this second pass keeps the gateway's own environment out whoever calls start_kernel.
-        allowed = set(getattr(getattr(self.parent, "parent", None), "env_allowlist", ()))
-        out = {k: str(v) for k, v in requested.items() if k.startswith("KERNEL_") or k in allowed}
-        out.update(self.extra_env)
-        return out
 
     def _kernel_cmd(self, argv: list[str]) -> list[str]:
         return [a.replace("{connection_file}", CONNECTION_FILE) for a in argv]

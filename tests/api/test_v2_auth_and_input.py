@@ -133,3 +133,28 @@ async def test_admin_sees_everyone_users_see_themselves(gateway) -> None:
     bad = json.dumps({"query": "{ users { id } }"}).encode()
     assert (await signed(gateway, dave, "POST", "/v2/admin/graphql", bad))[0] == 400
     assert (await signed(gateway, dave, "DELETE", f"/v2/kernel/{kid}"))[0] == 200
+
+
+async def test_an_admin_naming_an_access_key_gets_that_keys_sessions_only(gateway) -> None:
+    """`compute_sessions(access_key: …)`: before, the filter was dropped and an admin got every key's."""
+    fay, gus = create_keys("fay-" + uuid.uuid4().hex[:4]), create_keys("gus-" + uuid.uuid4().hex[:4])
+    admin = create_keys("root-" + uuid.uuid4().hex[:4], admin=True)
+    for keys, token in ((fay, "fay-k"), (gus, "gus-k")):
+        status, _ = await signed(gateway, keys, "POST", "/v2/kernel/create",
+                                 json.dumps({"lang": "python3", "clientSessionToken": token}).encode())
+        assert status == 201
+
+    async def sessions_of(access_key: str) -> list[str]:
+        q = json.dumps({"query": "query($ak:String) { compute_sessions(access_key:$ak) { sess_id } }",
+                        "variables": {"ak": access_key}}).encode()
+        status, body = await signed(gateway, admin, "POST", "/v2/admin/graphql", q)
+        assert status == 200, body
+        return sorted(s["sess_id"] for s in body["compute_sessions"])
+
+    assert await sessions_of(fay.access_key) == ["fay-k"]
+    assert await sessions_of(gus.access_key) == ["gus-k"]
+    assert await sessions_of("AKKGE0000000000000000") == []
+    q = json.dumps({"query": "{ compute_sessions(access_key:\"%s\") { sess_id } }" % gus.access_key}).encode()
+    assert (await signed(gateway, fay, "POST", "/v2/admin/graphql", q))[0] == 403
+    for keys, token in ((fay, "fay-k"), (gus, "gus-k")):
+        await signed(gateway, keys, "DELETE", f"/v2/kernel/{token}")

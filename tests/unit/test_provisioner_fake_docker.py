@@ -16,7 +16,8 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_gateway_ext.kernels.specs import GatewayKernelSpecManager
-from kernel_gateway_ext.provisioners.docker import LAUNCH_LIMITS, LAUNCH_OWNER, DockerProvisioner
+from kernel_gateway_ext.provisioners.docker import DockerProvisioner
+from kernel_gateway_ext.provisioners.launch import LAUNCH_REQUEST, LaunchRequest
 from kernel_gateway_ext.containers.engine import DockerEngine
 from kernel_gateway_ext.containers.limits import KernelLimits
 
@@ -88,10 +89,12 @@ def make_km() -> AsyncKernelManager:
     return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=GatewayKernelSpecManager())
 
 
-async def launch(km: AsyncKernelManager, **kw: Any) -> DockerProvisioner:
-    cmd, kwargs = await km._async_pre_start_kernel(
-        env={"KERNEL_USERNAME": "ann", "GATEWAY_SECRET": "x", "PATH": "/evil"}, **kw
-    )
+async def launch(km: AsyncKernelManager, owner: str = "", limits: KernelLimits | None = None) -> DockerProvisioner:
+    # What a request asks (filtered once, as the kernel store does), and jupyter_client's own env
+    # (the gateway's environment): neither the secret nor PATH may reach the container.
+    evil = {"KERNEL_USERNAME": "ann", "GATEWAY_SECRET": "x", "PATH": "/evil"}
+    request = LaunchRequest.build(owner=owner, kernel_name="python3", requested_env=evil, limits=limits)
+    cmd, kwargs = await km._async_pre_start_kernel(env=evil, **{LAUNCH_REQUEST: request})
     await km._async_launch_kernel(cmd, **kwargs)
     assert isinstance(km.provisioner, DockerProvisioner)
     return km.provisioner
@@ -99,7 +102,7 @@ async def launch(km: AsyncKernelManager, **kw: Any) -> DockerProvisioner:
 
 async def test_container_is_bounded_hardened_and_keyless(fake_api: FakeAPI) -> None:
     km = make_km()
-    prov = await launch(km, **{LAUNCH_OWNER: "ann"})
+    prov = await launch(km, owner="ann")
     kind, create = fake_api.calls[0]
     assert kind == "create"
     hc = create["host_config"]
@@ -127,7 +130,7 @@ async def test_container_is_bounded_hardened_and_keyless(fake_api: FakeAPI) -> N
 
 
 async def test_requested_limits_override_defaults(fake_api: FakeAPI) -> None:
-    await launch(make_km(), **{LAUNCH_LIMITS: KernelLimits(memory_bytes=256 * 2**20, cpus=0.5, gpus=1)})
+    await launch(make_km(), limits=KernelLimits(memory_bytes=256 * 2**20, cpus=0.5, gpus=1))
     hc = fake_api.calls[0][1]["host_config"]
     assert hc["Memory"] == 256 * 2**20 and hc["NanoCpus"] == 500_000_000
     assert hc["DeviceRequests"][0]["Count"] == 1 and hc["DeviceRequests"][0]["Capabilities"] == [["gpu"]]

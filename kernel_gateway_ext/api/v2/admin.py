@@ -75,19 +75,23 @@ def parse_query(query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], 
 
 
 class GraphQLHandler(V2Handler):
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.body_object()
         query, variables = body.get("query"), body.get("variables") or {}
         if not isinstance(query, str) or not isinstance(variables, dict):
             raise BadRequest("'query' must be a string and 'variables' an object")
         args, fields = parse_query(query, variables)
-        owner: str | None = self.identity.user
-        if args.get("access_key"):
+        owner: str | None = self.identity.owner_filter()
+        access_key = args.get("access_key")
+        if access_key:
             if not self.identity.admin:
                 raise Forbidden("only an admin may list another key's sessions")
-            owner = None
-        elif self.identity.admin:
-            owner = None
+            # The named key's owner only (this filter used to be dropped: an admin got every key's).
+            found = await self.gateway.keypairs.lookup(str(access_key))
+            if found is None:
+                self.write_json({"compute_sessions": []})
+                return
+            owner = found[0].user
         status = args.get("status")
         items = []
         for km in self.gateway.kernel_manager.list(owner):
