@@ -21,22 +21,21 @@ from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode
 from traitlets.config import catch_config_error
 
 from ._version import __version__
-from .api import openapi
+from .api import operations
 from .api.access_log import AccessLog
 from .api.base import NotFoundHandler
-from .api.jupyter import channels, handlers as jh, sessions as js
+from .api.jupyter import routes as jupyter_routes
 from .api.jupyter.bridge import Bridges
 from .api.server import BoundedHTTPServer
-from .api.skaha import handlers as sk, proxy as skproxy
-from .api.v2 import admin as v2admin, base as v2base, folders as v2folders, kernels as v2k, stream as v2stream
+from .api.skaha import routes as skaha_routes
+from .api.v2 import routes as v2_routes
 from .auth import Authenticator
 from .auth.authenticator import ADMIN_USER
 from .auth.hmac_v2 import SeenSignatures
 from .auth.keypairs import KeyPairs
 from .application import GatewayApplication, common_aliases, common_flags
 from .config import env
-from .errors import Forbidden, ImageMissing
-from .api.base import BaseHandler
+from .errors import ImageMissing
 from .folders import FolderManager
 from .metrics import Metrics
 from .sessions import SessionManager
@@ -49,8 +48,6 @@ from .containers.lease import EngineLease, StateLock
 from .store import Store
 
 
-V2_ID = r"(?P<kernel_id>[\w-]{1,64})"
-V2_FOLDER = r"(?P<name>[\w.-]{1,64})"
 
 
 class Gateway(GatewayApplication):
@@ -239,40 +236,10 @@ class Gateway(GatewayApplication):
     # ---- the web app ----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         b = self.base_url
-        routes: list[tuple[str, type, dict[str, Any]] | tuple[str, type]] = [
-            (rf"{b}api/?", jh.ApiHandler),
-            (rf"{b}metrics", MetricsHandler),
-            (rf"{b}openapi/(?P<dialect>jupyter|v2|skaha)\.json", openapi.OpenAPIHandler),
-            (rf"{b}api/kernelspecs/?", jh.KernelSpecsHandler),
-            (rf"{b}api/kernelspecs/{jh.KERNEL_NAME}/?", jh.KernelSpecHandler),
-            (rf"{b}kernelspecs/{jh.KERNEL_NAME}/(?P<path>.+)", jh.KernelSpecResourceHandler),
-            (rf"{b}api/kernels/?", jh.KernelsHandler),
-            (rf"{b}api/kernels/{jh.KERNEL_ID}/?", jh.KernelHandler),
-            (rf"{b}api/kernels/{jh.KERNEL_ID}/(?P<action>restart|interrupt)/?", jh.KernelActionHandler),
-            (rf"{b}api/kernels/{jh.KERNEL_ID}/channels/?", channels.ChannelsHandler),
-            (rf"{b}api/sessions/?", js.SessionsHandler),
-            (rf"{b}api/sessions/{js.SESSION_ID}/?", js.SessionHandler),
-            # Backend.AI kernel API v2
-            (rf"{b}v2/?", v2base.RootHandler),
-            (rf"{b}v2/kernel/(?:create)?", v2k.KernelCreateHandler),
-            (rf"{b}v2/kernel/{V2_ID}", v2k.KernelHandler),
-            (rf"{b}v2/kernel/{V2_ID}/logs", v2k.KernelLogsHandler),
-            (rf"{b}v2/kernel/{V2_ID}/(?P<action>interrupt|complete|upload)", v2k.KernelActionHandler),
-            (rf"{b}v2/folders/?", v2folders.FoldersHandler),
-            (rf"{b}v2/folders/{V2_FOLDER}/?", v2folders.FolderHandler),
-            (rf"{b}v2/folders/{V2_FOLDER}/upload", v2folders.FolderUploadHandler),
-            (rf"{b}v2/folders/{V2_FOLDER}/files", v2folders.FolderFilesHandler),
-            (rf"{b}v2/folders/{V2_FOLDER}/download", v2folders.FolderDownloadHandler),
-            (rf"{b}v2/admin/graphql", v2admin.GraphQLHandler),
-            (rf"{b}v2/stream/kernel/{V2_ID}/pty", v2stream.PtyHandler),
-            # Skaha sessions (v0: skaha 1.7, v1: canfar 1.5)
-            (rf"{b}skaha/(?P<what>availability|capabilities)", sk.VosiHandler),
-            (rf"{b}skaha/{sk.VERSION}/session/?", sk.SessionsHandler),
-            (rf"{b}skaha/{sk.VERSION}/session/{sk.SESSION_ID}/?", sk.SessionHandler),
-            (rf"{b}skaha/{sk.VERSION}/image/?", sk.ImagesHandler),
-            (rf"{b}skaha/{sk.VERSION}/context/?", sk.ContextHandler),
-            (rf"{b}skaha/session/{sk.SESSION_ID}/{skproxy.WS_PATHS}", skproxy.NotebookWebSocketProxy),
-            (rf"{b}skaha/session/{sk.SESSION_ID}/(?P<path>.*)", skproxy.NotebookProxyHandler),
+        # Each dialect declares its own routes (jupyter_server's default_handlers pattern).
+        routes: list[tuple[str, type[Any]]] = [
+            *jupyter_routes.default_handlers(b), *operations.default_handlers(b), *v2_routes.default_handlers(b),
+            *skaha_routes.default_handlers(b),
         ]
         return web.Application(
             routes,  # type: ignore[arg-type]
@@ -461,17 +428,6 @@ class Gateway(GatewayApplication):
         sig = await stop
         self.log.info("Received %s: shutting down kernels", signal.Signals(sig).name)
         await self.stop_server()
-
-
-class MetricsHandler(BaseHandler):
-    """GET /metrics: Prometheus text format, for the gateway token (or an admin key pair): it
-    shows every user's kernels and sessions."""
-
-    def get(self) -> None:
-        if not self.identity.admin:
-            raise Forbidden("metrics are for the gateway's operators (the gateway token or an admin key pair)")
-        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(self.gateway.metrics.render())
 
 
 def _bind(ip: str, port: int) -> list[socket.socket]:
