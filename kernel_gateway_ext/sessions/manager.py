@@ -7,14 +7,11 @@ import fnmatch
 import functools
 import json
 import os
-import re
 import secrets
 import shlex
-import string
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import asdict, fields
 from typing import Any
 
 from traitlets import Dict, Float, Instance, Int, List, Unicode
@@ -31,66 +28,11 @@ from ..containers.spec import BindMount, ContainerSpec, FileToPut
 from ..store import Store
 from ..tasks import TaskSet
 
-RECORD_KIND = "skaha-session"  # the store's record kind
-LABEL_SESSION_ID = "org.kge.session.id"
-LABEL_SESSION_TYPES = "org.kge.session-types"
-KINDS = ("headless", "notebook", "desktop", "carta", "firefly", "contributed", "desktop-app")
-STATUS_ALIASES = {"completed": "Succeeded", "succeeded": "Succeeded", "failed": "Error", "error": "Error",
-                  "pending": "Pending", "running": "Running", "terminating": "Terminating"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ID_ALPHABET = string.ascii_lowercase + string.digits
-NOTEBOOK_PORT = 8888
-NOTEBOOK_CMD = ["python3", "-m", "jupyter_server", "--config=/run/kge/jupyter_server_config.json",
-                "--ServerApp.ip=0.0.0.0", f"--ServerApp.port={NOTEBOOK_PORT}", "--ServerApp.open_browser=False",
-                "--ServerApp.allow_remote_access=True", "--ServerApp.root_dir=/home/work"]
-
-
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-MAX_EVENTS = 50  # events kept per session, the latest
-SEALED = "__sealed__"  # the key of a record's env when it is sealed
-
-
-@dataclass
-class SessionRecord:
-    id: str
-    owner: str
-    name: str
-    type: str
-    image: str
-    local_image: str
-    cores: int
-    ram: int
-    gpus: int
-    cmd: str | None
-    args: str | None
-    env: dict[str, str]
-    created: float
-    expiry: float
-    status: str = "Pending"
-    container_id: str | None = None
-    start_time: float | None = None
-    exit_code: int | None = None
-    ip: str | None = None  # the container's address (notebook sessions are proxied to it)
-    events: list[list[Any]] = field(default_factory=list)  # [type, reason, message, first, last]
-
-    def event(self, kind: str, reason: str, message: str) -> None:
-        """Record an event; a repeat of the last one (same type and reason) updates it, as
-        Kubernetes counts repeats, and only the latest MAX_EVENTS are kept: a session renewed
-        every minute for a month must not grow its record."""
-        now = time.time()
-        last = self.events[-1] if self.events else None
-        if last and last[0] == kind and last[1] == reason:
-            last[2], last[4] = message, now
-        else:
-            self.events.append([kind, reason, message, now, now])
-            del self.events[:-MAX_EVENTS]
-
-
-LOG_TAIL_LINES = 10_000  # what ?view=logs shows of a session's log
+from .request import Offer, parse_job_request
+from .records import (
+    ID_ALPHABET, LABEL_SESSION_ID, LABEL_SESSION_TYPES, LOG_TAIL_LINES, NOTEBOOK_CMD, RECORD_KIND, SEALED,
+    STATUS_ALIASES, SessionRecord, iso,
+)
 
 
 class SessionManager(EnvConfigurable):
@@ -210,46 +152,22 @@ class SessionManager(EnvConfigurable):
         raise BadRequest(f"unknown image {name!r}; this gateway runs: {known}")
 
     # ---- create -------------------------------------------------------------------------------
-    async def create(self, owner: str, params: dict[str, list[str]]) -> SessionRecord:
-        def one(key: str, default: str | None = None) -> str | None:
-            values = params.get(key)
-            return values[-1] if values else default
+    def offer(self) -> Offer:
+        return Offer(cores=self.allowed_cores(), ram=self.allowed_ram(), max_gpus=self.max_gpus,
+                     default_cores=self.default_cores, default_ram=self.default_ram)
 
-        kind = (one("type") or "headless").lower()
-        if kind not in KINDS:
-            raise BadRequest(f"unknown session type {kind!r}; one of {', '.join(KINDS)}")
-        if kind not in ("headless", "notebook"):
-            raise BadRequest(f"{kind} sessions are not offered by this gateway (no image with a {kind} server); "
-                             "headless and notebook sessions are")
-        name = one("name") or ""
-        if not NAME_RE.match(name):
-            raise BadRequest("'name' is required: 1-64 letters, digits, - and _")
-        image = one("image") or ""
-        if not image:
-            raise BadRequest("'image' is required")
-        cores = self._int(one("cores"), "cores", self.allowed_cores(), self.default_cores)
-        ram = self._int(one("ram"), "ram", self.allowed_ram(), self.default_ram)
-        gpus = self._int(one("gpus"), "gpus", list(range(0, self.max_gpus + 1)), 0)
-        env_: dict[str, str] = {}
-        for item in params.get("env", []):
-            key, sep, value = item.partition("=")
-            if not sep or not ENV_NAME_RE.match(key):
-                raise BadRequest(f"malformed env {item!r}: expected NAME=VALUE")
-            env_[key] = value
-        cmd, args = one("cmd"), one("args")
-        if args is not None:
-            try:
-                shlex.split(args)
-            except ValueError as e:
-                raise BadRequest(f"malformed args: {e}") from e
+    async def create(self, owner: str, params: dict[str, list[str]]) -> SessionRecord:
+        req = parse_job_request(params, self.offer())
+        kind, image, ram = req.kind, req.image, req.ram
         local_image = await self.resolve_image(image, kind)
         self._check_owner_limit(owner, kind)  # no await between this and the record going in
         if self.check_capacity is not None:
             self.check_capacity(ram * 2**30)  # 429 past the host's memory budget
         now = time.time()
         rec = SessionRecord(
-            id="".join(secrets.choice(ID_ALPHABET) for _ in range(8)), owner=owner, name=name, type=kind,
-            image=image, local_image=local_image, cores=cores, ram=ram, gpus=gpus, cmd=cmd, args=args, env=env_,
+            id="".join(secrets.choice(ID_ALPHABET) for _ in range(8)), owner=owner, name=req.name, type=kind,
+            image=image, local_image=local_image, cores=req.cores, ram=ram, gpus=req.gpus, cmd=req.cmd, args=req.args,
+            env=dict(req.env),
             created=now, expiry=now + self.lifetime(kind),
         )
         rec.event("Normal", "Created", f"session {rec.name} created from {image}")
@@ -267,17 +185,6 @@ class SessionManager(EnvConfigurable):
         if limit and active >= limit:
             what = "headless jobs" if headless else "interactive sessions"
             raise Forbidden(f"{owner} already has the maximum of {limit} {what} running; delete one first")
-
-    def _int(self, raw: str | None, what: str, allowed: list[int], default: int) -> int:
-        if raw is None or raw == "":
-            return default if default in allowed or what == "gpus" else allowed[0]
-        try:
-            value = int(raw)
-        except ValueError as e:
-            raise BadRequest(f"{what} must be an integer; allowed: {allowed}") from e
-        if value not in allowed and not (what == "gpus" and value == 0):
-            raise BadRequest(f"{what}={value} is not offered; allowed: {allowed}")
-        return value
 
     def notebook_path(self, session_id: str) -> str:
         return f"{self.base_url}skaha/session/{session_id}/"
