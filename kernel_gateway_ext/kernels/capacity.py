@@ -92,9 +92,8 @@ class CapacityMixin(HasTraits):
         kms = list(self._kernels.values()) + list(self._starting.values()) + [k for v in self._pool.values() for k in v]
         total = 0
         for km in kms:
-            prov = km.docker  # type: ignore[attr-defined]
-            if prov is not None:
-                total += prov.limits.memory_bytes or parse_memory(prov.mem_limit)
+            if km.docker is not None:  # type: ignore[attr-defined]
+                total += km.effective_limits().memory_bytes or 0  # type: ignore[attr-defined]
         return total + self.other_memory()
 
     def check_capacity(self, wanted: int) -> None:

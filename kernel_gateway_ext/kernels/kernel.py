@@ -82,6 +82,14 @@ class GatewayKernel(AsyncKernelManager):
             return
         super().write_connection_file(**kwargs)
 
+    def effective_limits(self) -> KernelLimits:
+        """The limits the kernel's container has: what was asked, the rest from its provisioner's
+        defaults. The one reading of them, for capacity, stats and every dialect's info."""
+        prov = self.docker
+        if prov is None:
+            return self.limits
+        return prov.resolve(self.limits)
+
     def runner(self, flush_interval: float) -> Runner:
         if self._runner is None:
             self._runner = Runner(self, flush_interval)

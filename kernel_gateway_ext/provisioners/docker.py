@@ -282,10 +282,13 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         }
         return FileToPut(CONNECTION_DIR, "connection.json", json.dumps(info).encode(), 0o400)
 
+    def resolve(self, limits: KernelLimits) -> KernelLimits:
+        """Asked limits with this kernelspec's defaults for the rest: what the container gets."""
+        return limits.resolve(mem_default=parse_memory(self.mem_limit), cpu_default=self.cpu_limit,
+                              pids_default=self.pids_limit)
+
     def container_spec(self, cmd: list[str]) -> ContainerSpec:
-        limits = self.limits.resolve(
-            mem_default=parse_memory(self.mem_limit), cpu_default=self.cpu_limit, pids_default=self.pids_limit
-        )
+        limits = self.resolve(self.limits)
         return ContainerSpec(
             image=self.image, command=self._nanny_cmd(cmd), kind="kernel", labels=self._labels(),
             env=self._container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,

@@ -197,3 +197,12 @@ async def test_secret_free_provisioner_info(fake_api: FakeAPI) -> None:
     prov = await launch(km)
     info = await prov.get_provisioner_info()
     assert "key" not in info["connection_info"] and info["container_id"] == prov.container_id
+
+
+async def test_one_reading_of_a_kernels_limits(fake_api: FakeAPI) -> None:
+    """What the container got is what resolve() says: capacity, stats and every dialect's info use it."""
+    prov = await launch(make_km(), limits=KernelLimits(memory_bytes=256 * 2**20))
+    hc = fake_api.calls[0][1]["host_config"]
+    limits = prov.resolve(prov.limits)
+    assert (limits.memory_bytes, limits.cpus, limits.pids) == (hc["Memory"], hc["NanoCpus"] / 1e9, hc["PidsLimit"])
+    assert (limits.memory_bytes, limits.cpus, limits.pids) == (256 * 2**20, 1.0, 512)

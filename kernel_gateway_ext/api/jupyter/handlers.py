@@ -119,7 +119,7 @@ class KernelHandler(BaseHandler):
             # One kernel's info carries its container's figures (the list stays cheap for polling).
             stats = await km.docker.stats()
             model["stats"] = {"memory_bytes": stats["memory"], "memory_max_bytes": stats["memory_max"],
-                              "memory_limit_bytes": mgr.memory_of(km.kernel_name, km.limits),
+                              "memory_limit_bytes": km.effective_limits().memory_bytes or 0,
                               "cpu_seconds": stats["cpu_ns"] / 1e9}
         self.write_json(model)
 

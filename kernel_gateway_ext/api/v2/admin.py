@@ -21,7 +21,7 @@ STATUS = {"idle": "RUNNING", "busy": "RUNNING", "starting": "PREPARING", "restar
 
 
 def field_value(km: GatewayKernel, name: str) -> Any:
-    limits = km.limits
+    limits = km.effective_limits()  # what the container has, as info and capacity read it
     values: dict[str, Any] = {
         "sess_id": km.client_token or km.kernel_id,
         "id": km.kernel_id,
@@ -32,7 +32,7 @@ def field_value(km: GatewayKernel, name: str) -> Any:
         "agent": "local",
         "status": STATUS.get(km.execution_state, "RUNNING"),
         "status_info": km.reason or None,
-        "mem_slot": (limits.memory_bytes or 0) // 2**20 or None,
+        "mem_slot": (limits.memory_bytes or 0) // 2**20 or None,  # MiB
         "cpu_slot": limits.cpus,
         "gpu_slot": limits.gpus,
         "num_queries": km.num_queries,

@@ -95,8 +95,7 @@ class KernelMixin(V2Handler):
 
     async def info(self, km: GatewayKernel) -> dict[str, Any]:
         stats = await km.docker.stats() if km.docker is not None else {"memory": 0, "cpu_ns": 0}
-        prov = km.docker
-        mem_limit = km.limits.memory_bytes or (parse_memory(prov.mem_limit) if prov is not None else 0)
+        mem_limit = km.effective_limits().memory_bytes or 0
         now = time.monotonic()
         return {
             "lang": km.lang or km.kernel_name,
