@@ -94,9 +94,9 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
         self.finish(json.dumps(obj))
 
     # ---- errors: the only place where an exception becomes a response -------------------------
-    def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
-        """The dialect's error format (Jupyter: {"message", "reason"})."""
-        return {"message": message, "reason": self._reason}
+    def error_response(self, status: int, message: str, kind: str) -> tuple[str, bytes]:
+        """The dialect's error format, as (content type, body). Jupyter's: {"message", "reason"}."""
+        return "application/json", json.dumps({"message": message, "reason": self._reason}).encode()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -108,8 +108,9 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
             kind = "http-error"
         else:
             message, kind = "internal server error", "internal-error"
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(self.error_body(status_code, message, kind)))
+        content_type, body = self.error_response(status_code, message, kind)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected errors get one line; only real bugs get a traceback (in the log, never the body).

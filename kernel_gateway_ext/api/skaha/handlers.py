@@ -14,17 +14,8 @@ VERSION = r"(?P<version>v0|v1)"
 class SkahaHandler(BaseHandler):
     """Bearer-token auth (any X-Skaha-Authentication-Type); errors as short plain text."""
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        from ...errors import GatewayError
-
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GatewayError):
-            status_code, message = exc.status, exc.message
-            self.set_status(status_code)
-        else:
-            message = self._reason if status_code < 500 else "internal server error"
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(message + "\n")
+    def error_response(self, status: int, message: str, kind: str) -> tuple[str, bytes]:
+        return "text/plain; charset=utf-8", (message + "\n").encode()
 
     def params(self) -> dict[str, list[str]]:
         """Query string and form body alike (the clients send the query string)."""

@@ -29,9 +29,8 @@ class V2Handler(BaseHandler):
     async def authenticate_with_body(self) -> None:
         self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
 
-    def error_body(self, status: int, message: str, kind: str) -> dict[str, Any]:
-        self.set_header("Content-Type", "application/problem+json")
-        return {"type": PROBLEM_BASE + kind, "title": message}
+    def error_response(self, status: int, message: str, kind: str) -> tuple[str, bytes]:
+        return "application/problem+json", json.dumps({"type": PROBLEM_BASE + kind, "title": message}).encode()
 
     def no_content(self) -> None:
         """204 with Content-Type and Content-Length: 0 (the 1.1.x clients read both always)."""
