@@ -112,3 +112,26 @@ async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker
     assert grown < 64, f"the gateway grew {grown:.0f} MB for a client that reads nothing"
     assert blocked >= 3, "the flood finished: nothing held the shell back"
     assert await settle(container, 0) == 0, "the flooding shell was not hung up when its client went"
+
+
+async def test_a_token_caller_gets_a_terminal_as_on_every_other_v2_route(gateway) -> None:
+    """The terminal took HMAC signatures only: the same key pair as a token got 401 here and 200
+    everywhere else in v2."""
+    keys = create_keys("ptt-" + uuid.uuid4().hex[:6])
+    status, _ = await signed(gateway, keys, "POST", "/v2/kernel/create",
+                             json.dumps({"lang": "python3", "clientSessionToken": "ptt-1"}).encode())
+    assert status == 201
+    url = gateway.url.replace("http", "ws", 1).rstrip("/") + "/v2/stream/kernel/ptt-1/pty"
+    ws = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {keys.token}"}))
+    try:
+        ws.write_message(stdin("echo token-$((6*7))\n"))
+        await read_until(ws, "token-42")
+    finally:
+        ws.close()
+    other = create_keys("ptu-" + uuid.uuid4().hex[:6])
+    try:
+        await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {other.token}"}))
+        raise AssertionError("another owner opened the terminal")
+    except HTTPClientError as e:
+        assert e.code == 404
+    await signed(gateway, keys, "DELETE", "/v2/kernel/ptt-1")

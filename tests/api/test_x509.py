@@ -133,3 +133,38 @@ async def test_certificate_identities_are_unambiguous(make_gateway, tmp_path) ->
         # before: the other CA's certificate with the same CN was the same user
         assert (await sessions("namesake"))[0] == 401
         assert (await sessions("weird"))[0] == 401
+
+
+async def test_a_certificate_opens_its_own_notebook_session_through_the_proxy(make_gateway, tmp_path) -> None:
+    """The notebook proxy skipped certificates: a caller who created the session with its certificate
+    got 401 at its connectURL."""
+    import asyncio
+    from urllib.parse import urlencode
+
+    pki = make_pki(tmp_path)
+    async with make_gateway(f"--Gateway.certfile={pki['cert']}", f"--Gateway.keyfile={pki['key']}",
+                            f"--Gateway.client_ca={pki['ca']}") as gw:
+        client = AsyncHTTPClient()
+        mine = {"ca_certs": pki["ca"], "client_cert": pki["ccert"], "client_key": pki["ckey"]}
+        q = urlencode({"name": "nb", "image": "images.canfar.net/skaha/notebook:latest", "type": "notebook",
+                       "cores": 1, "ram": 1})
+        r = await client.fetch(HTTPRequest(gw.url + "skaha/v0/session?" + q, method="POST", body=b"", **mine))
+        sid = r.body.decode().strip()
+        try:
+            for _ in range(150):
+                r = await client.fetch(HTTPRequest(f"{gw.url}skaha/session/{sid}/api", **mine), raise_error=False)
+                if r.code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert r.code == 200 and "version" in json.loads(r.body), (r.code, r.body[:300])
+            # without it: nothing; a cross-site form with it: refused
+            anon = await client.fetch(HTTPRequest(f"{gw.url}skaha/session/{sid}/api", ca_certs=pki["ca"]),
+                                      raise_error=False)
+            assert anon.code == 401
+            forged = await client.fetch(HTTPRequest(f"{gw.url}skaha/session/{sid}/api/kernels", method="POST",
+                                                    body=b"{}", headers={"Origin": "https://evil.example"}, **mine),
+                                        raise_error=False)
+            assert forged.code == 403
+        finally:
+            await client.fetch(HTTPRequest(f"{gw.url}skaha/v0/session/{sid}", method="DELETE", **mine),
+                               raise_error=False)

@@ -38,8 +38,10 @@ class ProxyMixin(SkahaHandler):
         session_id = self.path_kwargs["session_id"]
         token = extract_token(self.request)
         identity = await self.gateway.authenticator.identify(token) if token else None
-        if identity is None:
+        if identity is None:  # credentials a browser sends by itself: the cookie, then a client certificate
             identity = await self._cookie_identity(session_id)
+            if identity is None:
+                identity = self.gateway.authenticator.identify_certificate(self.peer_certificate())
             if identity is not None:
                 self.refuse_cross_site()
         if identity is None:

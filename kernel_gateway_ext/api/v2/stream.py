@@ -41,9 +41,6 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
     def set_default_headers(self) -> None:
         pass
 
-    async def prepare(self) -> None:
-        await self.authenticate_with_body()  # signed only, as the clients' pty streams are (no body)
-
     async def get(self, kernel_id: str) -> None:  # type: ignore[override]
         self.km = self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
         if self.km.docker is None:
