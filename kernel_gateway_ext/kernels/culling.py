@@ -7,50 +7,13 @@ either acts or arms the timer again.
 """
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from traitlets import Bool, Float, HasTraits
 
 from ..config import env
-from ..tasks import TaskSet
+from ..tasks import Deadlines
 from .kernel import GatewayKernel
-
-
-class Deadlines:
-    """One timer per key, re-armed when the deadline moves."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks = TaskSet(log, "deadline action")
-
-    def arm(self, key: str, when: float, action: Callable[[], Awaitable[Any]]) -> None:
-        """Run `action()` at epoch time `when` (replacing the key's earlier deadline)."""
-        self.cancel(key)
-        delay = max(0.0, when - time.time())
-        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key, action)
-
-    def _fire(self, key: str, action: Callable[[], Awaitable[Any]]) -> None:
-        self._timers.pop(key, None)
-        self._tasks.spawn(action())
-
-    def cancel(self, key: str) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-
-    def armed(self, key: str) -> bool:
-        return key in self._timers
-
-    async def close(self) -> None:
-        """Cancel every timer and wait for actions in flight."""
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        await self._tasks.wait()
 
 
 class CullingMixin(HasTraits):

@@ -40,7 +40,8 @@ from ..containers.spec import BindMount
 from ..tasks import TaskSet
 from .adoption import RECORD_KIND, AdoptionMixin
 from .capacity import DOCKER_PROVISIONER, CapacityMixin
-from .culling import CullingMixin, Deadlines
+from ..tasks import Deadlines
+from .culling import CullingMixin
 from .channels import zmq_url
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import LivenessMixin

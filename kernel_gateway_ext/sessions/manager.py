@@ -20,7 +20,7 @@ from ..config import EnvConfigurable, env
 from ..auth.sealing import Sealer
 from ..errors import BadRequest, ContainerFailed, EngineUnavailable, Forbidden, NotFound
 from ..folders import FolderManager
-from ..kernels.culling import Deadlines
+from ..tasks import Deadlines
 from ..containers.engine import LABEL_KIND, LABEL_OWNER, DockerEngine
 from ..containers.limits import host_memory
 from ..containers.runtime import ContainerRuntime
