@@ -254,9 +254,9 @@ class Gateway(GatewayApplication):
     def status_model(self) -> dict[str, Any]:
         mgr = self.kernel_manager
         return {"docker": self.docker_available, "kernels": len(mgr.list()), "warnings": self.warnings,
-                "pools": {name: {"ready": len(mgr._pool.get(name, [])), "size": size}
+                "pools": {name: {"ready": len(mgr.pool.ready.get(name, [])), "size": size}
                           for name, size in mgr.pool_sizes.items()},
-                "pool_hits": mgr.pool_hits, "pool_misses": mgr.pool_misses}
+                "pool_hits": mgr.pool.hits, "pool_misses": mgr.pool.misses}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def _observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:

@@ -70,7 +70,7 @@ class _Live:
         size = GaugeMetricFamily("kge_pool_size", "Configured warm pool size", labels=["kernelspec"])
         mgr = gw.kernel_manager
         for name, want in mgr.pool_sizes.items():
-            pool.add_metric([name], len(mgr._pool.get(name, [])))
+            pool.add_metric([name], len(mgr.pool.ready.get(name, [])))
             size.add_metric([name], want)
         yield pool
         yield size

@@ -89,7 +89,7 @@ class CapacityMixin(HasTraits):
         return parse_memory(configured)
 
     def promised_memory(self) -> int:
-        kms = list(self._kernels.values()) + list(self._starting.values()) + [k for v in self._pool.values() for k in v]
+        kms = list(self._kernels.values()) + list(self._starting.values()) + self.pool.kernels()
         total = 0
         for km in kms:
             if km.docker is not None:  # type: ignore[attr-defined]

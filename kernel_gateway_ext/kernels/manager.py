@@ -45,7 +45,7 @@ from .culling import CullingMixin
 from .channels import zmq_url
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import LivenessMixin
-from .pool import WarmPoolMixin
+from .pool import PoolSettings, WarmPool
 from .specs import GatewayKernelSpecManager
 
 __all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "utcnow"]
@@ -54,7 +54,7 @@ __all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "ut
 LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
 
 
-class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingMixin, LivenessMixin, AsyncMultiKernelManager):
+class GatewayKernelManager(AdoptionMixin, CapacityMixin, PoolSettings, CullingMixin, LivenessMixin, AsyncMultiKernelManager):
     """Kernels with owners; every dialect goes through here."""
 
     kernel_manager_class = Unicode("kernel_gateway_ext.kernels.kernel.GatewayKernel").tag(config=True)
@@ -89,14 +89,9 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         # (owner, token) -> [lock, users]: get-or-create is serialized per token, and an entry is
         # dropped when nobody holds or awaits it (tokens are often random: unbounded otherwise).
         self._token_locks: dict[tuple[str, str], list[Any]] = {}
-        self._pool: dict[str, list[GatewayKernel]] = {}
-        self._pool_filling: dict[str, int] = {}
-        self._pool_sem: asyncio.Semaphore | None = None
-        self._fill_tasks = TaskSet(self.log, "pool refill")
         self._autorestart_tasks = TaskSet(self.log, "automatic restart")
         self._closing = False
-        self.pool_hits = 0
-        self.pool_misses = 0
+        self.pool = WarmPool(self)  # a collaborator: it uses launch, discard and room_for_pooled
         self._removal_callbacks: list[Callable[[str], None]] = []
 
     def on_removal(self, callback: Callable[[str], None]) -> None:
@@ -176,7 +171,7 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         request = LaunchRequest.build(owner=owner, kernel_name=name, requested_env=env, user_env=user_env,
                                       allowlist=self.env_allowlist, limits=limits, mounts=mounts, labels=labels)
         began = time.monotonic()
-        km = await self._take_pooled(request)
+        km = await self.pool.take(request)
         source = "pooled" if km is not None else "cold"
         if km is None:
             if self.max_kernels and self._count() >= self.max_kernels:
@@ -223,7 +218,28 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
             self.observer(*args)
 
     def _count(self) -> int:
-        return len(self._kernels) + len(self._starting) + sum(len(v) for v in self._pool.values())
+        return len(self._kernels) + len(self._starting) + self.pool.count()
+
+    # ---- what the warm pool needs (pool.PoolHost) ---------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def room_for_pooled(self, name: str, filling: int) -> bool:
+        """Room for one more pooled kernel besides `filling` being made: within max_kernels and the budget."""
+        if self.max_kernels and self._count() + filling >= self.max_kernels:
+            return False
+        budget = self.budget_bytes()
+        return not (budget and self.promised_memory() + (filling + 1) * self.memory_of(name, None) > budget)
+
+    async def launch(self, request: LaunchRequest) -> GatewayKernel:
+        return await self._launch(request)
+
+    async def discard(self, km: GatewayKernel) -> None:
+        await self._discard(km)
+
+    def fill_pools(self) -> None:
+        self.pool.fill()
 
     async def _launch(self, request: LaunchRequest) -> GatewayKernel:
         """A new kernel, answering kernel_info, not yet in the store; nothing left on failure."""
@@ -460,11 +476,8 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, WarmPoolMixin, CullingM
         await self.deadlines.close()
         await self._autorestart_tasks.wait()
         # Refills in flight are creating containers: let them land, then remove them too.
-        await self._fill_tasks.wait()
-        kms = list(self._starting.values())
-        for pooled in self._pool.values():
-            kms += pooled
-        self._pool.clear()
+        kms = await self.pool.drain()
+        kms += list(self._starting.values())
         if keep:
             for km in list(self._kernels.values()):
                 self._unwatch(km)  # type: ignore[arg-type]

@@ -1,5 +1,8 @@
 """Warm pools: ready kernels per kernelspec, refilled in the background within the limits, handed
-to starts they can serve exactly (a start they cannot serve is cold, never given a different kernel)."""
+to starts they can serve exactly (a start they cannot serve is cold, never given a different kernel).
+
+`WarmPool` is a collaborator of the kernel store, wired in its constructor; what it needs of the store
+is the `PoolHost` protocol (launch, discard, room for one more), nothing of its private state."""
 from __future__ import annotations
 
 import asyncio
@@ -9,19 +12,22 @@ import time
 import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
+from typing import Any, Protocol
+
 from traitlets import Dict, HasTraits, Int
 
 from ..config import env
 from ..errors import KernelStartFailed
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
+from ..tasks import TaskSet
 from .kernel import GatewayKernel
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
 
 
-class WarmPoolMixin(HasTraits):
-    """Part of GatewayKernelManager: the warm pool."""
+class PoolSettings(HasTraits):
+    """The pool's options (traits of the kernel store: GatewayKernelManager.pool_sizes, …)."""
 
     pool_sizes = env(
         Dict(value_trait=Int(), help="Ready kernels kept per kernelspec, handed to starts that they can serve "
@@ -30,90 +36,132 @@ class WarmPoolMixin(HasTraits):
     )
     pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
 
-    def fill_pools(self) -> None:
-        """Start what each pool lacks, in the background, within max_kernels."""
-        if self._closing:
+
+class PoolHost(Protocol):
+    """What the pool needs of the kernel store."""
+
+    log: Any
+    kernel_spec_manager: Any
+    pool_sizes: dict[str, int]
+    pool_concurrency: int
+
+    @property
+    def closing(self) -> bool: ...
+
+    def room_for_pooled(self, name: str, filling: int) -> bool: ...
+
+    async def launch(self, request: LaunchRequest) -> GatewayKernel: ...
+
+    async def discard(self, km: GatewayKernel) -> None: ...
+
+
+class WarmPool:
+    def __init__(self, host: PoolHost) -> None:
+        self.host = host
+        self.ready: dict[str, list[GatewayKernel]] = {}
+        self.filling: dict[str, int] = {}
+        self.hits = 0
+        self.misses = 0
+        self._sem: asyncio.Semaphore | None = None
+        self._fill_tasks = TaskSet(host.log, "pool refill")
+
+    # ---- what the store asks ----------------------------------------------------------------
+    def kernels(self) -> list[GatewayKernel]:
+        return [km for ready in self.ready.values() for km in ready]
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.ready.values())
+
+    async def drain(self) -> list[GatewayKernel]:
+        """Gateway exit: wait for refills in flight, then hand every ready kernel back to be stopped."""
+        await self._fill_tasks.wait()
+        kms = self.kernels()
+        self.ready.clear()
+        return kms
+
+    def fill(self) -> None:
+        """Start what each pool lacks, in the background, within the store's limits."""
+        host = self.host
+        if host.closing:
             return
-        if self._pool_sem is None:
-            self._pool_sem = asyncio.Semaphore(max(1, self.pool_concurrency))
-        for name, size in self.pool_sizes.items():
-            missing = size - len(self._pool.get(name, [])) - self._pool_filling.get(name, 0)
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(max(1, host.pool_concurrency))
+        for name, size in host.pool_sizes.items():
+            missing = size - len(self.ready.get(name, [])) - self.filling.get(name, 0)
             for _ in range(max(0, missing)):
-                if self.max_kernels and self._count() + sum(self._pool_filling.values()) >= self.max_kernels:
+                if not host.room_for_pooled(name, sum(self.filling.values())):
                     return
-                budget = self.budget_bytes()
-                filling = (sum(self._pool_filling.values()) + 1) * self.memory_of(name, None)
-                if budget and self.promised_memory() + filling > budget:
-                    return
-                self._pool_filling[name] = self._pool_filling.get(name, 0) + 1
+                self.filling[name] = self.filling.get(name, 0) + 1
                 self._fill_tasks.spawn(self._fill_one(name))
 
     async def _fill_one(self, name: str) -> None:
-        assert self._pool_sem is not None
+        assert self._sem is not None
+        host = self.host
         try:
-            async with self._pool_sem:
-                km = await self._launch(LaunchRequest(owner="", kernel_name=name))
+            async with self._sem:
+                km = await host.launch(LaunchRequest(owner="", kernel_name=name))
                 # One quiet execution warms the kernel's execute path: the caller's first
                 # execute then answers as fast as any later one.
-                language = (self.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
+                language = (host.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
                 warm_up = WARM_UP_CODE.get(language.split()[0] if language else "")
                 if warm_up is not None:
                     try:
                         await self._execute_quietly(km, warm_up)
                     except BaseException:
-                        await self._discard(km)
+                        await host.discard(km)
                         raise
         except Exception as e:  # noqa: BLE001 - a failing pool must not take the gateway down
-            self.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
-            asyncio.get_running_loop().call_later(10.0, self.fill_pools)
+            host.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
+            asyncio.get_running_loop().call_later(10.0, self.fill)
             return
         finally:
-            self._pool_filling[name] = self._pool_filling.get(name, 1) - 1
+            self.filling[name] = self.filling.get(name, 1) - 1
         km.execution_state = "idle"
         if km.docker is not None:
-            km.docker.exit_callback = lambda code, k=km: self._pooled_died(name, k)
-        self._pool.setdefault(name, []).append(km)
+            km.docker.exit_callback = lambda code, k=km: self._died(name, k)
+        self.ready.setdefault(name, []).append(km)
 
-    def _pooled_died(self, name: str, km: GatewayKernel) -> None:
-        if km in self._pool.get(name, []):
-            self._pool[name].remove(km)
-            asyncio.ensure_future(self._discard(km))
-            self.fill_pools()
+    def _died(self, name: str, km: GatewayKernel) -> None:
+        if km in self.ready.get(name, []):
+            self.ready[name].remove(km)
+            asyncio.ensure_future(self.host.discard(km))
+            self.fill()
 
-    async def _take_pooled(self, request: LaunchRequest) -> GatewayKernel | None:
+    async def take(self, request: LaunchRequest) -> GatewayKernel | None:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
+        host = self.host
         name = request.kernel_name
-        ready = self._pool.get(name)
+        ready = self.ready.get(name)
         if not ready:
-            if name in self.pool_sizes:
-                self.pool_misses += 1
+            if name in host.pool_sizes:
+                self.misses += 1
             return None
         # Mounts, limits and labels are fixed when a container is made: only defaults pool.
         if not request.is_plain:
-            self.pool_misses += 1
+            self.misses += 1
             return None
         wanted = request.all_env
-        spec = self.kernel_spec_manager.get_kernel_spec(name)
+        spec = host.kernel_spec_manager.get_kernel_spec(name)
         if wanted and not (spec.language or "").lower().startswith("python"):
-            self.pool_misses += 1
+            self.misses += 1
             return None
         km = ready.pop(0)
-        self.fill_pools()
+        self.fill()
         if not await km.is_alive():
-            await self._discard(km)
-            self.pool_misses += 1
+            await host.discard(km)
+            self.misses += 1
             return None
         if wanted:
             try:
                 await self._apply_env(km, wanted)
             except Exception as e:  # noqa: BLE001 - never hand out a kernel that differs
-                self.log.warning("Pool %s: could not set the env of a pooled kernel (%s)", name, e)
-                await self._discard(km)
-                self.pool_misses += 1
+                host.log.warning("Pool %s: could not set the env of a pooled kernel (%s)", name, e)
+                await host.discard(km)
+                self.misses += 1
                 return None
         if km.docker is not None:
-            km.docker.exit_callback = None  # _watch sets the store's own
-        self.pool_hits += 1
+            km.docker.exit_callback = None  # the store's watcher sets its own
+        self.hits += 1
         return km
 
     async def _apply_env(self, km: GatewayKernel, wanted: dict[str, str]) -> None:

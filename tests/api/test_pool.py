@@ -10,7 +10,7 @@ from tests.conftest import TOKEN
 
 async def wait_pool(gw, name: str, size: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while len(gw.app.kernel_manager._pool.get(name, [])) < size:
+    while len(gw.app.kernel_manager.pool.ready.get(name, [])) < size:
         assert time.monotonic() < deadline, "the pool did not fill"
         await asyncio.sleep(0.1)
 
@@ -23,7 +23,7 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
         t0 = time.monotonic()
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_USERNAME": "pooled-ann"}})
         took = time.monotonic() - t0
-        assert r.status == 201 and mgr.pool_hits == 1 and took < 0.5, (took, mgr.pool_hits)
+        assert r.status == 201 and mgr.pool.hits == 1 and took < 0.5, (took, mgr.pool.hits)
         kid = r.json["id"]
         ws = await KernelWS.connect(gw.url, kid, TOKEN)
         out = ws.stdout(await ws.execute("import os, subprocess\nprint(os.environ['KERNEL_USERNAME'], "
@@ -36,17 +36,17 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
         from kernel_gateway_ext.containers.limits import KernelLimits
 
         km = await mgr.start(owner="x", kernel_name="python3", limits=KernelLimits(memory_bytes=300 * 2**20))
-        assert mgr.pool_hits == 1 and mgr.pool_misses >= 1
+        assert mgr.pool.hits == 1 and mgr.pool.misses >= 1
         (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={km.kernel_id}"})
         assert container.attrs["HostConfig"]["Memory"] == 300 * 2**20
         await mgr.shutdown(km.kernel_id, now=True)
         assert (await gw.client.fetch("DELETE", f"/api/kernels/{kid}")).status == 204
         # a pooled kernel killed from outside is replaced
-        victim = mgr._pool["python3"][0]
+        victim = mgr.pool.ready["python3"][0]
         docker_client.containers.get(victim.docker.container_id).kill()
         for _ in range(100):
-            if victim not in mgr._pool["python3"] and len(mgr._pool["python3"]) == 2:
+            if victim not in mgr.pool.ready["python3"] and len(mgr.pool.ready["python3"]) == 2:
                 break
             await asyncio.sleep(0.1)
-        assert victim not in mgr._pool["python3"]
+        assert victim not in mgr.pool.ready["python3"]
         await wait_pool(gw, "python3", 2)
