@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+from typing import Any, Protocol
+
 from traitlets import Bool, Float, HasTraits
 
 from ..config import env
@@ -16,8 +18,8 @@ from ..tasks import Deadlines
 from .kernel import GatewayKernel
 
 
-class CullingMixin(HasTraits):
-    """Part of GatewayKernelManager: idle kernels are shut down at their deadline."""
+class CullingSettings(HasTraits):
+    """The culling options (traits of the kernel store: GatewayKernelManager.cull_idle_timeout, …)."""
 
     cull_idle_timeout = env(
         Float(86400.0, help="Shut kernels down after this many seconds without activity (0: never), as "
@@ -29,44 +31,68 @@ class CullingMixin(HasTraits):
                     "KGE_CULL_BUSY")
     cull_connected = env(Bool(False, help="Cull kernels that still have an open websocket."), "KGE_CULL_CONNECTED")
 
-    deadlines: Deadlines
+
+class CullHost(Protocol):
+    """What the culler needs of the kernel store."""
+
+    log: Any
+    cull_idle_timeout: float
+    cull_busy: bool
+    cull_connected: bool
+
+    @property
+    def closing(self) -> bool: ...
+
+    def find(self, kernel_id: str) -> GatewayKernel | None: ...
+
+    def count_event(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None: ...
+
+    async def shutdown(self, kernel_id: str, owner: str | None = None, now: bool = False) -> None: ...
+
+
+class Culler:
+    """Idle kernels are shut down at their deadline (one timer each, in `deadlines`)."""
+
+    def __init__(self, host: CullHost, deadlines: Deadlines) -> None:
+        self.host = host
+        self.deadlines = deadlines
 
     def idle_timeout_of(self, km: GatewayKernel) -> float:
         """The caller's own timeout (v2 idleTimeout), never longer than the server's."""
-        server = self.cull_idle_timeout
+        server = self.host.cull_idle_timeout
         if km.idle_timeout:
             return min(km.idle_timeout, server) if server > 0 else km.idle_timeout
         return server
 
-    def arm_cull(self, km: GatewayKernel, at: float | None = None) -> None:
+    def arm(self, km: GatewayKernel, at: float | None = None) -> None:
         """(Re)arm the kernel's idle deadline: last activity + its timeout."""
         timeout = self.idle_timeout_of(km)
-        if timeout <= 0 or self._closing:
+        if timeout <= 0 or self.host.closing:
             self.deadlines.cancel(km.kernel_id)
             return
         when = at if at is not None else km.last_activity.timestamp() + timeout
         self.deadlines.arm(km.kernel_id, when, lambda: self._cull_if_idle(km.kernel_id))
 
     async def _cull_if_idle(self, kernel_id: str) -> None:
-        km = self._kernels.get(kernel_id)
+        host = self.host
+        km = host.find(kernel_id)
         if km is None:
             return
-        assert isinstance(km, GatewayKernel)
         timeout = self.idle_timeout_of(km)
         if timeout <= 0:
             return
         now = time.time()
         idle_for = now - km.last_activity.timestamp()
         if idle_for < timeout:
-            self.arm_cull(km)  # there was activity since: the deadline moved
+            self.arm(km)  # there was activity since: the deadline moved
             return
-        if km.execution_state == "busy" and not self.cull_busy:
-            self.arm_cull(km, at=now + timeout)
+        if km.execution_state == "busy" and not host.cull_busy:
+            self.arm(km, at=now + timeout)
             return
-        if km.connections and not self.cull_connected:
-            self.arm_cull(km, at=now + timeout)
+        if km.connections and not host.cull_connected:
+            self.arm(km, at=now + timeout)
             return
-        self.log.warning("Culling kernel %s (%s) of %s: idle for %.0f s (timeout %.0f s)",
+        host.log.warning("Culling kernel %s (%s) of %s: idle for %.0f s (timeout %.0f s)",
                          km.kernel_id, km.kernel_name, km.owner, idle_for, timeout)
-        self._observe("cull", km.kernel_name, "idle")
-        await self.shutdown(kernel_id, now=True)
+        host.count_event("cull", km.kernel_name, "idle")
+        await host.shutdown(kernel_id, now=True)

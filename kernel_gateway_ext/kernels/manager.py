@@ -41,7 +41,7 @@ from ..tasks import TaskSet
 from .adoption import RECORD_KIND, AdoptionMixin
 from .capacity import DOCKER_PROVISIONER, CapacityMixin
 from ..tasks import Deadlines
-from .culling import CullingMixin
+from .culling import Culler, CullingSettings
 from .channels import zmq_url
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import LivenessMixin
@@ -54,7 +54,8 @@ __all__ = ["GatewayKernel", "GatewayKernelManager", "Listener", "isoformat", "ut
 LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
 
 
-class GatewayKernelManager(AdoptionMixin, CapacityMixin, PoolSettings, CullingMixin, LivenessMixin, AsyncMultiKernelManager):
+class GatewayKernelManager(AdoptionMixin, CapacityMixin, PoolSettings, CullingSettings, LivenessMixin,
+                           AsyncMultiKernelManager):
     """Kernels with owners; every dialect goes through here."""
 
     kernel_manager_class = Unicode("kernel_gateway_ext.kernels.kernel.GatewayKernel").tag(config=True)
@@ -91,7 +92,8 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, PoolSettings, CullingMi
         self._token_locks: dict[tuple[str, str], list[Any]] = {}
         self._autorestart_tasks = TaskSet(self.log, "automatic restart")
         self._closing = False
-        self.pool = WarmPool(self)  # a collaborator: it uses launch, discard and room_for_pooled
+        self.pool = WarmPool(self)  # collaborators: each uses the store through a small protocol
+        self.culler = Culler(self, self.deadlines)
         self._removal_callbacks: list[Callable[[str], None]] = []
 
     def on_removal(self, callback: Callable[[str], None]) -> None:
@@ -216,6 +218,19 @@ class GatewayKernelManager(AdoptionMixin, CapacityMixin, PoolSettings, CullingMi
     def _observe(self, *args: Any) -> None:
         if self.observer is not None:
             self.observer(*args)
+
+    def count_event(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
+        self._observe(event, kernelspec, source, seconds)
+
+    def find(self, kernel_id: str) -> GatewayKernel | None:
+        km = self._kernels.get(kernel_id)
+        return km if isinstance(km, GatewayKernel) else None
+
+    def idle_timeout_of(self, km: GatewayKernel) -> float:
+        return self.culler.idle_timeout_of(km)
+
+    def arm_cull(self, km: GatewayKernel, at: float | None = None) -> None:
+        self.culler.arm(km, at)
 
     def _count(self) -> int:
         return len(self._kernels) + len(self._starting) + self.pool.count()
