@@ -12,7 +12,6 @@ kernel image, and tagged with the image its kernel.json names.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -90,7 +89,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
             path = Path(folder)
             if not (path / "Dockerfile").is_file():
                 continue
-            meta = json.loads((path / "kernel.json").read_text()).get("metadata") or {}
+            meta = ksm.get_kernel_spec(name).metadata or {}  # parsed and validated by jupyter_client
             image = ((meta.get("kernel_provisioner") or {}).get("config") or {}).get("image")
             if not image:
                 raise SystemExit(f"build-images: kernelspec {name} has a Dockerfile but its kernel.json names no "

@@ -213,12 +213,6 @@ class DockerEngine(SingletonConfigurable):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.ping_sync)
 
-    async def get_container(self, container_id: str) -> Container | None:
-        try:
-            return await self.run(lambda: self.client.containers.get(container_id))
-        except ContainerMissing:
-            return None
-
     async def list_ours(self, all_gateways: bool = False, **labels: str) -> list[Container]:
         """Containers labelled as ours (this gateway's unless all_gateways)."""
         filters = [f"{LABEL_MANAGED}=true"]

@@ -20,12 +20,6 @@ from .engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, DockerEngine
 from .spec import ContainerSpec
 
 
-@dataclass(frozen=True)
-class Launched:
-    id: str
-    ip: str
-
-
 class Tty:
     """An interactive process with a terminal in a container: a non-blocking socket to read and
     write (the loop watches it; no thread waits on it), resized through the engine."""

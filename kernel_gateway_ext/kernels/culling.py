@@ -8,7 +8,6 @@ either acts or arms the timer again.
 from __future__ import annotations
 
 import time
-
 from typing import Any, Protocol
 
 from traitlets import Bool, Float, HasTraits

@@ -157,13 +157,12 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self.container_id is None:
             return
         try:
-            c = await self.engine.get_container(self.container_id)
+            state = await ContainerRuntime(self.engine).state(self.container_id)
         except GatewayError:
             return
-        if c is None:
+        if state is None:
             self._on_event({"Action": "destroy"})
             return
-        state = c.attrs.get("State", {})
         self._oom_killed = self._oom_killed or bool(state.get("OOMKilled"))
         if state.get("Running"):
             self._exit_code = None
