@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from tornado import httpserver, web
-from traitlets import Bool, Dict, Float, Instance, Int, Type, Unicode
+from traitlets import Bool, Dict, Int, Type, Unicode
 from traitlets.config import catch_config_error
 
 from ._version import __version__
@@ -26,10 +26,10 @@ from .api.access_log import AccessLog
 from .api.base import NotFoundHandler
 from .api.jupyter import routes as jupyter_routes
 from .api.jupyter.bridge import Bridges
-from .api.server import BoundedHTTPServer
+from .api.server import BoundedHTTPServer, ServerSettings
 from .api.skaha import routes as skaha_routes
 from .api.v2 import routes as v2_routes
-from .auth import Authenticator
+from .auth import Authenticator, Authorizer
 from .auth.authenticator import ADMIN_USER
 from .auth.hmac_v2 import SeenSignatures
 from .auth.keypairs import KeyPairs
@@ -38,7 +38,7 @@ from .config import env
 from .errors import ImageMissing
 from .folders import FolderManager
 from .metrics import Metrics
-from .sessions import SessionManager
+from .jobs import JobManager
 from .kernels.jupyter_sessions import JupyterSessions
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
@@ -50,7 +50,7 @@ from .store import Store
 
 
 
-class Gateway(GatewayApplication):
+class Gateway(ServerSettings, GatewayApplication):
     """kernel_gateway_ext: Jupyter kernels in Docker containers, served to JupyterLab."""
 
     name = "kernel-gateway-ext"
@@ -87,64 +87,10 @@ class Gateway(GatewayApplication):
                          "to adopt (upgrades). Off: stop them all (nothing stays behind)."),
         "KGE_KEEP_ON_EXIT",
     )
-    ws_buffer_seconds = env(
-        Float(60.0, help="Seconds a disconnected client session's output is kept for its reconnect."),
-        "KGE_WS_BUFFER_SECONDS",
-    )
-    ws_buffer_messages = env(
-        Int(10000, help="Most messages kept for a disconnected client session."), "KGE_WS_BUFFER_MESSAGES"
-    )
-    ws_max_sessions = env(
-        Int(32, help="Client sessions (websocket session_ids) connected to one kernel at once; more are refused "
-                     "(429). Each holds the kernel's sockets open. 0: no limit."),
-        "KGE_WS_MAX_SESSIONS",
-    )
-    ws_buffer_bytes = env(
-        Int(32 * 1024 * 1024, help="Most bytes of messages kept for a disconnected client session "
-                                   "(the oldest go first)."),
-        "KGE_WS_BUFFER_BYTES",
-    )
-    ws_max_unsent_bytes = env(
-        Int(16 * 1024 * 1024, help="Bytes a kernel websocket may have sent that its client has not taken; past "
-                                   "this it gets no more until it drains, and its output waits in the session's "
-                                   "bounded buffer. 0: no limit."),
-        "KGE_WS_MAX_UNSENT_BYTES",
-    )
-    max_request_body = env(
-        Int(4 * 1024 * 1024, help="Largest request body (bytes) on every route but uploads; Tornado reads a body "
-                                  "before the handler runs, so this is what an unauthenticated caller can send."),
-        "KGE_MAX_REQUEST_BODY",
-    )
-    max_upload_body = env(
-        Int(64 * 1024 * 1024, help="Largest body of an upload (v2 kernel and folder uploads, the notebook proxy), "
-                                   "read only after the caller is authenticated."),
-        "KGE_MAX_UPLOAD_BODY",
-    )
-    header_timeout = env(
-        Float(30.0, help="Seconds a client has to send a request's headers (and an idle keep-alive connection "
-                         "stays open): a client trickling bytes must not hold a connection for an hour."),
-        "KGE_HEADER_TIMEOUT",
-    )
-    body_timeout = env(
-        Float(300.0, help="Seconds a client has to send a request's body."), "KGE_BODY_TIMEOUT"
-    )
-    max_connections = env(
-        Int(4000, help="Open client connections (websockets included) at once; past it new ones are closed. "
-                       "0: no limit."),
-        "KGE_MAX_CONNECTIONS",
-    )
-    max_connections_per_address = env(
-        Int(500, help="Open client connections from one address at once (behind a proxy every client shares "
-                      "its address: raise it or set 0). 0: no limit."),
-        "KGE_MAX_CONNECTIONS_PER_ADDRESS",
-    )
-    max_terminals = env(
-        Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
-        "KGE_MAX_TERMINALS",
-    )
     kernel_manager_class = Type(GatewayKernelManager, help="The kernel store class.").tag(config=True)
     kernel_spec_manager_class = Type(GatewayKernelSpecManager, help="The kernelspec finder.").tag(config=True)
     authenticator_class = Type(Authenticator, help="Maps tokens to identities.").tag(config=True)
+    authorizer_class = Type(Authorizer, help="Decides who may see and act on which kernels, jobs and folders.").tag(config=True)
 
     aliases = Dict(
         {
@@ -174,19 +120,20 @@ class Gateway(GatewayApplication):
         }
     )
 
-    store = Instance(Store, allow_none=True)
-    folders = Instance(FolderManager, allow_none=True)
-    sessions = Instance(SessionManager, allow_none=True)
-    keypairs = Instance(KeyPairs, allow_none=True)
-    kernel_manager = Instance(GatewayKernelManager, allow_none=True)
-    kernel_spec_manager = Instance(GatewayKernelSpecManager, allow_none=True)
-    authenticator = Instance(Authenticator, allow_none=True)
+    # The parts, made by initialize() (the composition root) before anything serves.
+    store: Store
+    folders: FolderManager
+    jobs: JobManager
+    keypairs: KeyPairs
+    kernel_manager: GatewayKernelManager
+    kernel_spec_manager: GatewayKernelSpecManager
+    authenticator: Authenticator
+    authorizer: Authorizer
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [Gateway, Authenticator, KeyPairs, Store, FolderManager, SessionManager, GatewayKernelManager,
-                GatewayKernelSpecManager,
-                DockerProvisioner, DockerEngine]
+        return [Gateway, Authenticator, Authorizer, KeyPairs, Store, FolderManager, JobManager, GatewayKernelManager,
+                GatewayKernelSpecManager, DockerProvisioner, DockerEngine]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -210,12 +157,13 @@ class Gateway(GatewayApplication):
             self.base_url = "/" + self.base_url
         if not self.base_url.endswith("/"):
             self.base_url += "/"
+        # The composition root: each part gets what it uses in its constructor.
+        self.metrics = Metrics(self)  # reads the parts when scraped
         self.store = Store(parent=self, log=self.log)
         self.keypairs = KeyPairs(parent=self, log=self.log, store=self.store)
         self.folders = FolderManager(parent=self, log=self.log, store=self.store)
-        self.sessions = SessionManager(parent=self, log=self.log, store=self.store, folders=self.folders,
-                                       keypairs=self.keypairs, base_url=self.base_url)
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
+        self.authorizer = self.authorizer_class(parent=self, log=self.log)
         self.kernel_spec_manager = self.kernel_spec_manager_class(parent=self, log=self.log)
         # Local-process kernels need a connection file (it holds the key): in a private folder,
         # never the working directory (jupyter_client's default).
@@ -223,15 +171,12 @@ class Gateway(GatewayApplication):
         os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
         self.kernel_manager = self.kernel_manager_class(
             parent=self, log=self.log, kernel_spec_manager=self.kernel_spec_manager, store=self.store,
-            connection_dir=runtime_dir,
+            connection_dir=runtime_dir, derive_secret=self.keypairs.derive, observer=self.metrics.observe_kernel,
         )
-        self.kernel_manager.derive_secret = self.keypairs._secret
-        # One memory budget for the host: kernels and sessions draw from it.
-        self.kernel_manager.other_memory = self.sessions.promised_memory
-        self.sessions.check_capacity = self.kernel_manager.check_capacity
-        self.sessions.on_cull = lambda kind: self.metrics.culls.labels(f"session:{kind}", "expired").inc()
-        self.metrics = Metrics(self)
-        self.kernel_manager.observer = self._observe_kernel
+        # One memory budget for the host: kernels and jobs draw from it.
+        self.jobs = JobManager(parent=self, log=self.log, store=self.store, folders=self.folders,
+                               keypairs=self.keypairs, base_url=self.base_url, budget=self.kernel_manager.capacity,
+                               on_expire=self.metrics.observe_job_expiry)
 
     # ---- the web app ----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -242,13 +187,13 @@ class Gateway(GatewayApplication):
             *skaha_routes.default_handlers(b),
         ]
         return web.Application(
-            routes,  # type: ignore[arg-type]
+            routes,
             gateway=self,
             default_handler_class=NotFoundHandler,
             websocket_ping_interval=30,
             websocket_max_message_size=64 * 1024 * 1024,
             log_function=AccessLog(self.log, self.metrics, routes, b),
-            cookie_secret=self.keypairs._secret("tornado-cookies", "kge"),
+            cookie_secret=self.keypairs.derive("tornado-cookies", "kge"),
         )
 
     def status_model(self) -> dict[str, Any]:
@@ -259,17 +204,6 @@ class Gateway(GatewayApplication):
                 "pool_hits": mgr.pool.hits, "pool_misses": mgr.pool.misses}
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def _observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
-        if event == "start":
-            self.metrics.starts.labels(kernelspec, source).inc()
-            self.metrics.start_seconds.labels(source).observe(seconds)
-        elif event == "start_failure":
-            self.metrics.start_failures.labels(kernelspec).inc()
-        elif event == "cull":
-            self.metrics.culls.labels("kernel", source).inc()
-        elif event == "rejected":
-            self.metrics.rejections.labels(source).inc()
-
     async def check_docker(self) -> None:
         engine = DockerEngine.instance(parent=self)
         engine.call_observer = lambda method, seconds: self.metrics.docker_seconds.labels(method).observe(seconds)
@@ -321,12 +255,12 @@ class Gateway(GatewayApplication):
         """Match this gateway id's containers with the store's records: adopt what a record owns,
         remove what nobody owns any more, drop records whose container is gone."""
         # Events missed while the engine was unreachable are made up for by re-reading state.
-        engine.on_reconnect(lambda: asyncio.ensure_future(self.sessions.refresh()))
+        engine.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
         containers = await engine.list_ours()
         adopted: set[str] = set()
         if self.adopt:
-            adopted |= await self.kernel_manager.adopt(containers)
-            adopted |= await self.sessions.adopt(containers)
+            adopted |= await self.kernel_manager.adopter.adopt(containers)
+            adopted |= await self.jobs.adopt(containers)
             await self.jupyter_sessions.load({km.kernel_id for km in self.kernel_manager.list()})
         else:
             await self.store.delete_records(engine.gateway_id)
@@ -361,7 +295,7 @@ class Gateway(GatewayApplication):
         self.http_server.add_sockets(sockets)
         self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
         if self.docker_available:
-            self.kernel_manager.fill_pools()
+            self.kernel_manager.pool.fill()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.certfile:
@@ -386,10 +320,9 @@ class Gateway(GatewayApplication):
             self.http_server.stop()
         self.bridges.close_all()
         keep = self.keep_on_exit and self.docker_available
-        if self.kernel_manager is not None:
-            await self.kernel_manager.shutdown_everything(keep=keep)
-        if self.sessions is not None and self.docker_available:
-            await self.sessions.shutdown(keep=keep)
+        await self.kernel_manager.shutdown_everything(keep=keep)
+        if self.docker_available:
+            await self.jobs.shutdown(keep=keep)
         await self.jupyter_sessions.flush()
         if self.http_server is not None:
             await self.http_server.close_all_connections()
@@ -399,9 +332,7 @@ class Gateway(GatewayApplication):
             self.lease = None
         if DockerEngine.initialized():
             DockerEngine.instance().close()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        self.store.close()
         if self.state_lock is not None:
             self.state_lock.release()
             self.state_lock = None
@@ -418,8 +349,12 @@ class Gateway(GatewayApplication):
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
+        def on_signal(sig: int) -> None:
+            if not stop.done():
+                stop.set_result(sig)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: stop.done() or stop.set_result(s))
+            loop.add_signal_handler(sig, on_signal, sig)
         await self.start_server()
         print(f"kernel_gateway_ext is running at {self.url}", flush=True)
         if self.authenticator.generated_token:

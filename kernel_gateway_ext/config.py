@@ -28,8 +28,9 @@ def env(trait: T, name: str) -> T:
 def _configured_names(obj: LoggingConfigurable) -> set[str]:
     """Names of the traits set for `obj` by config (file or CLI), for any class in its MRO."""
     names: set[str] = set()
-    for cls in type(obj).mro():
-        section = obj.config.get(cls.__name__) if hasattr(obj, "config") else None
+    sections = {cls.__name__ for cls in type(obj).mro()} | set(obj.section_names())  # a former name too
+    for name in sections:
+        section = obj.config.get(name) if hasattr(obj, "config") else None
         if section:
             names.update(section.keys())
     return names

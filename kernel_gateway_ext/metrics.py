@@ -17,7 +17,7 @@ class LiveSource(Protocol):
     """What the scrape-time gauges read (the Gateway application is one)."""
 
     kernel_manager: Any  # kernels.manager.GatewayKernelManager
-    sessions: Any  # sessions.SessionManager
+    jobs: Any  # jobs.JobManager
 
 
 class Metrics:
@@ -45,6 +45,21 @@ class Metrics:
         GCCollector(registry=self.registry)
         self.registry.register(_Live(gateway))
 
+    def observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
+        """What the kernel store reports: starts (cold or pooled), failures, culls, refusals."""
+        if event == "start":
+            self.starts.labels(kernelspec, source).inc()
+            self.start_seconds.labels(source).observe(seconds)
+        elif event == "start_failure":
+            self.start_failures.labels(kernelspec).inc()
+        elif event == "cull":
+            self.culls.labels("kernel", source).inc()
+        elif event == "rejected":
+            self.rejections.labels(source).inc()
+
+    def observe_job_expiry(self, kind: str) -> None:
+        self.culls.labels(f"session:{kind}", "expired").inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -55,6 +70,10 @@ class _Live:
     def __init__(self, gateway: LiveSource) -> None:
         self.gateway = gateway
 
+    def describe(self) -> list[Any]:
+        # Nothing to read at registration: the parts are made after the metrics (they report to them).
+        return []
+
     def collect(self) -> Iterator[Any]:
         gw = self.gateway
         kernels = GaugeMetricFamily("kge_kernels", "Kernels by state and kernelspec", labels=["state", "kernelspec"])
@@ -62,8 +81,8 @@ class _Live:
             kernels.add_metric([state, spec], n)
         yield kernels
         sessions = GaugeMetricFamily("kge_sessions", "Skaha sessions by status and type", labels=["status", "type"])
-        if gw.sessions is not None:
-            for (status, kind), n in Counter((r.status, r.type) for r in gw.sessions.records.values()).items():
+        if gw.jobs is not None:
+            for (status, kind), n in Counter((r.status, r.type) for r in gw.jobs.records.values()).items():
                 sessions.add_metric([status, kind], n)
         yield sessions
         pool = GaugeMetricFamily("kge_pool_ready", "Ready kernels in the warm pool", labels=["kernelspec"])
@@ -75,8 +94,8 @@ class _Live:
         yield pool
         yield size
         promised = GaugeMetricFamily("kge_memory_promised_bytes", "Memory promised to kernels and sessions")
-        promised.add_metric([], mgr.promised_memory())
+        promised.add_metric([], mgr.capacity.promised_memory())
         yield promised
         budget = GaugeMetricFamily("kge_memory_budget_bytes", "The host's memory budget (0: none)")
-        budget.add_metric([], mgr.budget_bytes())
+        budget.add_metric([], mgr.capacity.budget_bytes())
         yield budget

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from tornado import httputil, iostream, web
 
 from ..auth import Identity, extract_token
-from ..errors import BadRequest, Forbidden, GatewayError, Unauthorized
+from ..auth.authorizer import Owned
+from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, Unauthorized
+from ..kernels.kernel import GatewayKernel
 from .context import GatewayContext
+
+T = TypeVar("T", bound=Owned)
 
 
 class GatewayMixin:
@@ -17,10 +22,35 @@ class GatewayMixin:
 
     settings: dict[str, Any]
     request: Any
+    identity: Identity
 
     @property
     def gateway(self) -> GatewayContext:
-        return self.settings["gateway"]  # type: ignore[no-any-return]
+        return self.settings["gateway"]
+
+    # ---- authorization: the authorizer decides, these only ask it for this caller --------------
+    def authorized(self, thing: T | None, missing: Callable[[], GatewayError], action: str = "read") -> T:
+        """`thing` if the caller may do `action` to it, else `missing()` is raised (a 404: never a 403)."""
+        return self.gateway.authorizer.check(self.identity, thing, missing, action)
+
+    def visible(self, things: Iterable[T]) -> list[T]:
+        return self.gateway.authorizer.visible(self.identity, things)
+
+    def owner_scope(self) -> str | None:
+        """The owner a lookup by name is limited to (None: an operator's, anyone's)."""
+        return self.gateway.authorizer.scope(self.identity)
+
+    def owned_kernel(self, ident: str, *, by_token: bool = False, action: str = "read") -> GatewayKernel:
+        """The kernel with id `ident` (or, `by_token`, the caller's kernel with that v2 client token:
+        tokens are only unique per owner) if the caller may do `action` to it; else a 404."""
+        mgr, authorizer = self.gateway.kernel_manager, self.gateway.authorizer
+        found = mgr.find(ident)
+        if found is not None and authorizer.is_authorized(self.identity, action, found.owner):
+            return found
+        if by_token:
+            found = next((km for km in mgr.with_token(ident)
+                          if authorizer.is_authorized(self.identity, action, km.owner)), None)
+        return self.authorized(found, lambda: KernelNotFound(f"Kernel does not exist: {ident}"), action)
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.
@@ -28,7 +58,7 @@ class GatewayMixin:
         stream = getattr(self.request.connection, "stream", None)
         if not isinstance(stream, iostream.SSLIOStream):
             return None
-        return self.request.get_ssl_certificate()  # type: ignore[return-value]
+        return self.request.get_ssl_certificate()
 
     async def authenticate(self) -> Identity:
         authenticator = self.gateway.authenticator
@@ -104,7 +134,8 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
             status_code, message, kind = exc.status, exc.message, exc.kind
             self.set_status(status_code)
         elif isinstance(exc, web.HTTPError):
-            message = (exc.log_message % exc.args if exc.args else exc.log_message) or self._reason
+            template = exc.log_message or ""
+            message = (template % exc.args if exc.args else template) or self._reason
             kind = "http-error"
         else:
             message, kind = "internal server error", "internal-error"
@@ -168,5 +199,5 @@ class NotFoundHandler(BaseHandler):
 
     auth_required = False
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise web.HTTPError(404, "no such endpoint")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from ..auth import Authenticator
+from ..auth import Authenticator, Authorizer
 from ..auth.hmac_v2 import SeenSignatures
 from ..auth.keypairs import KeyPairs
 from ..folders import FolderManager
@@ -16,7 +16,7 @@ from ..kernels.jupyter_sessions import JupyterSessions
 from ..kernels.manager import GatewayKernelManager
 from ..kernels.specs import GatewayKernelSpecManager
 from ..metrics import Metrics
-from ..sessions import SessionManager
+from ..jobs import JobManager
 
 
 class GatewayContext(Protocol):
@@ -24,9 +24,10 @@ class GatewayContext(Protocol):
     kernel_manager: GatewayKernelManager
     kernel_spec_manager: GatewayKernelSpecManager
     folders: FolderManager
-    sessions: SessionManager
+    jobs: JobManager
     keypairs: KeyPairs
     authenticator: Authenticator
+    authorizer: Authorizer
     jupyter_sessions: JupyterSessions
     metrics: Metrics
     bridges: Any  # api.jupyter.bridge.Bridges (the Jupyter dialect's own registry)

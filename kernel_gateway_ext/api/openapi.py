@@ -72,7 +72,7 @@ def jupyter() -> dict[str, Any]:
         "path": {"type": "string"}, "name": {"type": "string"}, "type": {"type": "string"},
         "kernel": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                                                     "env": STR_MAP}}}}
-    paths = {
+    paths: dict[str, Any] = {
         "/api": {"get": {"summary": "Version, Docker availability, pools", "security": [],
                          "responses": {"200": _resp("Status", {"type": "object"})}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
@@ -164,7 +164,7 @@ def v2() -> dict[str, Any]:
     created = _resp("Created", {"type": "object", "properties": {
         "kernelId": {"type": "string", "description": "the session id: the clientSessionToken"},
         "created": {"type": "boolean"}}})
-    paths = {
+    paths: dict[str, Any] = {
         "/v2/": {"get": {"summary": "API version", "security": [], "responses": {"200": _resp("Version", {"type": "object"})}}},
         "/v2/kernel/": {"post": {"summary": "Get or create a kernel by client token", "requestBody": _json(create_body),
                                  "responses": {"201": created, **start_errs}}},
@@ -255,7 +255,7 @@ def skaha() -> dict[str, Any]:
         _query("cmd", {"type": "string"}), _query("args", {"type": "string"}),
         _query("env", {"type": "string"}, "NAME=VALUE (repeatable)"),
     ]
-    paths = {
+    paths: dict[str, Any] = {
         "/skaha/availability": {"get": {"summary": "VOSI availability", "security": [],
                                         "responses": {"200": _resp("XML", {"type": "string"}, "text/xml")}}},
         "/skaha/capabilities": {"get": {"summary": "VOSI capabilities", "security": [],

@@ -13,6 +13,71 @@ from collections import Counter
 from typing import Any
 
 from tornado import httpserver, iostream
+from traitlets import Float, HasTraits, Int
+
+from ..config import env
+
+
+class ServerSettings(HasTraits):
+    """The HTTP and websocket bounds (options of the application: Gateway.max_connections, …)."""
+
+    ws_buffer_seconds = env(
+        Float(60.0, help="Seconds a disconnected client session's output is kept for its reconnect."),
+        "KGE_WS_BUFFER_SECONDS",
+    )
+    ws_buffer_messages = env(
+        Int(10000, help="Most messages kept for a disconnected client session."), "KGE_WS_BUFFER_MESSAGES"
+    )
+    ws_max_sessions = env(
+        Int(32, help="Client sessions (websocket session_ids) connected to one kernel at once; more are refused "
+                     "(429). Each holds the kernel's sockets open. 0: no limit."),
+        "KGE_WS_MAX_SESSIONS",
+    )
+    ws_buffer_bytes = env(
+        Int(32 * 1024 * 1024, help="Most bytes of messages kept for a disconnected client session "
+                                   "(the oldest go first)."),
+        "KGE_WS_BUFFER_BYTES",
+    )
+    ws_max_unsent_bytes = env(
+        Int(16 * 1024 * 1024, help="Bytes a kernel websocket may have sent that its client has not taken; past "
+                                   "this it gets no more until it drains, and its output waits in the session's "
+                                   "bounded buffer. 0: no limit."),
+        "KGE_WS_MAX_UNSENT_BYTES",
+    )
+    max_request_body = env(
+        Int(4 * 1024 * 1024, help="Largest request body (bytes) on every route but uploads; Tornado reads a body "
+                                  "before the handler runs, so this is what an unauthenticated caller can send."),
+        "KGE_MAX_REQUEST_BODY",
+    )
+    max_upload_body = env(
+        Int(64 * 1024 * 1024, help="Largest body of an upload (v2 kernel and folder uploads, the notebook proxy), "
+                                   "read only after the caller is authenticated."),
+        "KGE_MAX_UPLOAD_BODY",
+    )
+    header_timeout = env(
+        Float(30.0, help="Seconds a client has to send a request's headers (and an idle keep-alive connection "
+                         "stays open): a client trickling bytes must not hold a connection for an hour."),
+        "KGE_HEADER_TIMEOUT",
+    )
+    body_timeout = env(
+        Float(300.0, help="Seconds a client has to send a request's body."), "KGE_BODY_TIMEOUT"
+    )
+    max_connections = env(
+        Int(4000, help="Open client connections (websockets included) at once; past it new ones are closed. "
+                       "0: no limit."),
+        "KGE_MAX_CONNECTIONS",
+    )
+    max_connections_per_address = env(
+        Int(500, help="Open client connections from one address at once (behind a proxy every client shares "
+                      "its address: raise it or set 0). 0: no limit."),
+        "KGE_MAX_CONNECTIONS_PER_ADDRESS",
+    )
+    max_terminals = env(
+        Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
+        "KGE_MAX_TERMINALS",
+    )
+
+
 
 
 class BoundedHTTPServer(httpserver.HTTPServer):

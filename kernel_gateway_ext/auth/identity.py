@@ -13,7 +13,3 @@ class Identity:
     user: str
     admin: bool = False
     access_key: str | None = None  # the key pair that authenticated, if any
-
-    def owner_filter(self) -> str | None:
-        """The owner to filter by: None lets an admin see everything."""
-        return None if self.admin else self.user

@@ -79,8 +79,10 @@ class KeyPairs(EnvConfigurable):
                 self._master = path.read_text().strip().encode()
         return self._master
 
-    def _secret(self, access_key: str, nonce: str) -> str:
-        mac = hmac.new(self.master, f"{access_key}:{nonce}".encode(), hashlib.sha256).digest()
+    def derive(self, purpose: str, nonce: str) -> str:
+        """A secret derived from the master key: a key pair's secret key (purpose: its access key),
+        a kernel's connection key, a notebook server's token, the cookie key. Nothing derived is stored."""
+        mac = hmac.new(self.master, f"{purpose}:{nonce}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     # ---- management (CLI) -----------------------------------------------------------------------
@@ -94,7 +96,7 @@ class KeyPairs(EnvConfigurable):
         self.store.run_sync(lambda c: c.execute(
             "INSERT INTO keypairs (access_key, user, is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)",
             (access_key, user, int(admin), nonce, time.time())))
-        return access_key, self._secret(access_key, nonce)
+        return access_key, self.derive(access_key, nonce)
 
     def list(self) -> list[KeyPair]:
         rows = self.store.run_sync(lambda c: c.execute("SELECT * FROM keypairs ORDER BY created").fetchall())
@@ -119,7 +121,7 @@ class KeyPairs(EnvConfigurable):
             "SELECT * FROM keypairs WHERE access_key = ? AND revoked IS NULL", (access_key,)).fetchone())
         if row is None:
             return None
-        return self._row(row), self._secret(row["access_key"], row["nonce"])
+        return self._row(row), self.derive(row["access_key"], row["nonce"])
 
     async def identify_token(self, token: str) -> Identity | None:
         """A key pair used as a bearer token: "ACCESS_KEY:SECRET_KEY"."""

@@ -108,7 +108,7 @@ class DockerEngine(SingletonConfigurable):
         # sixteen long commands cannot starve every other Docker call of the gateway.
         self._long_pool = ThreadPoolExecutor(max_workers=self.max_long_calls, thread_name_prefix="docker-long")
         self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
-        self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None], str | None]] = []
+        self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], object], str | None]] = []
         self._lock = threading.Lock()
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
@@ -221,6 +221,11 @@ class DockerEngine(SingletonConfigurable):
         filters += [f"{k}={v}" for k, v in labels.items()]
         return await self.run(lambda: self.client.containers.list(all=True, filters={"label": filters}))
 
+    async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]:
+        """(tags, labels, id) of the local images that carry `label`."""
+        images = await self.run(lambda: self.client.images.list(filters={"label": label}))
+        return [(list(img.tags), dict(img.labels or {}), str(img.id)) for img in images]
+
     async def remove(self, container_id: str) -> None:
         """Remove a container whatever its state; a missing one is already removed."""
         try:
@@ -249,7 +254,7 @@ class DockerEngine(SingletonConfigurable):
                 # A container's reconnect callbacks go with its last subscriber (no growth with churn).
                 self._reconnect_callbacks = [r for r in self._reconnect_callbacks if r[2] != container_id]
 
-    def on_reconnect(self, callback: Callable[[], None], container_id: str | None = None) -> None:
+    def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None:
         """Call `callback()` on the current loop whenever the event stream (re)connects; one
         registered for a container is dropped when that container is unsubscribed."""
         with self._lock:

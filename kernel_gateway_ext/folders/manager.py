@@ -6,6 +6,8 @@ folder API asks. Nothing a caller names may escape its folder or /home/work.
 """
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import contextlib
 import errno
@@ -51,7 +53,7 @@ def _usage(root: int, stop_bytes: int, stop_files: int) -> tuple[int, int]:
     """(bytes, entries) under an open directory, by fd, never following a link; stops early once
     past `stop_bytes` or `stop_files` (0: no stop) — the caller only needs to know it is over."""
     total, count = 0, 0
-    stack = [(os.dup(root), None)]  # (fd, its scandir iterator once opened)
+    stack: list[tuple[int, Any]] = [(os.dup(root), None)]  # (fd, its scandir iterator once opened)
     try:
         while stack:
             fd, it = stack[-1]
@@ -193,7 +195,7 @@ class FolderManager(EnvConfigurable):
 
         await asyncio.to_thread(remove)
 
-    async def upload(self, owner: str | None, name: str, files: list[tuple[str, bytes]]) -> int:
+    async def upload(self, owner: str | None, name: str, files: builtins.list[tuple[str, bytes]]) -> int:
         row = await self._find(owner, name)
         base = self.path_of(row["id"])
         checked = []
@@ -228,7 +230,7 @@ class FolderManager(EnvConfigurable):
             await asyncio.to_thread(write)  # one upload at a time per folder: the quota check holds for it
         return len(checked)
 
-    def _check_quota(self, root: int, folder_id: str, name: str, incoming: list[tuple[str, bytes]]) -> None:
+    def _check_quota(self, root: int, folder_id: str, name: str, incoming: builtins.list[tuple[str, bytes]]) -> None:
         """Refuse an upload that would take the folder past its byte or file quota. The folder is
         counted at most every USAGE_TTL seconds (a walk costs its size; kernels may write to it
         meanwhile), uploads in between add to the count."""
@@ -249,7 +251,7 @@ class FolderManager(EnvConfigurable):
             raise Forbidden(f"folder {name!r} would hold {new_files} files, over its quota of {self.quota_files}")
         self._usage[folder_id] = (counted[0], new_bytes, new_files)
 
-    async def open_files(self, owner: str | None, name: str, paths: list[str]) -> list[tuple[str, int, int]]:
+    async def open_files(self, owner: str | None, name: str, paths: builtins.list[str]) -> builtins.list[tuple[str, int, int]]:
         """[(path, fd, size)] of regular files of a folder, opened by fd without following a link
         (the kernel may swap them meanwhile); the caller closes the fds."""
         row = await self._find(owner, name)
@@ -286,7 +288,7 @@ class FolderManager(EnvConfigurable):
 
         return await asyncio.to_thread(open_all)
 
-    async def files(self, owner: str | None, name: str, path: str = ".") -> list[dict[str, Any]]:
+    async def files(self, owner: str | None, name: str, path: str = ".") -> builtins.list[dict[str, Any]]:
         row = await self._find(owner, name)
         base = self.path_of(row["id"])
         rel = "." if path in ("", ".") else safe_relative_path(path)
@@ -316,7 +318,7 @@ class FolderManager(EnvConfigurable):
         except NotADirectoryError as e:
             raise NotFound(f"no directory {path!r} in folder {name!r}") from e
 
-    def _walk(self, root: int, dirs: list[str], *, create: bool, shown: str = "") -> int:
+    def _walk(self, root: int, dirs: builtins.list[str], *, create: bool, shown: str = "") -> int:
         """An fd of ROOT/dirs, opened one component at a time relative to the last one, never
         following a link: a kernel that swaps a directory for a symlink meanwhile cannot send the
         gateway (root) outside the folder. With `create`, missing directories are made, owned by
@@ -347,7 +349,7 @@ class FolderManager(EnvConfigurable):
         return fd
 
     # ---- mounts ---------------------------------------------------------------------------------
-    async def mounts(self, owner: str, specs: Any) -> list[BindMount]:
+    async def mounts(self, owner: str, specs: Any) -> builtins.list[BindMount]:
         """`["data", "pkgs:.local/lib"]` -> bind mounts at /home/work/NAME or /home/work/ALIAS."""
         if specs is None:
             return []

@@ -1,29 +1,35 @@
 """What may be started: hard limits per kernel (406), kernel counts in total and per owner (403),
-and the host's memory budget shared with Skaha sessions (429).
+and the host's memory budget shared with Skaha jobs (429).
 
 The defaults are derived from the host, so that a fresh gateway shared by users who do not trust
 each other cannot be exhausted by one of them: one kernel per 128 MiB of memory in all, a quarter
 of that per owner, and container limits promised up to 250% of the memory (limits are caps, not
-reservations: kernels rarely use theirs, so a budget of exactly the host refuses what would run)."""
+reservations: kernels rarely use theirs, so a budget of exactly the host refuses what would run).
+
+`Capacity` is a collaborator of the kernel store: it reads the store only through `CapacityHost`.
+Other claimants on the budget (Skaha jobs) register a reading of what they promise."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from traitlets import Float, HasTraits, Int, Unicode, default
 
 from ..config import env
-from ..errors import BadRequest, LimitExceeded, OverCapacity
-from ..provisioners.docker import DockerProvisioner
 from ..containers.limits import KernelLimits, host_memory, parse_memory
+from ..errors import BadRequest, LimitExceeded, OverCapacity, TooManyKernels
+from ..provisioners.docker import DockerProvisioner
+from .kernel import GatewayKernel
 
 DOCKER_PROVISIONER = "kge-docker-provisioner"
 MIN_MEMORY = 6 * 2**20  # Docker refuses a smaller memory limit
 MIN_CPUS = 0.01  # below it Docker's nano_cpus rounds to 0, which means no CPU limit at all
+GIB = 2**30
 
 
-class CapacityMixin(HasTraits):
-    """Part of GatewayKernelManager: limits and the memory budget."""
+class CapacitySettings(HasTraits):
+    """The capacity options (traits of the kernel store: GatewayKernelManager.max_kernels, …)."""
 
     max_kernels = env(Int(help="Most kernels at once, pooled ones included (0: no limit). "
                                "Default: one per 128 MiB of host memory, 16 to 1024."), "KGE_MAX_KERNELS")
@@ -37,14 +43,6 @@ class CapacityMixin(HasTraits):
                              "Empty: no budget."),
         "KGE_MEMORY_BUDGET",
     )
-
-    @default("max_kernels")
-    def _max_kernels_default(self) -> int:
-        return min(1024, max(16, host_memory() // (128 * 2**20)))
-
-    @default("max_kernels_per_owner")
-    def _max_kernels_per_owner_default(self) -> int:
-        return max(8, self.max_kernels // 4) if self.max_kernels else 0
     hard_mem_limit = env(Unicode("8g", help="Most memory one kernel may ask for (more: 406)."), "KGE_HARD_MEM_LIMIT")
     hard_cpu_limit = env(Float(float(os.cpu_count() or 1), help="Most CPUs one kernel may ask for."), "KGE_HARD_CPU_LIMIT")
     hard_gpu_limit = env(Int(0, help="Most GPUs one kernel may ask for (0: this host offers none)."), "KGE_HARD_GPU_LIMIT")
@@ -53,17 +51,46 @@ class CapacityMixin(HasTraits):
         "KGE_HARD_EXEC_TIMEOUT",
     )
 
-    _default_mem_limit: str | None = None
+    @default("max_kernels")
+    def _max_kernels_default(self) -> int:
+        return min(1024, max(16, host_memory() // (128 * 2**20)))
 
-    def _starting_for(self, owner: str) -> int:
-        return sum(1 for km in self._starting.values() if km.owner == owner)
+    @default("max_kernels_per_owner")
+    def _max_kernels_per_owner_default(self) -> int:
+        return max(8, self.max_kernels // 4) if self.max_kernels else 0
 
-    # Set by the app: the memory promised to things outside this manager (Skaha sessions).
-    other_memory: Callable[[], int] = staticmethod(lambda: 0)  # type: ignore[assignment]
+
+class CapacityHost(Protocol):
+    """What capacity needs of the kernel store."""
+
+    kernel_spec_manager: Any
+    max_kernels: int
+    max_kernels_per_owner: int
+    memory_budget: str
+    hard_mem_limit: str
+    hard_cpu_limit: float
+    hard_gpu_limit: int
+    hard_exec_timeout: float
+
+    def every_kernel(self) -> Iterable[GatewayKernel]: ...  # in the store, starting and pooled
+
+    def kernels_of(self, owner: str) -> int: ...  # in the store and starting
+
+
+class Capacity:
+    def __init__(self, host: CapacityHost, provisioner_defaults: Callable[[], DockerProvisioner]) -> None:
+        self.host = host
+        self._provisioner_defaults = provisioner_defaults
+        self._default_mem_limit: str | None = None
+        self._claimants: list[Callable[[], int]] = []
+
+    def add_claimant(self, promised: Callable[[], int]) -> None:
+        """Something else drawing on the same budget (Skaha jobs): `promised()` is its memory."""
+        self._claimants.append(promised)
 
     def budget_bytes(self) -> int:
         """The memory budget in bytes (0: none)."""
-        text = self.memory_budget.strip()
+        text = self.host.memory_budget.strip()
         if not text:
             return 0
         if text.endswith("%"):
@@ -75,7 +102,7 @@ class CapacityMixin(HasTraits):
         if limits is not None and limits.memory_bytes:
             return limits.memory_bytes
         try:
-            spec = self.kernel_spec_manager.get_kernel_spec(name)
+            spec = self.host.kernel_spec_manager.get_kernel_spec(name)
         except Exception:  # noqa: BLE001 - an unknown spec fails later with its own error
             return 0
         prov = (spec.metadata.get("kernel_provisioner") or {})
@@ -84,38 +111,57 @@ class CapacityMixin(HasTraits):
         configured = (prov.get("config") or {}).get("mem_limit")
         if not configured:
             if self._default_mem_limit is None:  # the provisioners' configured default (traits, env)
-                self._default_mem_limit = DockerProvisioner(parent=self).mem_limit
+                self._default_mem_limit = self._provisioner_defaults().mem_limit
             configured = self._default_mem_limit
         return parse_memory(configured)
 
     def promised_memory(self) -> int:
-        kms = list(self._kernels.values()) + list(self._starting.values()) + self.pool.kernels()
-        total = 0
-        for km in kms:
-            if km.docker is not None:  # type: ignore[attr-defined]
-                total += km.effective_limits().memory_bytes or 0  # type: ignore[attr-defined]
-        return total + self.other_memory()
+        total = sum(km.effective_limits().memory_bytes or 0 for km in self.host.every_kernel() if km.docker is not None)
+        return total + sum(promised() for promised in self._claimants)
 
-    def check_capacity(self, wanted: int) -> None:
+    def count(self) -> int:
+        return sum(1 for _ in self.host.every_kernel())
+
+    def check_memory(self, wanted: int) -> None:
         """429 when `wanted` more bytes would promise more memory than the host's budget."""
         budget = self.budget_bytes()
         if budget and wanted and self.promised_memory() + wanted > budget:
-            gib = 2**30
-            raise OverCapacity(f"the host's memory budget is spent: {self.promised_memory() / gib:.1f} GiB of "
-                               f"{budget / gib:.1f} GiB promised, {wanted / gib:.1f} GiB more asked")
+            raise OverCapacity(f"the host's memory budget is spent: {self.promised_memory() / GIB:.1f} GiB of "
+                               f"{budget / GIB:.1f} GiB promised, {wanted / GIB:.1f} GiB more asked")
+
+    def check_owner(self, owner: str) -> None:
+        """403 when `owner` already has its most kernels."""
+        most = self.host.max_kernels_per_owner
+        if most and self.host.kernels_of(owner) >= most:
+            raise TooManyKernels(f"{owner} already has the maximum of {most} kernels")
+
+    def check_count(self) -> None:
+        """403 when the gateway runs its most kernels."""
+        most = self.host.max_kernels
+        if most and self.count() >= most:
+            raise TooManyKernels(f"the gateway runs its maximum of {most} kernels")
+
+    def room_for_pooled(self, name: str, filling: int) -> bool:
+        """Room for one more pooled kernel besides `filling` being made: within max_kernels and the budget."""
+        most = self.host.max_kernels
+        if most and self.count() + filling >= most:
+            return False
+        budget = self.budget_bytes()
+        return not (budget and self.promised_memory() + (filling + 1) * self.memory_of(name, None) > budget)
 
     def check_limits(self, limits: KernelLimits | None, exec_timeout: float | None) -> None:
         """Requests above the server's hard limits are refused (406), nothing is started."""
+        host = self.host
         if limits is not None:
             if limits.memory_bytes and limits.memory_bytes < MIN_MEMORY:
                 raise BadRequest(f"memory below the engine's minimum of {MIN_MEMORY // 2**20} MiB")
-            if limits.memory_bytes and limits.memory_bytes > parse_memory(self.hard_mem_limit):
-                raise LimitExceeded(f"memory above this server's limit of {self.hard_mem_limit}")
+            if limits.memory_bytes and limits.memory_bytes > parse_memory(host.hard_mem_limit):
+                raise LimitExceeded(f"memory above this server's limit of {host.hard_mem_limit}")
             if limits.cpus is not None and limits.cpus < MIN_CPUS:
                 raise BadRequest(f"CPUs below the minimum of {MIN_CPUS:g}")
-            if limits.cpus and limits.cpus > self.hard_cpu_limit:
-                raise LimitExceeded(f"CPUs above this server's limit of {self.hard_cpu_limit:g}")
-            if limits.gpus and limits.gpus > self.hard_gpu_limit:
-                raise LimitExceeded(f"GPUs above this server's limit of {self.hard_gpu_limit}")
-        if exec_timeout is not None and exec_timeout > self.hard_exec_timeout:
-            raise LimitExceeded(f"execTimeout above this server's limit of {self.hard_exec_timeout:g} s")
+            if limits.cpus and limits.cpus > host.hard_cpu_limit:
+                raise LimitExceeded(f"CPUs above this server's limit of {host.hard_cpu_limit:g}")
+            if limits.gpus and limits.gpus > host.hard_gpu_limit:
+                raise LimitExceeded(f"GPUs above this server's limit of {host.hard_gpu_limit}")
+        if exec_timeout is not None and exec_timeout > host.hard_exec_timeout:
+            raise LimitExceeded(f"execTimeout above this server's limit of {host.hard_exec_timeout:g} s")

@@ -2,9 +2,11 @@
 bridge, REST runs, the activity watcher, the pool's readiness probe)."""
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
 import zmq
+from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
 # Reconnect quickly to a restarted kernel (ZMQ's default waits 100 ms), backing off when it is gone.
@@ -15,7 +17,7 @@ class HasConnectionInfo(Protocol):
     def get_connection_info(self, session: bool = False) -> Any: ...
 
 
-def zmq_url(info: dict[str, Any], channel: str) -> str:
+def zmq_url(info: Mapping[str, Any], channel: str) -> str:
     return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
 
 
@@ -34,3 +36,10 @@ def kernel_stream(km: HasConnectionInfo, channel: str, identity: bytes | None = 
         sock.setsockopt(zmq.IDENTITY, identity)  # stdin replies route to the shell sender's identity
     sock.connect(zmq_url(km.get_connection_info(), channel))
     return ZMQStream(sock)
+
+
+def message_frames(session: Session, parts: list[bytes]) -> list[bytes]:
+    """A received message's frames after its identities (from `<IDS|MSG>` on), as bytes: the parts
+    were received copied, so no frame is a zmq.Frame."""
+    _, fed = session.feed_identities(parts)
+    return cast("list[bytes]", fed)

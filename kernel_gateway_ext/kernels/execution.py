@@ -120,7 +120,7 @@ class Run:
         return console
 
 
-class _Pieces(list):  # type: ignore[type-arg]
+class _Pieces(list):
     """The text pieces of one console item, joined when taken."""
 
 

@@ -6,13 +6,16 @@ told `restarting` once the new kernel answers (JupyterLab then shows "the kernel
 died. It will restart automatically" and reconnects). A kernel that keeps dying, a REST (v2)
 kernel whose client expects to see the death, or any kernel when autorestart is off, is
 reported `dead` with the reason; a restart request revives it.
+
+`Liveness` is a collaborator of the kernel store: it reaches the store only through `LivenessHost`.
 """
 from __future__ import annotations
 
 import json
 import time
 from hmac import compare_digest
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from jupyter_client.session import DELIM, Session
 from traitlets import Bool, Float, HasTraits, Int
@@ -45,8 +48,8 @@ def status_of(frames: list[Any], session: Session) -> str | None:
     return state if state in ("busy", "idle") else None
 
 
-class LivenessMixin(HasTraits):
-    """Part of GatewayKernelManager: activity, death and automatic restarts."""
+class LivenessSettings(HasTraits):
+    """The automatic-restart options (traits of the kernel store: GatewayKernelManager.autorestart, …)."""
 
     autorestart = env(
         Bool(True, help="Restart a kernel whose container died, in place (same id), as jupyter_server does; "
@@ -61,12 +64,35 @@ class LivenessMixin(HasTraits):
         Float(300.0, help="Seconds over which autorestart_limit counts."), "KGE_AUTORESTART_WINDOW"
     )
 
-    _kernels: dict[str, Any]
-    log: Any
-    _autorestart_tasks: TaskSet  # made with the manager
 
-    def _watch(self, km: GatewayKernel) -> None:
-        self._unwatch(km)
+class LivenessHost(Protocol):
+    """What liveness needs of the kernel store."""
+
+    log: Any
+    autorestart: bool
+    autorestart_limit: int
+    autorestart_window: float
+
+    @property
+    def closing(self) -> bool: ...
+
+    def find(self, kernel_id: str) -> GatewayKernel | None: ...
+
+    def restart_in_place(self, km: GatewayKernel) -> Awaitable[GatewayKernel]: ...  # the lifecycle lock held
+
+
+class Liveness:
+    def __init__(self, host: LivenessHost) -> None:
+        self.host = host
+        self._autorestarts = TaskSet(host.log, "automatic restart")
+
+    async def wait(self) -> None:
+        """Wait for automatic restarts in flight (gateway exit)."""
+        await self._autorestarts.wait()
+
+    def watch(self, km: GatewayKernel) -> None:
+        """Follow the kernel's iopub for busy/idle and its container for exit."""
+        self.unwatch(km)
         stream = kernel_stream(km, "iopub")
         session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
 
@@ -85,32 +111,34 @@ class LivenessMixin(HasTraits):
         if prov is not None:
             prov.exit_callback = lambda code: self._on_container_exit(km, code)
 
-    def _unwatch(self, km: GatewayKernel) -> None:
+    def unwatch(self, km: GatewayKernel) -> None:
         if km._activity_stream is not None:
             km._activity_stream.close()
             km._activity_stream = None
 
     def _on_container_exit(self, km: GatewayKernel, code: int | None) -> None:
-        if km.shutting_down or km.restarting or km.stopping or km.kernel_id not in self._kernels:
+        if km.shutting_down or km.restarting or km.stopping or self.host.find(km.kernel_id) is not km:
             return
         prov = km.docker
         km.execution_state = "dead"
         km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
+        log = self.host.log
         if self._may_autorestart(km):
-            self.log.warning("Kernel %s died (%s): restarting it", km.kernel_id, km.reason)
-            self._autorestart_tasks.spawn(self._autorestart(km))
+            log.warning("Kernel %s died (%s): restarting it", km.kernel_id, km.reason)
+            self._autorestarts.spawn(self._autorestart(km))
             return
-        self.log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
+        log.warning("Kernel %s died: %s", km.kernel_id, km.reason)
         km.notify("dead", reason=km.reason)
 
     def _may_autorestart(self, km: GatewayKernel) -> bool:
-        if not self.autorestart or km.client_token is not None or getattr(self, "_closing", False):
+        host = self.host
+        if not host.autorestart or km.client_token is not None or host.closing:
             return False
         now = time.monotonic()
-        km.autorestarts = [t for t in km.autorestarts if now - t < self.autorestart_window]
-        if len(km.autorestarts) >= self.autorestart_limit:
-            self.log.warning("Kernel %s died %s times within %ss: left dead", km.kernel_id,
-                             len(km.autorestarts) + 1, self.autorestart_window)
+        km.autorestarts = [t for t in km.autorestarts if now - t < host.autorestart_window]
+        if len(km.autorestarts) >= host.autorestart_limit:
+            host.log.warning("Kernel %s died %s times within %ss: left dead", km.kernel_id,
+                             len(km.autorestarts) + 1, host.autorestart_window)
             return False
         km.autorestarts.append(now)
         return True
@@ -119,12 +147,11 @@ class LivenessMixin(HasTraits):
         if km.lifecycle.locked():  # a requested restart or a shutdown is already on it
             return
         async with km.lifecycle:
-            if self._kernels.get(km.kernel_id) is not km or km.stopping:
+            if self.host.find(km.kernel_id) is not km or km.stopping:
                 return
             try:
-                await self._restart(km)  # type: ignore[attr-defined]
-            except Exception as e:  # noqa: BLE001 - _restart reported it dead, with the reason
-                self.log.warning("Kernel %s: automatic restart failed: %s", km.kernel_id, e)
+                await self.host.restart_in_place(km)
+            except Exception as e:  # noqa: BLE001 - the restart reported it dead, with the reason
+                self.host.log.warning("Kernel %s: automatic restart failed: %s", km.kernel_id, e)
                 return
         km.notify("autorestarted")
-

@@ -2,7 +2,8 @@
 to starts they can serve exactly (a start they cannot serve is cold, never given a different kernel).
 
 `WarmPool` is a collaborator of the kernel store, wired in its constructor; what it needs of the store
-is the `PoolHost` protocol (launch, discard, room for one more), nothing of its private state."""
+is the `PoolHost` protocol (launch, discard), nothing of its private state; whether there is room for
+one more kernel is the capacity's to say (`Room`)."""
 from __future__ import annotations
 
 import asyncio
@@ -48,16 +49,19 @@ class PoolHost(Protocol):
     @property
     def closing(self) -> bool: ...
 
-    def room_for_pooled(self, name: str, filling: int) -> bool: ...
-
     async def launch(self, request: LaunchRequest) -> GatewayKernel: ...
 
     async def discard(self, km: GatewayKernel) -> None: ...
 
 
+class Room(Protocol):
+    def room_for_pooled(self, name: str, filling: int) -> bool: ...
+
+
 class WarmPool:
-    def __init__(self, host: PoolHost) -> None:
+    def __init__(self, host: PoolHost, room: Room) -> None:
         self.host = host
+        self.room = room
         self.ready: dict[str, list[GatewayKernel]] = {}
         self.filling: dict[str, int] = {}
         self.hits = 0
@@ -89,7 +93,7 @@ class WarmPool:
         for name, size in host.pool_sizes.items():
             missing = size - len(self.ready.get(name, [])) - self.filling.get(name, 0)
             for _ in range(max(0, missing)):
-                if not host.room_for_pooled(name, sum(self.filling.values())):
+                if not self.room.room_for_pooled(name, sum(self.filling.values())):
                     return
                 self.filling[name] = self.filling.get(name, 0) + 1
                 self._fill_tasks.spawn(self._fill_one(name))

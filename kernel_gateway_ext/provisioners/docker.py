@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
@@ -36,8 +35,9 @@ from ..containers.engine import (
     DockerEngine,
 )
 from ..containers.limits import KernelLimits, parse_memory
-from ..containers.runtime import ContainerRuntime, Tty
+from ..containers.runtime import ContainerRuntime
 from ..containers.spec import BindMount, ContainerSpec, FileToPut
+from .container import KernelContainer
 from .launch import LAUNCH_REQUEST, LaunchRequest
 
 # Fixed ports inside the container: each container has its own network namespace, so every
@@ -52,11 +52,10 @@ CONTAINER_PORTS = {
 CONNECTION_DIR = "/run/kge"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
 NANNY = "/usr/local/bin/kge-nanny"
-BATCH_MAX_OUTPUT = 8 * 2**20  # bytes of a batch command's output kept for its caller
 
 
 
-class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class DockerProvisioner(KernelProvisionerBase):
     """Runs the kernel in a Docker container supervised by kge-nanny."""
 
     image = Unicode("kge-kernel:latest", help="Image the kernel runs in (kernelspec config).").tag(
@@ -101,12 +100,17 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._env: dict[str, str] = {}
         # Called with the exit code when the container dies (the kernel store marks it dead).
         self.exit_callback: Callable[[int | None], None] | None = None
+        self.container = KernelContainer(self)  # what callers do inside it, beside the lifecycle
 
     @property
     def engine(self) -> DockerEngine:
         return DockerEngine.instance()
 
     # ---- state --------------------------------------------------------------------------------
+    @property
+    def exited(self) -> bool:
+        return self._exit_code is not None
+
     @property
     def has_process(self) -> bool:
         return self.container_id is not None
@@ -242,15 +246,14 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             opts += ["--block", mod]
         return [NANNY, *opts, "--", *cmd]
 
-    def _container_env(self) -> dict[str, str]:
+    def container_env(self) -> dict[str, str]:
         env_ = dict(self._env)
         env_.setdefault("HOME", self.work_dir)
         env_["KERNEL_ID"] = str(self.kernel_id)
         return env_
 
     def _labels(self) -> dict[str, str]:
-        conn = {k: v for k, v in CONTAINER_PORTS.items()}
-        conn.update(transport="tcp", signature_scheme=self._signature_scheme())
+        conn: dict[str, str | int] = {**CONTAINER_PORTS, "transport": "tcp", "signature_scheme": self._signature_scheme()}
         labels = {
             LABEL_KERNEL_ID: str(self.kernel_id),
             LABEL_OWNER: self.owner,
@@ -290,7 +293,7 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         limits = self.resolve(self.limits)
         return ContainerSpec(
             image=self.image, command=self._nanny_cmd(cmd), kind="kernel", labels=self._labels(),
-            env=self._container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
+            env=self.container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
             hostname=f"kernel-{str(self.kernel_id)[:8]}", memory_bytes=limits.memory_bytes or 0,
             cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts),
             network=self.network or None, init=self.use_init, files=[self._connection_file()],
@@ -340,14 +343,14 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise KernelStartFailed(e.message) from e
 
     def _set_address(self, ip: str) -> None:
-        self.connection_info = {
+        self.connection_info = cast(KernelConnectionInfo, {
             "ip": ip,
             "transport": "tcp",
             "key": self._key(),
             "signature_scheme": self._signature_scheme(),
             "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
             **CONTAINER_PORTS,
-        }
+        })
 
     async def cleanup(self, restart: bool = False) -> None:
         if restart or self.container_id is None:
@@ -358,60 +361,6 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self.engine.remove(cid)
         except (EngineUnavailable, EngineError) as e:
             self.log.warning("Kernel %s: could not remove container %s: %s", self.kernel_id, cid[:12], e)
-
-    async def logs(self, tail: int = 200) -> str:
-        """The container's recent output (the kernel's stdout/stderr)."""
-        if self.container_id is None:
-            return ""
-        return await ContainerRuntime(self.engine).logs(self.container_id, tail)
-
-    # ---- what REST callers do in the container ------------------------------------------------
-    async def open_terminal(self, env: dict[str, str]) -> Tty:
-        """A login shell with a TTY in the kernel's container, as the kernel's user, with its env."""
-        assert self.container_id is not None
-        return await ContainerRuntime(self.engine).open_tty(
-            self.container_id, ["/bin/bash", "-l"], user=self.user, workdir=self.work_dir,
-            env={**self._container_env(), **env})
-
-    async def run_quietly(self, argv: list[str]) -> None:
-        """A short command in the kernel's container as its user (output not kept)."""
-        if self.container_id is not None:
-            await ContainerRuntime(self.engine).run_detached(self.container_id, argv, self.user)
-
-    async def put_files(self, files: list[tuple[str, bytes]]) -> None:
-        """Write files (relative paths, already checked) into the work dir as the kernel user."""
-        if self.container_id is None:
-            raise KernelStartFailed("kernel has no container")
-        uid, _, gid = self.user.partition(":")
-        await ContainerRuntime(self.engine).put_tree(self.container_id, self.work_dir, files,
-                                                     int(uid or 0), int(gid or uid or 0))
-
-    async def run_command(self, command: str, timeout: float, max_output: int = BATCH_MAX_OUTPUT) -> tuple[int, str, str]:
-        """Run a shell command in the container as the kernel user: (exit code, stdout, stderr).
-
-        The command is killed inside the container at `timeout` (coreutils `timeout`: the exec,
-        and the thread reading it, end with it) and at most `max_output` bytes of its output are
-        kept (the rest is read and counted, so the command never blocks on a full pipe)."""
-        if self.container_id is None:
-            raise KernelStartFailed("kernel has no container")
-        cid = self.container_id
-        seconds = max(1, math.ceil(timeout))
-        code, out, err, dropped = await ContainerRuntime(self.engine).exec_capture(
-            cid, ["timeout", "--kill-after=2", str(seconds), "/bin/sh", "-c", command],
-            user=self.user, workdir=self.work_dir, env=self._container_env(), max_output=max_output)
-        tail = ""
-        if dropped:
-            tail += f"[{dropped} bytes of output dropped: more than {max_output} bytes]\n"
-        if code in (124, 137):
-            tail += f"command timed out after {timeout:g} s\n"
-        return code, out.decode(errors="replace"), err.decode(errors="replace") + tail
-
-    async def stats(self) -> dict[str, int]:
-        """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""
-        if self.container_id is None or self._exit_code is not None:
-            return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        use = await ContainerRuntime(self.engine).usage(self.container_id)
-        return {"memory": use.memory, "memory_max": use.memory_max, "cpu_ns": use.cpu_ns}
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 4.0)
@@ -436,5 +385,5 @@ class DockerProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._exit_code is None:
             await self._read_address()
         else:  # a dead container has no address until a restart starts it again
-            self.connection_info = {"ip": "127.0.0.1", "transport": "tcp", "key": self._key(),
-                                    "signature_scheme": self._signature_scheme(), **CONTAINER_PORTS}
+            self.connection_info = cast(KernelConnectionInfo, {"ip": "127.0.0.1", "transport": "tcp", "key": self._key(),
+                                                               "signature_scheme": self._signature_scheme(), **CONTAINER_PORTS})

@@ -115,6 +115,10 @@ class Store(EnvConfigurable):
         return int(await self.run(lambda c: c.execute(sql, args).fetchone()[0]))
 
     def close(self) -> None:
+        """Close the database (again: nothing happens)."""
+        if self._pool._shutdown:
+            return
+
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()

@@ -127,5 +127,5 @@ async def test_session_lifetimes_come_from_their_documented_variable(make_gatewa
     monkeypatch.setenv("KGE_SESSION_LIFETIMES", '{"headless": 120, "notebook": 600}')
     monkeypatch.setenv("KGE_SESSION_DEFAULT_LIFETIME", "30")
     async with make_gateway() as gw:
-        assert gw.app.sessions.lifetimes == {"headless": 120, "notebook": 600}
-        assert gw.app.sessions.default_lifetime == 30
+        assert gw.app.jobs.lifetimes == {"headless": 120, "notebook": 600}
+        assert gw.app.jobs.default_lifetime == 30

@@ -77,7 +77,7 @@ async def test_owners_folders_expiry_and_vosi(gateway, docker_client) -> None:
     assert (await gateway.app.folders.info(alice.user, "results"))["numFiles"] == 1
     assert (await c.fetch("GET", f"/skaha/v0/session/{sid}", headers=ha, token=None)).status == 404
     # expiry: a session past its lifetime is removed with its container
-    gateway.app.sessions.lifetimes = {"headless": 1.5}
+    gateway.app.jobs.lifetimes = {"headless": 1.5}
     status, sid = await create(gateway, alice, name="shortlived", image=IMAGE, cmd="sleep", args="60")
     sid = sid.strip()
     await wait_status(gateway, alice, sid, ("Running",))
@@ -118,7 +118,7 @@ async def test_notebook_session_through_the_proxy(gateway, docker_client) -> Non
     assert url.endswith(f"/skaha/session/{sid}/") and url.startswith("http://")
     # the server's token is in no env and no label of the container
     (container,) = docker_client.containers.list(filters={"label": f"org.kge.session.id={sid}"})
-    token = gateway.app.sessions.notebook_token(sid)
+    token = gateway.app.jobs.notebook_token(sid)
     assert token not in str(container.attrs)
     c = Client(url, None)
     bearer = {"Authorization": f"Bearer {owner.token}"}
@@ -222,7 +222,7 @@ async def test_per_owner_session_limits_mounts_and_renewals_are_bounded(gateway,
     """One owner cannot hold more interactive sessions than the context advertises (before: the
     limit was advertised, never enforced), nor headless jobs past theirs; a session mounts at most
     max_mounts folders; renewing forever does not grow the session's record."""
-    sessions = gateway.app.sessions
+    sessions = gateway.app.jobs
     owner, other = create_keys("lim-" + uuid.uuid4().hex[:6]), create_keys("lio-" + uuid.uuid4().hex[:6])
     c, h = skaha(gateway, owner)
     context = (await c.fetch("GET", "/skaha/v0/context", headers=h, token=None)).json
@@ -288,4 +288,4 @@ async def test_a_jobs_env_reaches_it_but_is_sealed_in_the_store(gateway) -> None
             dump += open(path, "rb").read()
     assert secret.encode() not in dump  # before: stored as given
     (record,) = [r for r in await store.records("skaha-session", gateway.gateway_id) if r["id"] == sid]
-    assert gateway.app.sessions._unsealed(record)["env"] == {"API_TOKEN": secret}
+    assert gateway.app.jobs._unsealed(record)["env"] == {"API_TOKEN": secret}

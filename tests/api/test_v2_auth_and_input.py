@@ -121,7 +121,7 @@ async def test_admin_sees_everyone_users_see_themselves(gateway) -> None:
     status, body = await signed(gateway, dave, "POST", "/v2/kernel/create",
                                 json.dumps({"lang": "python3", "clientSessionToken": "dave-k"}).encode())
     kid = body["kernelId"]
-    assert gateway.app.kernel_manager._token_locks == {}  # per-token locks do not accumulate
+    assert gateway.app.kernel_manager.tokens.locks == {}  # per-token locks do not accumulate
     q = json.dumps({"query": "query($status:String) { compute_sessions(status:$status) { sess_id lang status } }",
                     "variables": {"status": "RUNNING"}}).encode()
     assert (await signed(gateway, dave, "POST", "/v2/admin/graphql", q))[1]["compute_sessions"] == [

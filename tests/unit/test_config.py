@@ -71,11 +71,11 @@ def test_quotas_are_on_by_default_and_follow_the_host(monkeypatch):
     per_128m = host_memory() // (128 * 2**20)
     assert mgr.max_kernels == min(1024, max(16, per_128m)) > 0
     assert mgr.max_kernels_per_owner == max(8, mgr.max_kernels // 4)
-    assert mgr.budget_bytes() == int(host_memory() * 2.5)
+    assert mgr.capacity.budget_bytes() == int(host_memory() * 2.5)
     assert mgr.cull_idle_timeout == 86400 and not mgr.cull_connected
-    assert app.sessions.max_interactive_sessions == 3 and app.sessions.max_headless_sessions == 32
+    assert app.jobs.max_interactive_sessions == 3 and app.jobs.max_headless_sessions == 32
     # each is overridable, 0 (or empty) turning it off
     app = make(["--GatewayKernelManager.max_kernels=0", "--GatewayKernelManager.memory_budget="], monkeypatch,
                KGE_MAX_KERNELS_PER_OWNER="0")
     assert (app.kernel_manager.max_kernels, app.kernel_manager.max_kernels_per_owner) == (0, 0)
-    assert app.kernel_manager.budget_bytes() == 0
+    assert app.kernel_manager.capacity.budget_bytes() == 0

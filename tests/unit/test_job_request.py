@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kernel_gateway_ext.errors import BadRequest
-from kernel_gateway_ext.sessions.request import JobRequest, Offer, parse_job_request
+from kernel_gateway_ext.jobs.request import JobRequest, Offer, parse_job_request
 
 OFFER = Offer(cores=[1, 2, 4], ram=[1, 2, 4, 8], max_gpus=0, default_cores=1, default_ram=4)
 

@@ -32,7 +32,7 @@ from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ...errors import OverCapacity
-from ...kernels.channels import kernel_stream, zmq_url
+from ...kernels.channels import kernel_stream, message_frames, zmq_url
 from ...kernels.manager import GatewayKernel, GatewayKernelManager
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
@@ -65,7 +65,7 @@ class Settings(Protocol):
     ws_buffer_messages: int
     ws_buffer_bytes: int
     ws_max_sessions: int
-    kernel_manager: GatewayKernelManager | None
+    kernel_manager: GatewayKernelManager
 
 
 class ChannelBridge:
@@ -140,8 +140,8 @@ class ChannelBridge:
         """A small stderr note in place of an output too large to hold and send (once per
         websocket, and again in the buffer): the cell shows why its output is missing."""
         try:
-            _, fed = self.session.feed_identities(parts)
-            parent = json.loads(bytes(fed[2]))
+            fed = message_frames(self.session, parts)
+            parent = json.loads(fed[2])
         except Exception:  # noqa: BLE001 - no parent to attach the note to
             parent = {}
         note = (f"[kernel_gateway_ext] an output of {size / 2**20:.0f} MiB was dropped: over the "
@@ -151,8 +151,8 @@ class ChannelBridge:
 
     def _parent_id(self, parts: list[bytes]) -> str | None:
         try:
-            _, fed = self.session.feed_identities(parts)
-            parent_id = json.loads(bytes(fed[2])).get("msg_id")
+            fed = message_frames(self.session, parts)
+            parent_id = json.loads(fed[2]).get("msg_id")
         except Exception:  # noqa: BLE001 - a malformed message is routed to the live socket
             return None
         return parent_id if isinstance(parent_id, str) else None
@@ -322,7 +322,6 @@ class Bridges:
         if bridge is not None:
             return bridge, False
         cfg = self.settings
-        assert cfg.kernel_manager is not None
         bridge = ChannelBridge(km, key, cfg.ws_buffer_messages, cfg.ws_buffer_bytes, cfg.kernel_manager.ready_timeout)
         bridges[bridge.slot] = bridge
         return bridge, True
@@ -332,7 +331,7 @@ class Bridges:
         if not bridge.detach(sock) or bridge.closed:
             return
         kernel_bridges = self.by_kernel.get(bridge.km.kernel_id, {})
-        kept = kernel_bridges.get(bridge.slot) is bridge and bridge.km.kernel_id in (self.settings.kernel_manager or ())
+        kept = kernel_bridges.get(bridge.slot) is bridge and self.settings.kernel_manager.find(bridge.km.kernel_id) is bridge.km
         if not bridge.key or not kept:
             if kernel_bridges.get(bridge.slot) is bridge:
                 del kernel_bridges[bridge.slot]

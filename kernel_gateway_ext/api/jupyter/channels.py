@@ -13,6 +13,7 @@ from typing import Any
 from tornado import websocket
 
 from ...errors import BadRequest
+from ...kernels.channels import message_frames
 from ...kernels.manager import GatewayKernel
 from ..base import BaseHandler
 from .bridge import CLIENT_CHANNELS, ChannelBridge
@@ -41,8 +42,8 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
     def get_compression_options(self) -> dict[str, Any] | None:
         return None
 
-    async def get(self, kernel_id: str) -> None:  # type: ignore[override]
-        self.km = self.gateway.kernel_manager.get(kernel_id, self.identity.owner_filter())
+    async def get(self, kernel_id: str) -> None:
+        self.km = self.owned_kernel(kernel_id, action="execute")
         session_id = self.get_query_argument("session_id", "") or ""
         if len(session_id) > 256:
             raise BadRequest("session_id too long")
@@ -50,7 +51,7 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
         self.gateway.bridges.admit(self.km, self.session_key)  # before the upgrade: a plain 429
         await super().get(kernel_id)
 
-    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+    async def open(self, kernel_id: str) -> None:
         self.set_nodelay(True)
         bridge, fresh = self.gateway.bridges.open(self.km, self.session_key)
         self.bridge = bridge
@@ -82,7 +83,7 @@ class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
             return
         session = self.bridge.session  # type: ignore[union-attr]
         try:
-            _, fed = session.feed_identities(parts)
+            fed = message_frames(session, parts)
             if self.v1:
                 frame: str | bytes = encode_v1(channel, fed[1:])
             elif len(fed) == 5:  # no buffers: splice the JSON as it came (fast path)

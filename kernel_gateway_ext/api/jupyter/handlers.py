@@ -95,7 +95,7 @@ def _env_from_body(body: dict[str, Any]) -> dict[str, str]:
 
 class KernelsHandler(BaseHandler):
     def get(self) -> None:
-        kms = self.gateway.kernel_manager.list(self.identity.owner_filter())
+        kms = self.visible(self.gateway.kernel_manager.list())
         self.write_json([km.model() for km in kms])
 
     async def post(self) -> None:
@@ -112,19 +112,18 @@ class KernelsHandler(BaseHandler):
 
 class KernelHandler(BaseHandler):
     async def get(self, kernel_id: str) -> None:
-        mgr = self.gateway.kernel_manager
-        km = mgr.get(kernel_id, self.identity.owner_filter())
+        km = self.owned_kernel(kernel_id)
         model = km.model()
         if km.docker is not None:
             # One kernel's info carries its container's figures (the list stays cheap for polling).
-            stats = await km.docker.stats()
+            stats = await km.docker.container.stats()
             model["stats"] = {"memory_bytes": stats["memory"], "memory_max_bytes": stats["memory_max"],
                               "memory_limit_bytes": km.effective_limits().memory_bytes or 0,
                               "cpu_seconds": stats["cpu_ns"] / 1e9}
         self.write_json(model)
 
     async def delete(self, kernel_id: str) -> None:
-        await self.gateway.kernel_manager.shutdown(kernel_id, self.identity.owner_filter())
+        await self.gateway.kernel_manager.shutdown(self.owned_kernel(kernel_id, action="write").kernel_id)
         self.set_status(204)
         self.finish()
 
@@ -132,13 +131,13 @@ class KernelHandler(BaseHandler):
 class KernelActionHandler(BaseHandler):
     async def post(self, kernel_id: str, action: str) -> None:
         mgr = self.gateway.kernel_manager
-        owner = self.identity.owner_filter()
+        kernel_id = self.owned_kernel(kernel_id, action="write").kernel_id
         if action == "interrupt":
-            await mgr.interrupt(kernel_id, owner)
+            await mgr.interrupt(kernel_id)
             self.set_status(204)
             self.finish()
         elif action == "restart":
-            km = await mgr.restart(kernel_id, owner)
+            km = await mgr.restart(kernel_id)
             self.write_json(km.model())
         else:
             raise web.HTTPError(404)

@@ -17,9 +17,6 @@ class SessionsMixin(BaseHandler):
     def sessions(self) -> JupyterSessions:
         return self.gateway.jupyter_sessions
 
-    def visible(self, s: JupyterSession) -> bool:
-        return self.identity.admin or s.owner == self.identity.user
-
     def model(self, s: JupyterSession) -> dict[str, Any] | None:
         try:
             km = self.gateway.kernel_manager.get(s.kernel_id)
@@ -35,9 +32,12 @@ class SessionsMixin(BaseHandler):
         }
 
     def lookup(self, session_id: str) -> JupyterSession:
-        s = self.sessions.get(session_id)
-        if s is None or not self.visible(s) or self.model(s) is None:
-            raise NotFound(f"Session not found: {session_id}")
+        def missing() -> NotFound:
+            return NotFound(f"Session not found: {session_id}")
+
+        s = self.authorized(self.sessions.get(session_id), missing)
+        if self.model(s) is None:
+            raise missing()
         return s
 
     def fields(self, body: dict[str, Any]) -> dict[str, str]:
@@ -58,7 +58,7 @@ class SessionsMixin(BaseHandler):
             raise BadRequest("'kernel' must be an object")
         mgr = self.gateway.kernel_manager
         if spec.get("id"):
-            return mgr.get(str(spec["id"]), self.identity.owner_filter()).kernel_id
+            return self.owned_kernel(str(spec["id"]), action="execute").kernel_id
         name = spec.get("name")
         if name is not None and not isinstance(name, str):
             raise BadRequest("'kernel.name' must be a string")
@@ -68,15 +68,15 @@ class SessionsMixin(BaseHandler):
 
 class SessionsHandler(SessionsMixin):
     def get(self) -> None:
-        models = [self.model(s) for s in self.sessions.values() if self.visible(s)]
+        models = [self.model(s) for s in self.visible(self.sessions.values())]
         self.write_json([m for m in models if m is not None])
 
     async def post(self) -> None:
         body = self.json_body()
         f = self.fields(body)
         path = f.get("path", "")
-        for s in self.sessions.values():
-            if self.visible(s) and path and s.path == path and self.model(s) is not None:
+        for s in self.visible(self.sessions.values()):
+            if path and s.path == path and self.model(s) is not None:
                 self.write_json(self.model(s), status=201)  # jupyter_server returns the existing one
                 return
         kernel_id = await self.kernel_for(body)

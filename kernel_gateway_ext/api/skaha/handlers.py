@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-from ...errors import BadRequest
+from ...errors import BadRequest, NotFound
+from ...jobs import JobManager
+from ...jobs.records import JobRecord
 from ..base import BaseHandler
+from .wire import context, events_table, session_model
 
 SESSION_ID = r"(?P<session_id>[a-z0-9]{1,32})"
 VERSION = r"(?P<version>v0|v1)"
@@ -22,8 +23,12 @@ class SkahaHandler(BaseHandler):
         return {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.arguments.items()}
 
     @property
-    def sessions(self) -> Any:
-        return self.gateway.sessions
+    def jobs(self) -> JobManager:
+        return self.gateway.jobs
+
+    def job(self, session_id: str, action: str = "read") -> JobRecord:
+        """The caller's job (a session on the wire), or a 404 whoever owns it."""
+        return self.authorized(self.jobs.find(session_id), lambda: NotFound(f"session {session_id!r} not found"), action)
 
     @property
     def external_base(self) -> str:
@@ -36,57 +41,56 @@ class SessionsHandler(SkahaHandler):
         view = (p.get("view") or [""])[-1]
         if view == "all":
             # Everyone's sessions (who runs what) are for operators; a user sees their own.
-            recs = self.sessions.list(self.identity.owner_filter())
+            recs = self.visible(self.jobs.list())
             self.write_json([{"userid": r.owner, "type": r.type, "status": r.status,
-                              "startTime": (await self.sessions.model(r, self.external_base))["startTime"]} for r in recs])
+                              "startTime": (await session_model(self.jobs, r, self.external_base))["startTime"]} for r in recs])
             return
-        recs = self.sessions.list(self.identity.owner_filter(), (p.get("type") or [None])[-1],
-                                  (p.get("status") or [None])[-1])
+        recs = self.visible(self.jobs.list((p.get("type") or [""])[-1], (p.get("status") or [""])[-1]))
         if view == "stats":
-            all_recs = self.sessions.list(None)
+            all_recs = self.jobs.list()
             running = [r for r in all_recs if r.status in ("Pending", "Running")]
             self.write_json({
                 "instances": {"session": len(running), "desktopApp": 0,
                               "headless": sum(1 for r in running if r.type == "headless"), "total": len(running)},
                 "cores": {"requestedCPUCores": sum(r.cores for r in running),
-                          "cpuCoresAvailable": self.sessions.host_cores()},
-                "ram": {"requestedRAM": f"{sum(r.ram for r in running)}G", "ramAvailable": f"{self.sessions.host_ram_gb()}G"},
+                          "cpuCoresAvailable": self.jobs.host_cores()},
+                "ram": {"requestedRAM": f"{sum(r.ram for r in running)}G", "ramAvailable": f"{self.jobs.host_ram_gb()}G"},
             })
             return
-        models = await asyncio.gather(*(self.sessions.model(r, self.external_base) for r in recs))
+        models = await asyncio.gather(*(session_model(self.jobs, r, self.external_base) for r in recs))
         self.write_json(list(models))
 
     async def post(self, version: str) -> None:
-        rec = await self.sessions.create(self.identity.user, self.params())
+        rec = await self.jobs.create(self.identity.user, self.params())
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(rec.id + "\n")
 
 
 class SessionHandler(SkahaHandler):
     async def get(self, version: str, session_id: str) -> None:
-        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        rec = self.job(session_id)
         view = self.get_query_argument("view", "")
         if view == "logs":
             self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish(await self.sessions.logs(rec))
+            self.finish(await self.jobs.logs(rec))
         elif view == "events":
             self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish(self.sessions.events_table(rec))
+            self.finish(events_table(rec))
         else:
-            self.write_json(await self.sessions.model(rec, self.external_base))
+            self.write_json(await session_model(self.jobs, rec, self.external_base))
 
     async def post(self, version: str, session_id: str) -> None:
-        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        rec = self.job(session_id, "write")
         action = self.get_argument("action", "")
         if action != "renew":
             raise BadRequest(f"unknown action {action!r}; supported: renew")
-        await self.sessions.renew(rec)
+        await self.jobs.renew(rec)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(rec.id + "\n")
 
     async def delete(self, version: str, session_id: str) -> None:
-        rec = self.sessions.get(session_id, self.identity.owner_filter())
-        await self.sessions.delete(rec)
+        rec = self.job(session_id, "write")
+        await self.jobs.delete(rec)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish("")
 
@@ -94,12 +98,12 @@ class SessionHandler(SkahaHandler):
 class ImagesHandler(SkahaHandler):
     async def get(self, version: str) -> None:
         kind = self.get_query_argument("type", None)
-        self.write_json(await self.sessions.catalogue(kind))
+        self.write_json(await self.jobs.catalogue(kind))
 
 
 class ContextHandler(SkahaHandler):
     def get(self, version: str) -> None:
-        self.write_json(self.sessions.context())
+        self.write_json(context(self.jobs))
 
 
 AVAILABILITY = """<?xml version="1.0" encoding="UTF-8"?>

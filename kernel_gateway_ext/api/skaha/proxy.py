@@ -83,12 +83,12 @@ class ProxyMixin(SkahaHandler):
 
     def target(self, session_id: str) -> tuple[str, str]:
         """(upstream base like host:8888, the server's token) for the caller's notebook session."""
-        rec = self.sessions.get(session_id, self.identity.owner_filter())
+        rec = self.job(session_id, "execute")
         if rec.type != "notebook":
             raise NotFound(f"session {session_id!r} has no notebook server")
         if rec.status != "Running" or not rec.ip:
             raise GatewayError(f"session {session_id} is {rec.status}", status=503)
-        return f"{rec.ip}:8888", self.sessions.notebook_token(session_id)
+        return f"{rec.ip}:8888", self.jobs.notebook_token(session_id)
 
     def upstream_uri(self) -> str:
         args = [(k, v.decode()) for k, vs in self.request.query_arguments.items() if k != "token" for v in vs]
@@ -130,14 +130,14 @@ class NotebookProxyHandler(StreamedBody, ProxyMixin):
         else:
             self.finish(resp.body or b"")
 
-    get = head = post = put = patch = delete = options = proxy  # type: ignore[assignment]
+    get = head = post = put = patch = delete = options = proxy
 
     def _client(self, session_id: str) -> httpclient.AsyncHTTPClient:
         """Each session has its own connection slots: a server that hangs (or long-polls) holds up
         only its own owner, never everyone's proxy (one shared client has 10 slots in all)."""
         client = _CLIENTS.get(session_id)
         if client is None:
-            live = {r.id for r in self.sessions.list(None)}
+            live = {r.id for r in self.jobs.list()}
             for gone in [sid for sid in _CLIENTS if sid not in live]:
                 _CLIENTS.pop(gone).close()
             client = _CLIENTS[session_id] = httpclient.AsyncHTTPClient(force_instance=True, max_clients=SLOTS_PER_SESSION)
@@ -161,7 +161,7 @@ class NotebookWebSocketProxy(ProxyMixin, websocket.WebSocketHandler):
         allowed = self.gateway.allow_origin
         return (allowed not in ("", "*") and origin == allowed) or super().check_origin(origin)
 
-    async def get(self, session_id: str, path: str) -> None:  # type: ignore[override]
+    async def get(self, session_id: str, path: str) -> None:
         host, token = self.target(session_id)
         wanted = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         req = httpclient.HTTPRequest(f"ws://{host}{self.upstream_uri()}", headers=self.upstream_headers(token),
@@ -176,7 +176,7 @@ class NotebookWebSocketProxy(ProxyMixin, websocket.WebSocketHandler):
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream is not None else None
 
-    def open(self, session_id: str, path: str) -> None:  # type: ignore[override]
+    def open(self, session_id: str, path: str) -> None:
         self.set_nodelay(True)
         asyncio.ensure_future(self._pump())
 

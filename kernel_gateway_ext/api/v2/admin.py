@@ -81,7 +81,7 @@ class GraphQLHandler(V2Handler):
         if not isinstance(query, str) or not isinstance(variables, dict):
             raise BadRequest("'query' must be a string and 'variables' an object")
         args, fields = parse_query(query, variables)
-        owner: str | None = self.identity.owner_filter()
+        kms = self.visible(self.gateway.kernel_manager.list())
         access_key = args.get("access_key")
         if access_key:
             if not self.identity.admin:
@@ -91,10 +91,10 @@ class GraphQLHandler(V2Handler):
             if found is None:
                 self.write_json({"compute_sessions": []})
                 return
-            owner = found[0].user
+            kms = [km for km in kms if km.owner == found[0].user]
         status = args.get("status")
         items = []
-        for km in self.gateway.kernel_manager.list(owner):
+        for km in kms:
             row = {f: field_value(km, f) for f in fields}
             if status and STATUS.get(km.execution_state, "RUNNING") != status:
                 continue

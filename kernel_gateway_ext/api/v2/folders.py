@@ -26,10 +26,10 @@ class FoldersHandler(V2Handler):
 
 class FolderHandler(V2Handler):
     async def get(self, name: str) -> None:
-        self.write_json(await self.gateway.folders.info(self.identity.owner_filter(), name))
+        self.write_json(await self.gateway.folders.info(self.owner_scope(), name))
 
     async def delete(self, name: str) -> None:
-        await self.gateway.folders.delete(self.identity.owner_filter(), name)
+        await self.gateway.folders.delete(self.owner_scope(), name)
         self.no_content()
 
 
@@ -40,7 +40,7 @@ class FolderUploadHandler(StreamedBody, V2Handler):
         files = self.request.files.get("src") or []
         if not files:
             raise BadRequest("no files: send multipart field 'src'")
-        count = await self.gateway.folders.upload(self.identity.owner_filter(), name, [(f.filename, f.body) for f in files])
+        count = await self.gateway.folders.upload(self.owner_scope(), name, [(f.filename, f.body) for f in files])
         self.write_json({"uploaded": count}, status=201)
 
 
@@ -49,7 +49,7 @@ class FolderFilesHandler(V2Handler):
         path = self.get_query_argument("path", ".")
         body = self.json_body() if self.request.body else {}
         path = body.get("path", path) if isinstance(body, dict) else path
-        files = await self.gateway.folders.files(self.identity.owner_filter(), name, str(path))
+        files = await self.gateway.folders.files(self.owner_scope(), name, str(path))
         self.write_json({"files": files, "folder_path": str(path)})
 
 
@@ -69,7 +69,7 @@ class FolderDownloadHandler(V2Handler):
             raise BadRequest("'files' must be a non-empty list of paths")
         if len(files) > MAX_DOWNLOAD_FILES:
             raise BadRequest(f"at most {MAX_DOWNLOAD_FILES} files per download")
-        opened = await self.gateway.folders.open_files(self.identity.owner_filter(), name, files)
+        opened = await self.gateway.folders.open_files(self.owner_scope(), name, files)
         try:
             boundary = uuid.uuid4().hex
             self.set_header("Content-Type", f"multipart/mixed; boundary={boundary}")

@@ -78,9 +78,9 @@ class KernelCreateHandler(V2Handler):
         gw = self.gateway
         mgr = gw.kernel_manager
         exec_timeout = exec_ms / 1000.0 if exec_ms else None
-        mgr.check_limits(limits, exec_timeout)  # 406 before anything else is touched
+        mgr.capacity.check_limits(limits, exec_timeout)  # 406 before anything else is touched
         mounts = await gw.folders.mounts(self.identity.user, mounts_in)
-        km, created = await mgr.get_or_start(
+        km, created = await mgr.tokens.get_or_start(
             owner=self.identity.user, client_token=token, lang=lang, limits=limits, mounts=mounts,
             user_env=user_env, exec_timeout=exec_timeout, idle_timeout=idle_ms / 1000.0 if idle_ms else None,
         )
@@ -90,11 +90,12 @@ class KernelCreateHandler(V2Handler):
 
 
 class KernelMixin(V2Handler):
-    def kernel(self, kernel_id: str) -> GatewayKernel:
-        return self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
+    def kernel(self, kernel_id: str, action: str = "read") -> GatewayKernel:
+        """By the Jupyter kernel id or the session id (client token) v2 clients name it with."""
+        return self.owned_kernel(kernel_id, by_token=True, action=action)
 
     async def info(self, km: GatewayKernel) -> dict[str, Any]:
-        stats = await km.docker.stats() if km.docker is not None else {"memory": 0, "cpu_ns": 0}
+        stats = await km.docker.container.stats() if km.docker is not None else {"memory": 0, "cpu_ns": 0}
         mem_limit = km.effective_limits().memory_bytes or 0
         now = time.monotonic()
         return {
@@ -102,7 +103,7 @@ class KernelMixin(V2Handler):
             "age": int((now - km.created_monotonic) * 1000),
             "idle": int(max(0.0, time.time() - km.last_activity.timestamp()) * 1000),
             "queryTimeout": int((km.exec_timeout or 0) * 1000),
-            "idleTimeout": int(self.gateway.kernel_manager.idle_timeout_of(km) * 1000),
+            "idleTimeout": int(self.gateway.kernel_manager.culler.idle_timeout_of(km) * 1000),
             "memoryLimit": mem_limit // 1024,
             "maxCpuCredit": int((km.exec_timeout or 0) * 1000),
             "numQueriesExecuted": km.num_queries,
@@ -117,14 +118,14 @@ class KernelHandler(KernelMixin):
         self.write_json(await self.info(self.kernel(kernel_id)))
 
     async def patch(self, kernel_id: str) -> None:
-        km = self.kernel(kernel_id)
-        await self.gateway.kernel_manager.restart(km.kernel_id, self.identity.owner_filter())
+        km = self.kernel(kernel_id, "write")
+        await self.gateway.kernel_manager.restart(km.kernel_id)
         self.no_content()
 
     async def delete(self, kernel_id: str) -> None:
-        km = self.kernel(kernel_id)
-        stats = await km.docker.stats() if km.docker is not None else {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        await self.gateway.kernel_manager.shutdown(km.kernel_id, self.identity.owner_filter(), now=True)
+        km = self.kernel(kernel_id, "write")
+        stats = await km.docker.container.stats() if km.docker is not None else {"memory": 0, "memory_max": 0, "cpu_ns": 0}
+        await self.gateway.kernel_manager.shutdown(km.kernel_id, now=True)
         self.write_json({"stats": {
             "cpu_used": stats["cpu_ns"] // 1_000_000,
             "mem_max_bytes": stats.get("memory_max", 0),
@@ -133,7 +134,7 @@ class KernelHandler(KernelMixin):
         }})
 
     async def post(self, kernel_id: str) -> None:
-        km = self.kernel(kernel_id)
+        km = self.kernel(kernel_id, "execute")
         body = self.body_object()
         mode = body.get("mode", "query")
         code = body.get("code", "")
@@ -170,7 +171,7 @@ class KernelHandler(KernelMixin):
                 command = "python3 main.py" if km.lang.startswith("python") else "bash main.sh"
             if not isinstance(command, str):
                 raise BadRequest("'build' and 'exec' must be strings")
-            code, out, err = await prov.run_command(command, timeout)
+            code, out, err = await prov.container.run_command(command, timeout)
             console += [["stdout", out]] if out else []
             console += [["stderr", err]] if err else []
             if code != 0:
@@ -184,10 +185,10 @@ class KernelHandler(KernelMixin):
 class KernelActionHandler(StreamedBody, KernelMixin):
     async def post(self, kernel_id: str, action: str) -> None:
         await self.take_body()
-        km = self.kernel(kernel_id)
+        km = self.kernel(kernel_id, "execute")
         mgr = self.gateway.kernel_manager
         if action == "interrupt":
-            await mgr.interrupt(km.kernel_id, self.identity.owner_filter())
+            await mgr.interrupt(km.kernel_id)
             self.no_content()
         elif action == "complete":
             body = self.body_object()
@@ -220,11 +221,11 @@ class KernelActionHandler(StreamedBody, KernelMixin):
             raise BadRequest("upload needs a container kernel")
         if km.execution_state == "dead":
             raise KernelDead("the kernel is dead; restart it")
-        await km.docker.put_files(checked)
+        await km.docker.container.put_files(checked)
 
 
 class KernelLogsHandler(KernelMixin):
     async def get(self, kernel_id: str) -> None:
         km = self.kernel(kernel_id)
-        logs = await km.docker.logs(tail=2000) if km.docker is not None else ""
+        logs = await km.docker.container.logs(tail=2000) if km.docker is not None else ""
         self.write_json({"result": {"logs": logs}})

@@ -41,8 +41,8 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
     def set_default_headers(self) -> None:
         pass
 
-    async def get(self, kernel_id: str) -> None:  # type: ignore[override]
-        self.km = self.gateway.kernel_manager.get_by_id_or_token(kernel_id, self.identity.owner_filter())
+    async def get(self, kernel_id: str) -> None:
+        self.km = self.owned_kernel(kernel_id, by_token=True, action="execute")
         if self.km.docker is None:
             raise BadRequest("a terminal needs a container kernel")
         if self.km.execution_state == "dead":
@@ -66,7 +66,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
             if not open_now:
                 terminals.pop(self.km.kernel_id, None)
 
-    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+    async def open(self, kernel_id: str) -> None:
         self.set_nodelay(True)
         await self.start_shell()
 
@@ -74,7 +74,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
         prov = self.km.docker
         assert prov is not None and prov.container_id is not None
         self.marker = secrets.token_hex(8)
-        self.tty = await prov.open_terminal({"TERM": "xterm-256color", MARKER: self.marker})
+        self.tty = await prov.container.open_terminal({"TERM": "xterm-256color", MARKER: self.marker})
         self.sock = self.tty.sock
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
@@ -127,7 +127,7 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
     async def _hang_up(prov: Any, marker: str) -> None:
         """The engine leaves an exec running when its client goes: end the shell and its jobs."""
         try:
-            await prov.run_quietly(["/bin/sh", "-c", HANGUP, marker])
+            await prov.container.run_quietly(["/bin/sh", "-c", HANGUP, marker])
         except Exception as e:  # noqa: BLE001 - the container may be gone already: nothing to hang up
             prov.log.debug("terminal hang-up skipped: %s", e)
 

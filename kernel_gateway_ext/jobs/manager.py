@@ -1,9 +1,11 @@
-"""Skaha-style sessions: headless containers with requested cores and RAM, the owner's folders
-mounted, status from Docker events, an events table, logs, and expiry (timers, no polling)."""
+"""Skaha jobs ("sessions" on the wire): headless containers with requested cores and RAM, the owner's
+folders mounted, status from container events, events, logs, and expiry (timers, no polling). Their
+wire format is the Skaha dialect's (api/skaha/wire.py); who may see one is the authorizer's to say."""
 from __future__ import annotations
 
+import builtins
+
 import asyncio
-import fnmatch
 import functools
 import json
 import os
@@ -12,13 +14,13 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, Protocol
 
 from traitlets import Dict, Float, Instance, Int, List, Unicode
 
 from ..config import EnvConfigurable, env
 from ..auth.sealing import Sealer
-from ..errors import BadRequest, ContainerFailed, EngineUnavailable, Forbidden, NotFound
+from ..errors import ContainerFailed, EngineUnavailable, Forbidden
 from ..folders import FolderManager
 from ..tasks import Deadlines
 from ..containers.engine import LABEL_KIND, LABEL_OWNER, DockerEngine
@@ -28,14 +30,28 @@ from ..containers.spec import BindMount, ContainerSpec, FileToPut
 from ..store import Store
 from ..tasks import TaskSet
 
+from . import images
 from .request import Offer, parse_job_request
 from .records import (
-    ID_ALPHABET, LABEL_SESSION_ID, LABEL_SESSION_TYPES, LOG_TAIL_LINES, NOTEBOOK_CMD, RECORD_KIND, SEALED,
-    STATUS_ALIASES, SessionRecord, iso,
+    ID_ALPHABET, LABEL_SESSION_ID, LOG_TAIL_LINES, NOTEBOOK_CMD, RECORD_KIND, SEALED,
+    STATUS_ALIASES, JobRecord, iso,
 )
 
 
-class SessionManager(EnvConfigurable):
+class MemoryBudget(Protocol):
+    def add_claimant(self, promised: Callable[[], int]) -> None: ...
+
+    def check_memory(self, wanted: int) -> None: ...
+
+
+class JobManager(EnvConfigurable):
+    """Skaha jobs ("sessions" on the wire and in the options' names): create, track, expire, adopt."""
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        # Configuration written for this class's former name (SessionManager.lifetimes, …) still applies.
+        return ["SessionManager", *super().section_names()]
+
     store = Instance(Store)
     folders = Instance(FolderManager)
     keypairs = Instance("kernel_gateway_ext.auth.keypairs.KeyPairs")
@@ -78,12 +94,15 @@ class SessionManager(EnvConfigurable):
         "KGE_MAX_HEADLESS_SESSIONS",
     )
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, budget: MemoryBudget | None = None, on_expire: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Set by the app: the kernel store's check of the host's memory budget.
-        self.check_capacity: Callable[[int], None] | None = None
-        self.on_cull: Callable[[str], None] | None = None  # metrics: a session expired
-        self.records: dict[str, SessionRecord] = {}
+        # The host's one memory budget, shared with kernels: jobs draw on it too.
+        self._budget = budget
+        if budget is not None:
+            budget.add_claimant(self.promised_memory)
+        self._on_expire = on_expire  # (job kind): for metrics
+        self.records: dict[str, JobRecord] = {}
         self.deadlines = Deadlines(self.log)  # expiryTime: the same mechanism as kernel culling
         self._tasks = TaskSet(self.log, "session start")
 
@@ -105,66 +124,23 @@ class SessionManager(EnvConfigurable):
     def allowed_ram(self) -> list[int]:
         return [r for r in self.ram_options if r <= self.host_ram_gb()] or [1]
 
-    def context(self) -> dict[str, Any]:
-        cores, ram = self.allowed_cores(), self.allowed_ram()
-        default_cores = self.default_cores if self.default_cores in cores else cores[0]
-        default_ram = self.default_ram if self.default_ram in ram else ram[0]
-        return {
-            "cores": {"default": default_cores, "defaultRequest": default_cores, "defaultLimit": max(cores),
-                      "defaultHeadless": default_cores, "options": cores},
-            "memoryGB": {"default": default_ram, "defaultRequest": default_ram, "defaultLimit": max(ram),
-                         "defaultHeadless": default_ram, "options": ram},
-            "gpus": {"options": list(range(1, self.max_gpus + 1))},
-            "maxInteractiveSessions": self.max_interactive_sessions,
-        }
-
-    async def local_images(self) -> dict[str, dict[str, Any]]:
-        """Local images built for sessions (labelled by docker/): tag -> {types, digest}."""
-        images = await self.engine.run(lambda: self.engine.client.images.list(filters={"label": "org.kge.image"}))
-        out: dict[str, dict[str, Any]] = {}
-        for img in images:
-            types = [t for t in (img.labels.get(LABEL_SESSION_TYPES) or "").split(",") if t]
-            for tag in img.tags:
-                out[tag] = {"types": types, "digest": img.id}
-        return out
-
     async def catalogue(self, kind: str | None = None) -> list[dict[str, Any]]:
-        local = await self.local_images()
-        items = []
-        for name, target in sorted(self.image_map.items()):
-            if target not in local:
-                continue
-            shown = name.replace(":*", ":latest").replace("*", "latest")
-            items.append({"id": shown, "types": local[target]["types"], "digest": local[target]["digest"]})
-        if kind:
-            items = [i for i in items if kind in i["types"]]
-        return items
-
-    async def resolve_image(self, name: str, kind: str) -> str:
-        local = await self.local_images()
-        for pattern, target in self.image_map.items():
-            if fnmatch.fnmatchcase(name, pattern) and target in local:
-                if kind not in local[target]["types"]:
-                    supported = ", ".join(local[target]["types"])
-                    raise BadRequest(f"image {name!r} cannot run {kind} sessions; it supports {supported}")
-                return target
-        known = ", ".join(i["id"] for i in await self.catalogue()) or "none"
-        raise BadRequest(f"unknown image {name!r}; this gateway runs: {known}")
+        return images.catalogue(self.image_map, await images.local_images(self.engine), kind)
 
     # ---- create -------------------------------------------------------------------------------
     def offer(self) -> Offer:
         return Offer(cores=self.allowed_cores(), ram=self.allowed_ram(), max_gpus=self.max_gpus,
                      default_cores=self.default_cores, default_ram=self.default_ram)
 
-    async def create(self, owner: str, params: dict[str, list[str]]) -> SessionRecord:
+    async def create(self, owner: str, params: dict[str, list[str]]) -> JobRecord:
         req = parse_job_request(params, self.offer())
         kind, image, ram = req.kind, req.image, req.ram
-        local_image = await self.resolve_image(image, kind)
+        local_image = images.resolve(self.image_map, await images.local_images(self.engine), image, kind)
         self._check_owner_limit(owner, kind)  # no await between this and the record going in
-        if self.check_capacity is not None:
-            self.check_capacity(ram * 2**30)  # 429 past the host's memory budget
+        if self._budget is not None:
+            self._budget.check_memory(ram * 2**30)  # 429 past the host's memory budget
         now = time.time()
-        rec = SessionRecord(
+        rec = JobRecord(
             id="".join(secrets.choice(ID_ALPHABET) for _ in range(8)), owner=owner, name=req.name, type=kind,
             image=image, local_image=local_image, cores=req.cores, ram=ram, gpus=req.gpus, cmd=req.cmd, args=req.args,
             env=dict(req.env),
@@ -191,16 +167,16 @@ class SessionManager(EnvConfigurable):
 
     def notebook_token(self, session_id: str) -> str:
         """The session's Jupyter server token: derived from the master key, never stored."""
-        return self.keypairs._secret(f"notebook-{session_id}", "jupyter-server")
+        return self.keypairs.derive(f"notebook-{session_id}", "jupyter-server")
 
-    def _notebook_config(self, rec: SessionRecord) -> FileToPut:
+    def _notebook_config(self, rec: JobRecord) -> FileToPut:
         data = json.dumps({"ServerApp": {"token": self.notebook_token(rec.id)}}).encode()
         return FileToPut("/run/kge", "jupyter_server_config.json", data, 0o400)
 
     def lifetime(self, kind: str) -> float:
         return float(self.lifetimes.get(kind, self.default_lifetime))
 
-    async def _start(self, rec: SessionRecord) -> None:
+    async def _start(self, rec: JobRecord) -> None:
         runtime = ContainerRuntime(self.engine)
         try:
             folders = sorted(await self.folders.list(rec.owner), key=lambda f: f["name"])
@@ -228,7 +204,7 @@ class SessionManager(EnvConfigurable):
                 await runtime.discard(created)
                 return
             rec.container_id = created
-            self.engine.subscribe(rec.container_id, lambda ev, r=rec: self._on_event(r, ev))
+            self.engine.subscribe(rec.container_id, functools.partial(self._on_event, rec))
             await runtime.start(created, self.engine.call_timeout, spec.image)
             rec.ip = await runtime.address(created, required=False) or None
         except (ContainerFailed, EngineUnavailable) as e:
@@ -239,7 +215,7 @@ class SessionManager(EnvConfigurable):
                 rec.container_id = None
         await self._save(rec)
 
-    def _on_event(self, rec: SessionRecord, event: dict[str, Any]) -> None:
+    def _on_event(self, rec: JobRecord, event: dict[str, Any]) -> None:
         action = event.get("Action") or event.get("status") or ""
         if rec.status == "Terminating":
             return
@@ -263,62 +239,35 @@ class SessionManager(EnvConfigurable):
         return sum(r.ram * 2**30 for r in self.records.values() if r.status in ("Pending", "Running"))
 
     # ---- read ---------------------------------------------------------------------------------
-    def get(self, session_id: str, owner: str | None) -> SessionRecord:
-        rec = self.records.get(session_id)
-        if rec is None or (owner is not None and rec.owner != owner):
-            raise NotFound(f"session {session_id!r} not found")
-        return rec
+    def find(self, job_id: str) -> JobRecord | None:
+        """A job by id, whoever owns it (who may see it is the authorizer's to say)."""
+        return self.records.get(job_id)
 
-    def list(self, owner: str | None, kind: str | None = None, status: str | None = None) -> list[SessionRecord]:
+    def list(self, kind: str = "", status: str = "") -> list[JobRecord]:  # noqa: A003
         want = STATUS_ALIASES.get(status.lower(), status) if status else None
-        return [r for r in self.records.values()
-                if (owner is None or r.owner == owner) and (not kind or r.type == kind) and (not want or r.status == want)]
+        return [r for r in self.records.values() if (not kind or r.type == kind) and (not want or r.status == want)]
 
-    async def usage(self, rec: SessionRecord) -> tuple[str, str]:
+    async def usage(self, rec: JobRecord) -> tuple[str, str]:
         """Live RAM and CPU in use, from the container's stats."""
         if rec.status != "Running" or rec.container_id is None:
             return "<none>", "<none>"
         use = await ContainerRuntime(self.engine).usage(rec.container_id, self.host_cores())
         return f"{use.memory / 2**30:.3f}G", f"{use.cores:.3f}"
 
-    async def model(self, rec: SessionRecord, external_base: str) -> dict[str, Any]:
-        """`external_base`: how the caller reaches the gateway, e.g. http://host:8888/."""
-        ram_in_use, cores_in_use = await self.usage(rec)
-        uid, _, gid = self.user.partition(":")
-        return {
-            "id": rec.id, "userid": rec.owner, "runAsUID": uid, "runAsGID": gid or uid, "supplementalGroups": [],
-            "appid": "<none>", "image": rec.image, "type": rec.type, "status": rec.status, "name": rec.name,
-            "startTime": iso(rec.start_time or rec.created), "expiryTime": iso(rec.expiry),
-            "connectURL": (external_base.rstrip("/") + self.notebook_path(rec.id)) if rec.type == "notebook"
-            else "not-applicable", "requestedRAM": f"{rec.ram}G", "requestedCPUCores": str(rec.cores),
-            "requestedGPUCores": str(rec.gpus) if rec.gpus else "<none>", "ramInUse": ram_in_use,
-            "gpuRAMInUse": "<none>", "cpuCoresInUse": cores_in_use, "gpuUtilization": "<none>",
-            "isFixedResources": True,
-        }
-
-    async def logs(self, rec: SessionRecord) -> str:
+    async def logs(self, rec: JobRecord) -> str:
         if rec.container_id is None:
             return ""
         # The last lines only: a log holds up to two files of log_max_size.
         return await ContainerRuntime(self.engine).logs(rec.container_id, LOG_TAIL_LINES)
 
-    def events_table(self, rec: SessionRecord) -> str:
-        rows = [["TYPE", "REASON", "MESSAGE", "FIRST-TIME", "LAST-TIME"]]
-        rows += [[kind, reason, msg.replace("\n", " "), iso(first) or "", iso(last) or ""]
-                 for kind, reason, msg, first, last in rec.events]
-        if len(rows) == 1:
-            return "<none>\n"
-        widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
-        return "".join("   ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() + "\n" for row in rows)
-
     # ---- change -------------------------------------------------------------------------------
-    async def renew(self, rec: SessionRecord) -> None:
+    async def renew(self, rec: JobRecord) -> None:
         rec.expiry = time.time() + self.lifetime(rec.type)
         rec.event("Normal", "Renewed", f"expires {iso(rec.expiry)}")
         self._schedule_expiry(rec)
         await self._save(rec)
 
-    async def delete(self, rec: SessionRecord, reason: str = "deleted") -> None:
+    async def delete(self, rec: JobRecord, reason: str = "deleted") -> None:
         rec.status = "Terminating"
         self.deadlines.cancel(rec.id)
         if rec.container_id is not None:
@@ -328,7 +277,7 @@ class SessionManager(EnvConfigurable):
         await self.store.delete_record(RECORD_KIND, rec.id)
         self.log.info("Session %s %s", rec.id, reason)
 
-    def _schedule_expiry(self, rec: SessionRecord) -> None:
+    def _schedule_expiry(self, rec: JobRecord) -> None:
         self.deadlines.arm(rec.id, rec.expiry, lambda: self._expire(rec.id))
 
     async def _expire(self, session_id: str) -> None:
@@ -338,15 +287,15 @@ class SessionManager(EnvConfigurable):
         if rec.expiry > time.time() + 0.5:
             self._schedule_expiry(rec)  # renewed meanwhile
             return
-        if self.on_cull is not None:
-            self.on_cull(rec.type)
+        if self._on_expire is not None:
+            self._on_expire(rec.type)
         await self.delete(rec, "expired")
 
     @functools.cached_property
     def _env_sealer(self) -> Sealer:
         return Sealer(self.keypairs.master, "skaha-session-env")
 
-    async def _save(self, rec: SessionRecord) -> None:
+    async def _save(self, rec: JobRecord) -> None:
         if rec.id not in self.records:
             return
         data = {k: v for k, v in asdict(rec).items() if k not in ("id", "owner")}
@@ -365,17 +314,17 @@ class SessionManager(EnvConfigurable):
         return {**data, "env": env_}
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    async def adopt(self, containers: list[Any]) -> set[str]:
+    async def adopt(self, containers: builtins.list[Any]) -> set[str]:
         """Take over the sessions an earlier process of this gateway id left: their records come
         back with the same ids and owners, status from the container, expiry timers re-armed.
         Returns the container ids adopted; a record whose container is gone is dropped."""
         # By the session-id label, not the record's container id: a gateway killed between
         # creating the container and recording its id must still find it.
         by_session = {c.labels.get(LABEL_SESSION_ID): c for c in containers if c.labels.get(LABEL_KIND) == "session"}
-        names = {f.name for f in fields(SessionRecord)}
+        names = {f.name for f in fields(JobRecord)}
         adopted: set[str] = set()
         for data in await self.store.records(RECORD_KIND, self.engine.gateway_id):
-            rec = SessionRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
+            rec = JobRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
             container = by_session.get(rec.id)
             state = (container.attrs.get("State") or {}) if container is not None else {}
             if rec.status == "Terminating" or (container is None and rec.status != "Pending"):
@@ -393,7 +342,7 @@ class SessionManager(EnvConfigurable):
             rec.container_id = container.id
             self.records[rec.id] = rec
             adopted.add(container.id)
-            self.engine.subscribe(container.id, lambda ev, r=rec: self._on_event(r, ev))
+            self.engine.subscribe(container.id, functools.partial(self._on_event, rec))
             if state.get("Running"):
                 rec.status = "Running"
             else:

@@ -32,7 +32,7 @@ SEALED = "__sealed__"  # the key of a record's env when it is sealed
 
 
 @dataclass
-class SessionRecord:
+class JobRecord:
     id: str
     owner: str
     name: str

@@ -1,4 +1,4 @@
 """Headless jobs (Skaha sessions): one container per session, with status, logs, events, expiry."""
-from .manager import SessionManager
+from .manager import JobManager
 
-__all__ = ["SessionManager"]
+__all__ = ["JobManager"]
