@@ -24,18 +24,10 @@ from traitlets.config import SingletonConfigurable
 
 from ..config import apply_env, env
 from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
+from .spec import LABEL_GATEWAY, LABEL_MANAGED
 
 T = TypeVar("T")
 
-# Labels every container of ours carries, so operators can find them with
-# `docker ps --filter label=org.kge.managed=true` and a restarted gateway can recognise them.
-LABEL_MANAGED = "org.kge.managed"
-LABEL_GATEWAY = "org.kge.gateway"
-LABEL_KIND = "org.kge.kind"
-LABEL_KERNEL_ID = "org.kge.kernel.id"
-LABEL_OWNER = "org.kge.owner"
-LABEL_KERNELSPEC = "org.kge.kernelspec"
-LABEL_CONNECTION = "org.kge.connection"  # ports and transport; never the key
 
 EventCallback = Callable[[dict[str, Any]], None]
 

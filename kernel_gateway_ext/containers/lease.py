@@ -24,7 +24,8 @@ from typing import IO, Any
 import docker.errors
 
 from ..errors import ContainerMissing, EngineError
-from .engine import LABEL_MANAGED, DockerEngine
+from .engine import DockerEngine
+from .spec import LABEL_MANAGED
 
 LABEL_LEASE = "org.kge.lease"  # the gateway id; deliberately not LABEL_GATEWAY (never adopted or reaped)
 

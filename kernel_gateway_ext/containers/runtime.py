@@ -1,6 +1,7 @@
 """Containers made from a ContainerSpec: launched hardened, measured, read from and removed.
 
-The provisioner (kernels) and the Skaha job manager both go through here; only this layer speaks
+`ContainerRuntime` is the Docker implementation of the container backend (backend.py): the
+provisioner (kernels) and the Skaha job manager both go through it; only this layer speaks
 docker-py, and a Docker error becomes one of errors.py's here, once.
 """
 from __future__ import annotations
@@ -10,14 +11,15 @@ import io
 import socket
 import tarfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import docker.types
 
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
-from .engine import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, DockerEngine
-from .spec import ContainerSpec
+from .backend import EventCallback, Usage
+from .engine import DockerEngine
+from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, ContainerSpec
 
 
 class Tty:
@@ -43,24 +45,53 @@ class Tty:
                 pass
 
 
-@dataclass(frozen=True)
-class Usage:
-    memory: int = 0  # bytes in use, page cache excluded
-    memory_max: int = 0
-    cpu_ns: int = 0  # CPU time used
-    cores: float = 0.0  # cores in use now (from the engine's two samples)
-
-
 def address_of(info: dict[str, Any]) -> str:
     nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
     return next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "") or ""
 
 
 class ContainerRuntime:
-    """Operations on our containers, over the process's one engine connection."""
+    """Operations on our containers, over the process's one engine connection (a ContainerBackend)."""
 
     def __init__(self, engine: DockerEngine) -> None:
         self.engine = engine
+
+    @property
+    def gateway_id(self) -> str:
+        return str(self.engine.gateway_id)
+
+    @property
+    def call_timeout(self) -> float:
+        return float(self.engine.call_timeout)
+
+    # The engine's own: one event stream, removal, the image list.
+    def subscribe(self, container_id: str, callback: EventCallback) -> None:
+        self.engine.subscribe(container_id, callback)
+
+    def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None:
+        self.engine.unsubscribe(container_id, callback)
+
+    def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None:
+        self.engine.on_reconnect(callback, container_id)
+
+    async def remove(self, container_id: str) -> None:
+        await self.engine.remove(container_id)
+
+    async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]:
+        return await self.engine.labelled_images(label)
+
+    async def start_again(self, container_id: str) -> None:
+        """Start a container that ended (a kernel restarted after its container died)."""
+        await self.engine.api("start", container_id)
+
+    async def signal(self, container_id: str, signum: int) -> None:
+        """Send `signum` to the container's main process; one that is not running already is what
+        the caller wanted (stopped), so that is no error."""
+        try:
+            await self.engine.api("kill", container_id, signal=int(signum))
+        except EngineError as e:
+            if e.status_code not in (404, 409) and "is not running" not in e.message:
+                raise
 
     def create_kwargs(self, spec: ContainerSpec) -> dict[str, Any]:
         """Docker's create arguments: limits, no privileges, no capabilities, the isolated network."""

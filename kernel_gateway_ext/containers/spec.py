@@ -8,6 +8,17 @@ import time
 from dataclasses import dataclass, field
 
 
+# Labels every container of ours carries, so operators can find them with
+# `docker ps --filter label=org.kge.managed=true` and a restarted gateway can recognise them.
+LABEL_MANAGED = "org.kge.managed"
+LABEL_GATEWAY = "org.kge.gateway"
+LABEL_KIND = "org.kge.kind"
+LABEL_KERNEL_ID = "org.kge.kernel.id"
+LABEL_OWNER = "org.kge.owner"
+LABEL_KERNELSPEC = "org.kge.kernelspec"
+LABEL_CONNECTION = "org.kge.connection"  # ports and transport; never the key
+
+
 @dataclass(frozen=True)
 class BindMount:
     """A host folder (a user's virtual folder) at `target` in the container."""

@@ -6,17 +6,17 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
-from ..containers.engine import DockerEngine
+from ..containers.backend import ContainerBackend
 from ..errors import BadRequest
 from .records import LABEL_SESSION_TYPES
 
 IMAGE_LABEL = "org.kge.image"  # every image docker/ builds
 
 
-async def local_images(engine: DockerEngine) -> dict[str, dict[str, Any]]:
+async def local_images(backend: ContainerBackend) -> dict[str, dict[str, Any]]:
     """Local images built for jobs: tag -> {types, digest}."""
     out: dict[str, dict[str, Any]] = {}
-    for tags, labels, image_id in await engine.labelled_images(IMAGE_LABEL):
+    for tags, labels, image_id in await backend.labelled_images(IMAGE_LABEL):
         types = [t for t in (labels.get(LABEL_SESSION_TYPES) or "").split(",") if t]
         for tag in tags:
             out[tag] = {"types": types, "digest": image_id}

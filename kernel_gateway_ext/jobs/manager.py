@@ -23,10 +23,9 @@ from ..auth.sealing import Sealer
 from ..errors import ContainerFailed, EngineUnavailable, Forbidden
 from ..folders import FolderManager
 from ..tasks import Deadlines
-from ..containers.engine import LABEL_KIND, LABEL_OWNER, DockerEngine
+from ..containers import ContainerBackend, current_backend
 from ..containers.limits import host_memory
-from ..containers.runtime import ContainerRuntime
-from ..containers.spec import BindMount, ContainerSpec, FileToPut
+from ..containers.spec import LABEL_KIND, LABEL_OWNER, BindMount, ContainerSpec, FileToPut
 from ..store import Store
 from ..tasks import TaskSet
 
@@ -107,8 +106,8 @@ class JobManager(EnvConfigurable):
         self._tasks = TaskSet(self.log, "session start")
 
     @property
-    def engine(self) -> DockerEngine:
-        return DockerEngine.instance()
+    def backend(self) -> ContainerBackend:
+        return current_backend()
 
     # ---- what may be asked for ----------------------------------------------------------------
     def host_cores(self) -> int:
@@ -125,7 +124,7 @@ class JobManager(EnvConfigurable):
         return [r for r in self.ram_options if r <= self.host_ram_gb()] or [1]
 
     async def catalogue(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return images.catalogue(self.image_map, await images.local_images(self.engine), kind)
+        return images.catalogue(self.image_map, await images.local_images(self.backend), kind)
 
     # ---- create -------------------------------------------------------------------------------
     def offer(self) -> Offer:
@@ -135,7 +134,7 @@ class JobManager(EnvConfigurable):
     async def create(self, owner: str, params: dict[str, list[str]]) -> JobRecord:
         req = parse_job_request(params, self.offer())
         kind, image, ram = req.kind, req.image, req.ram
-        local_image = images.resolve(self.image_map, await images.local_images(self.engine), image, kind)
+        local_image = images.resolve(self.image_map, await images.local_images(self.backend), image, kind)
         self._check_owner_limit(owner, kind)  # no await between this and the record going in
         if self._budget is not None:
             self._budget.check_memory(ram * 2**30)  # 429 past the host's memory budget
@@ -177,7 +176,7 @@ class JobManager(EnvConfigurable):
         return float(self.lifetimes.get(kind, self.default_lifetime))
 
     async def _start(self, rec: JobRecord) -> None:
-        runtime = ContainerRuntime(self.engine)
+        backend = self.backend
         try:
             folders = sorted(await self.folders.list(rec.owner), key=lambda f: f["name"])
             limit = self.folders.max_mounts
@@ -199,19 +198,19 @@ class JobManager(EnvConfigurable):
                 # the notebook server's token as a file only its user reads: never in env or inspect
                 files=[self._notebook_config(rec)] if rec.type == "notebook" else [],
             )
-            created = await runtime.create(spec, self.engine.call_timeout)
+            created = await backend.create(spec, backend.call_timeout)
             if rec.status == "Terminating" or rec.id not in self.records:
-                await runtime.discard(created)
+                await backend.discard(created)
                 return
             rec.container_id = created
-            self.engine.subscribe(rec.container_id, functools.partial(self._on_event, rec))
-            await runtime.start(created, self.engine.call_timeout, spec.image)
-            rec.ip = await runtime.address(created, required=False) or None
+            self.backend.subscribe(rec.container_id, functools.partial(self._on_event, rec))
+            await backend.start(created, backend.call_timeout, spec.image)
+            rec.ip = await backend.address(created, required=False) or None
         except (ContainerFailed, EngineUnavailable) as e:
             rec.status = "Error"
             rec.event("Warning", "Failed", f"the container could not start: {getattr(e, 'detail', e.message)}")
             if rec.container_id:
-                await runtime.discard(rec.container_id)
+                await backend.discard(rec.container_id)
                 rec.container_id = None
         await self._save(rec)
 
@@ -251,14 +250,14 @@ class JobManager(EnvConfigurable):
         """Live RAM and CPU in use, from the container's stats."""
         if rec.status != "Running" or rec.container_id is None:
             return "<none>", "<none>"
-        use = await ContainerRuntime(self.engine).usage(rec.container_id, self.host_cores())
+        use = await self.backend.usage(rec.container_id, self.host_cores())
         return f"{use.memory / 2**30:.3f}G", f"{use.cores:.3f}"
 
     async def logs(self, rec: JobRecord) -> str:
         if rec.container_id is None:
             return ""
         # The last lines only: a log holds up to two files of log_max_size.
-        return await ContainerRuntime(self.engine).logs(rec.container_id, LOG_TAIL_LINES)
+        return await self.backend.logs(rec.container_id, LOG_TAIL_LINES)
 
     # ---- change -------------------------------------------------------------------------------
     async def renew(self, rec: JobRecord) -> None:
@@ -271,8 +270,8 @@ class JobManager(EnvConfigurable):
         rec.status = "Terminating"
         self.deadlines.cancel(rec.id)
         if rec.container_id is not None:
-            self.engine.unsubscribe(rec.container_id)
-            await self.engine.remove(rec.container_id)
+            self.backend.unsubscribe(rec.container_id)
+            await self.backend.remove(rec.container_id)
         self.records.pop(rec.id, None)
         await self.store.delete_record(RECORD_KIND, rec.id)
         self.log.info("Session %s %s", rec.id, reason)
@@ -301,7 +300,7 @@ class JobManager(EnvConfigurable):
         data = {k: v for k, v in asdict(rec).items() if k not in ("id", "owner")}
         # The job's env (often tokens) is kept sealed: a dump of the store reveals no value.
         data["env"] = {SEALED: self._env_sealer.seal(rec.env)} if rec.env else {}
-        await self.store.put_record(RECORD_KIND, rec.id, self.engine.gateway_id, rec.owner, data)
+        await self.store.put_record(RECORD_KIND, rec.id, self.backend.gateway_id, rec.owner, data)
 
     def _unsealed(self, data: dict[str, Any]) -> dict[str, Any]:
         env_ = data.get("env") or {}
@@ -323,7 +322,7 @@ class JobManager(EnvConfigurable):
         by_session = {c.labels.get(LABEL_SESSION_ID): c for c in containers if c.labels.get(LABEL_KIND) == "session"}
         names = {f.name for f in fields(JobRecord)}
         adopted: set[str] = set()
-        for data in await self.store.records(RECORD_KIND, self.engine.gateway_id):
+        for data in await self.store.records(RECORD_KIND, self.backend.gateway_id):
             rec = JobRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
             container = by_session.get(rec.id)
             state = (container.attrs.get("State") or {}) if container is not None else {}
@@ -342,7 +341,7 @@ class JobManager(EnvConfigurable):
             rec.container_id = container.id
             self.records[rec.id] = rec
             adopted.add(container.id)
-            self.engine.subscribe(container.id, functools.partial(self._on_event, rec))
+            self.backend.subscribe(container.id, functools.partial(self._on_event, rec))
             if state.get("Running"):
                 rec.status = "Running"
             else:
@@ -362,7 +361,7 @@ class JobManager(EnvConfigurable):
             if rec.container_id is None or rec.status not in ("Pending", "Running"):
                 continue
             try:
-                found = await ContainerRuntime(self.engine).state(rec.container_id)
+                found = await self.backend.state(rec.container_id)
             except EngineUnavailable:
                 continue
             state = found if found is not None else {"Running": False, "ExitCode": -1}
@@ -382,7 +381,7 @@ class JobManager(EnvConfigurable):
         await self._tasks.wait()
         for rec in list(self.records.values()):
             if keep and rec.container_id is not None:
-                self.engine.unsubscribe(rec.container_id)
+                self.backend.unsubscribe(rec.container_id)
                 continue
             try:
                 await self.delete(rec, "stopped with the gateway")

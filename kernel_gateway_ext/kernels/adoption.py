@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from jupyter_client.provisioning import KernelProvisionerFactory
 
-from ..containers.engine import LABEL_KIND, DockerEngine
+from ..containers import current_backend
 from ..containers.limits import KernelLimits
+from ..containers.spec import LABEL_KIND
 from ..errors import KernelStartFailed
 from ..provisioners.launch import LaunchRequest
 from ..store import Store
@@ -28,7 +29,7 @@ ADOPT_READY_TIMEOUT = 10.0  # an adopted kernel that does not answer within it i
 
 
 def gateway_id() -> str:
-    return DockerEngine.instance().gateway_id
+    return current_backend().gateway_id
 
 
 class KernelRecords:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from ..containers.engine import DockerEngine
-from ..containers.runtime import ContainerRuntime, Tty
+from ..containers.backend import ContainerBackend, Terminal
 from ..errors import KernelStartFailed
 
 BATCH_MAX_OUTPUT = 8 * 2**20  # bytes of a batch command's output kept for its caller
@@ -20,7 +19,7 @@ class ContainerHolder(Protocol):
     work_dir: str
 
     @property
-    def engine(self) -> DockerEngine: ...
+    def backend(self) -> ContainerBackend: ...
 
     @property
     def exited(self) -> bool: ...
@@ -36,27 +35,27 @@ class KernelContainer:
         """The container's recent output (the kernel's stdout/stderr)."""
         if self.holder.container_id is None:
             return ""
-        return await ContainerRuntime(self.holder.engine).logs(self.holder.container_id, tail)
+        return await self.holder.backend.logs(self.holder.container_id, tail)
 
     # ---- what REST callers do in the container ------------------------------------------------
-    async def open_terminal(self, env: dict[str, str]) -> Tty:
+    async def open_terminal(self, env: dict[str, str]) -> Terminal:
         """A login shell with a TTY in the kernel's container, as the kernel's user, with its env."""
         assert self.holder.container_id is not None
-        return await ContainerRuntime(self.holder.engine).open_tty(
+        return await self.holder.backend.open_tty(
             self.holder.container_id, ["/bin/bash", "-l"], user=self.holder.user, workdir=self.holder.work_dir,
             env={**self.holder.container_env(), **env})
 
     async def run_quietly(self, argv: list[str]) -> None:
         """A short command in the kernel's container as its user (output not kept)."""
         if self.holder.container_id is not None:
-            await ContainerRuntime(self.holder.engine).run_detached(self.holder.container_id, argv, self.holder.user)
+            await self.holder.backend.run_detached(self.holder.container_id, argv, self.holder.user)
 
     async def put_files(self, files: list[tuple[str, bytes]]) -> None:
         """Write files (relative paths, already checked) into the work dir as the kernel user."""
         if self.holder.container_id is None:
             raise KernelStartFailed("kernel has no container")
         uid, _, gid = self.holder.user.partition(":")
-        await ContainerRuntime(self.holder.engine).put_tree(self.holder.container_id, self.holder.work_dir, files,
+        await self.holder.backend.put_tree(self.holder.container_id, self.holder.work_dir, files,
                                                      int(uid or 0), int(gid or uid or 0))
 
     async def run_command(self, command: str, timeout: float, max_output: int = BATCH_MAX_OUTPUT) -> tuple[int, str, str]:
@@ -69,7 +68,7 @@ class KernelContainer:
             raise KernelStartFailed("kernel has no container")
         cid = self.holder.container_id
         seconds = max(1, math.ceil(timeout))
-        code, out, err, dropped = await ContainerRuntime(self.holder.engine).exec_capture(
+        code, out, err, dropped = await self.holder.backend.exec_capture(
             cid, ["timeout", "--kill-after=2", str(seconds), "/bin/sh", "-c", command],
             user=self.holder.user, workdir=self.holder.work_dir, env=self.holder.container_env(), max_output=max_output)
         tail = ""
@@ -83,6 +82,6 @@ class KernelContainer:
         """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""
         if self.holder.container_id is None or self.holder.exited:
             return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        use = await ContainerRuntime(self.holder.engine).usage(self.holder.container_id)
+        use = await self.holder.backend.usage(self.holder.container_id)
         return {"memory": use.memory, "memory_max": use.memory_max, "cpu_ns": use.cpu_ns}
 

@@ -5,8 +5,9 @@ so any jupyter_client KernelManager (our gateway's, or a plain jupyter_server's)
 kernelspec's ``metadata.kernel_provisioner``.
 
 What it does differently from gateway_provisioners / Enterprise Gateway:
-- every Docker call runs off the event loop (:class:`DockerEngine`), container state arrives
-  by the engine's event stream (no polling the engine);
+- it describes containers as ContainerSpecs to the container backend (containers/backend.py): every
+  engine call runs off the event loop, container state arrives by the engine's event stream (no
+  polling);
 - restart keeps the container: ``kge-nanny`` (the container's main process) restarts the kernel
   in place, so the address, ports and key stay and open client connections keep working;
 - the kernel gets only its spec's env, ``KERNEL_*`` and an allow-list; memory, CPU and pids are
@@ -27,16 +28,11 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode
 
 from ..config import apply_env, env
 from ..errors import ContainerFailed, EngineError, EngineUnavailable, GatewayError, KernelStartFailed
-from ..containers.engine import (
-    LABEL_CONNECTION,
-    LABEL_KERNEL_ID,
-    LABEL_KERNELSPEC,
-    LABEL_OWNER,
-    DockerEngine,
-)
 from ..containers.limits import KernelLimits, parse_memory
-from ..containers.runtime import ContainerRuntime
-from ..containers.spec import BindMount, ContainerSpec, FileToPut
+from ..containers import ContainerBackend, current_backend
+from ..containers.spec import (
+    LABEL_CONNECTION, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER, BindMount, ContainerSpec, FileToPut,
+)
 from .container import KernelContainer
 from .launch import LAUNCH_REQUEST, LaunchRequest
 
@@ -103,8 +99,8 @@ class DockerProvisioner(KernelProvisionerBase):
         self.container = KernelContainer(self)  # what callers do inside it, beside the lifecycle
 
     @property
-    def engine(self) -> DockerEngine:
-        return DockerEngine.instance()
+    def backend(self) -> ContainerBackend:
+        return current_backend()
 
     # ---- state --------------------------------------------------------------------------------
     @property
@@ -161,7 +157,7 @@ class DockerProvisioner(KernelProvisionerBase):
         if self.container_id is None:
             return
         try:
-            state = await ContainerRuntime(self.engine).state(self.container_id)
+            state = await self.backend.state(self.container_id)
         except GatewayError:
             return
         if state is None:
@@ -180,19 +176,14 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _watch(self) -> None:
         assert self.container_id is not None
-        self.engine.subscribe(self.container_id, self._on_event)
-        self.engine.on_reconnect(lambda: asyncio.ensure_future(self._refresh_state()), self.container_id)
+        self.backend.subscribe(self.container_id, self._on_event)
+        self.backend.on_reconnect(lambda: asyncio.ensure_future(self._refresh_state()), self.container_id)
 
     # ---- signals --------------------------------------------------------------------------------
     async def _signal_container(self, signum: int) -> None:
         if self.container_id is None:
             return
-        try:
-            await self.engine.api("kill", self.container_id, signal=int(signum))
-        except EngineError as e:
-            # A stopped container cannot be signalled: it is already what the caller wanted.
-            if e.status_code not in (404, 409) and "is not running" not in e.message:
-                raise
+        await self.backend.signal(self.container_id, signum)
 
     async def send_signal(self, signum: int) -> None:
         if signum == 0:
@@ -306,29 +297,29 @@ class DockerProvisioner(KernelProvisionerBase):
             if self._exit_code is not None:
                 # The container itself had died: start it again. Its address usually stays but
                 # is re-read; the kernel store reconnects its sockets if it moved.
-                await self.engine.api("start", self.container_id)
+                await self.backend.start_again(self.container_id)
                 self._exit_code, self._oom_killed = None, False
                 self._exited.clear()
                 await self._read_address()
             return self.connection_info
-        runtime = ContainerRuntime(self.engine)
+        backend = self.backend
         spec = self.container_spec(cmd)
         try:
-            created = await runtime.create(spec, self.launch_timeout)
+            created = await backend.create(spec, self.launch_timeout)
             self.container_id = created
             self._exit_code = None
             self._exited.clear()
             self._watch()
-            await runtime.start(created, self.launch_timeout, spec.image)
-            ip = await runtime.address(created)
+            await backend.start(created, self.launch_timeout, spec.image)
+            ip = await backend.address(created)
         except ContainerFailed as e:
             if self.container_id is not None:
-                await runtime.discard(self.container_id)
+                await backend.discard(self.container_id)
                 self.container_id = None
             raise KernelStartFailed(e.message) from e
         except BaseException:
             if self.container_id is not None:
-                await runtime.discard(self.container_id)
+                await backend.discard(self.container_id)
                 self.container_id = None
             raise
         self._set_address(ip)
@@ -338,7 +329,7 @@ class DockerProvisioner(KernelProvisionerBase):
     async def _read_address(self) -> None:
         assert self.container_id is not None
         try:
-            self._set_address(await ContainerRuntime(self.engine).address(self.container_id))
+            self._set_address(await self.backend.address(self.container_id))
         except ContainerFailed as e:
             raise KernelStartFailed(e.message) from e
 
@@ -356,9 +347,9 @@ class DockerProvisioner(KernelProvisionerBase):
         if restart or self.container_id is None:
             return
         cid, self.container_id = self.container_id, None
-        self.engine.unsubscribe(cid)
+        self.backend.unsubscribe(cid)
         try:
-            await self.engine.remove(cid)
+            await self.backend.remove(cid)
         except (EngineUnavailable, EngineError) as e:
             self.log.warning("Kernel %s: could not remove container %s: %s", self.kernel_id, cid[:12], e)
 

@@ -1,5 +1,6 @@
 """The package's shape, checked from its source: no import cycles (type-only imports count: they tie
-modules as much), and only the container layer (kernel_gateway_ext/containers/) imports docker."""
+modules as much), only the container layer (kernel_gateway_ext/containers/) imports docker, and the
+rest of the package reaches containers through its backend interface, not the Docker modules."""
 from __future__ import annotations
 
 import ast
@@ -102,6 +103,21 @@ def test_only_the_container_layer_imports_docker() -> None:
     assert offenders == []
 
 
+# The Docker implementation's modules; besides containers/ itself only the composition root (it
+# pings the engine, holds the lease, reconciles) and the image builder may name them.
+DOCKER_MODULES = {f"{CONTAINER_LAYER}.{m}" for m in ("engine", "runtime", "lease", "images")}
+MAY_NAME_DOCKER_MODULES = {"kernel_gateway_ext.app", "kernel_gateway_ext.build_images"}
+
+
+def test_callers_use_the_container_backend_interface() -> None:
+    known = modules()
+    offenders = sorted(
+        (name, sorted(imports(name, path, known)[0] & DOCKER_MODULES)) for name, path in known.items()
+        if not name.startswith(CONTAINER_LAYER) and name not in MAY_NAME_DOCKER_MODULES
+        and imports(name, path, known)[0] & DOCKER_MODULES)
+    assert offenders == []
+
+
 def test_the_checks_see_what_they_check() -> None:
     """The two checks above find a planted cycle and a planted docker import."""
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
@@ -109,6 +125,7 @@ def test_the_checks_see_what_they_check() -> None:
     assert "docker" in imports("kernel_gateway_ext.containers.engine", known["kernel_gateway_ext.containers.engine"], known)[1]
     assert "kernel_gateway_ext.containers.engine" in imports(
         "kernel_gateway_ext.containers.runtime", known["kernel_gateway_ext.containers.runtime"], known)[0]
+    assert "kernel_gateway_ext.containers.engine" in imports("kernel_gateway_ext.app", known["kernel_gateway_ext.app"], known)[0]
 
 
 def test_every_folder_of_code_is_a_package() -> None:

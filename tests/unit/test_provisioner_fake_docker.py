@@ -176,12 +176,12 @@ async def test_shutdown_stops_and_removes(fake_api: FakeAPI) -> None:
     cid = prov.container_id
     await prov.shutdown_requested(restart=False)
     assert ("kill", 15) in fake_api.calls
-    assert any(r[2] == cid for r in prov.engine._reconnect_callbacks)
+    assert any(r[2] == cid for r in DockerEngine.instance()._reconnect_callbacks)
     await prov.cleanup(restart=False)
     assert ("remove", cid) in fake_api.calls and not prov.has_process
     # Nothing of the container stays registered with the engine (no growth with churn).
-    assert cid not in prov.engine._subscribers
-    assert not any(r[2] == cid for r in prov.engine._reconnect_callbacks)
+    assert cid not in DockerEngine.instance()._subscribers
+    assert not any(r[2] == cid for r in DockerEngine.instance()._reconnect_callbacks)
 
 
 async def test_state_reread_after_missed_events_reports_the_death(fake_api: FakeAPI) -> None:

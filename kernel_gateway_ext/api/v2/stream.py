@@ -19,7 +19,7 @@ from typing import Any
 
 from tornado import websocket
 
-from ...containers.runtime import Tty
+from ...containers.backend import Terminal
 from ...errors import BadRequest, KernelDead, OverCapacity
 from ...kernels.manager import GatewayKernel
 from .base import V2Handler
@@ -33,7 +33,7 @@ HANGUP = ('for p in /proc/[0-9]*; do grep -qzx "' + MARKER + '=$0" "$p/environ" 
 
 class PtyHandler(V2Handler, websocket.WebSocketHandler):
     km: GatewayKernel
-    tty: Tty | None = None
+    tty: Terminal | None = None
     sock: socket.socket | None = None
     marker: str | None = None
     _paused = False

@@ -1,0 +1,88 @@
+"""The container backend: everything the kernel provisioner and the Skaha job manager ask of a
+container engine, as one interface. `ContainerRuntime` (runtime.py) is the Docker implementation,
+over the process's one `DockerEngine`; a cluster engine is a second implementation of this Protocol,
+chosen in `containers.current_backend()`, with no change to the provisioner, the job manager, the
+stores or the dialects. Only the composition root (app.py) and containers/ itself name the engine.
+
+Containers are named by the id the backend gave them; errors are errors.py's (ContainerFailed for a
+launch, ContainerMissing, EngineError, EngineUnavailable), never the engine library's."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .spec import ContainerSpec
+
+EventCallback = Callable[[dict[str, Any]], None]  # Docker's event shape: Action, Actor.Attributes
+
+
+@dataclass(frozen=True)
+class Usage:
+    memory: int = 0  # bytes in use, page cache excluded
+    memory_max: int = 0
+    cpu_ns: int = 0  # CPU time used
+    cores: float = 0.0  # cores in use now (from the engine's two samples)
+
+
+class Terminal(Protocol):
+    """An interactive process with a TTY in a container: a non-blocking socket the loop watches."""
+
+    sock: socket.socket
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ContainerBackend(Protocol):
+    @property
+    def gateway_id(self) -> str: ...  # the label that marks this gateway's containers
+
+    @property
+    def call_timeout(self) -> float: ...
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def create(self, spec: ContainerSpec, timeout: float) -> str: ...  # files put in, not started
+
+    async def start(self, container_id: str, timeout: float, image: str = "") -> None: ...
+
+    async def start_again(self, container_id: str) -> None: ...  # one that ended, same address if it can
+
+    async def signal(self, container_id: str, signum: int) -> None: ...  # an ended one: nothing to do
+
+    async def discard(self, container_id: str) -> None: ...  # after a failed launch; never raises
+
+    async def remove(self, container_id: str) -> None: ...  # whatever its state; a missing one is removed
+
+    # ---- reading ------------------------------------------------------------------------------
+    async def address(self, container_id: str, required: bool = True) -> str: ...
+
+    async def state(self, container_id: str) -> dict[str, Any] | None: ...  # Running, ExitCode, OOMKilled
+
+    async def usage(self, container_id: str, host_cores: int = 1) -> Usage: ...
+
+    async def logs(self, container_id: str, tail: int) -> str: ...
+
+    async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]: ...
+
+    # ---- inside the container -----------------------------------------------------------------
+    async def open_tty(self, container_id: str, argv: list[str], *, user: str, workdir: str,
+                       env: dict[str, str]) -> Terminal: ...
+
+    async def run_detached(self, container_id: str, argv: list[str], user: str) -> None: ...
+
+    async def put_tree(self, container_id: str, directory: str, files: list[tuple[str, bytes]], uid: int,
+                       gid: int) -> None: ...
+
+    async def exec_capture(self, container_id: str, argv: list[str], *, user: str, workdir: str,
+                           env: dict[str, str], max_output: int) -> tuple[int, bytes, bytes, int]: ...
+
+    # ---- events (on the calling loop; nothing polls) ------------------------------------------
+    def subscribe(self, container_id: str, callback: EventCallback) -> None: ...
+
+    def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None: ...
+
+    def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None: ...
+
