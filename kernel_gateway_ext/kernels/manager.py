@@ -154,9 +154,10 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         return km
 
     def derive_key(self, km: GatewayKernel) -> None:
-        """The kernel's connection key, from the master key and a nonce the store keeps."""
+        """The kernel's connection key, from the master key, its id and a nonce the store keeps."""
         if self._derive_secret is None:
             return
+        assert km.kernel_id, "a kernel's key is derived from its id: set it first"
         km.key_nonce = km.key_nonce or secrets.token_hex(16)
         km.session.key = self._derive_secret(f"kernel:{km.kernel_id}", km.key_nonce).encode()
 
@@ -260,6 +261,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         name = request.kernel_name
         km, name, kernel_id = self.pre_start_kernel(name, kwargs)
         assert isinstance(km, GatewayKernel)
+        km.kernel_id = kernel_id  # jupyter_client sets it only in start_kernel: the key is derived from it
         km.owner = request.owner
         if self._provisioner_of(name) == DOCKER_PROVISIONER:
             self.derive_key(km)
