@@ -1,4 +1,5 @@
-"""What every handler shares: who is calling, JSON in and out, and the one place errors become HTTP."""
+"""What every handler shares: the request pipeline (authenticate with the schemes its class declares,
+authorize through the authorizer, JSON in and out) and the one place errors become HTTP."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,20 @@ from ..kernels.kernel import GatewayKernel
 from .context import GatewayContext
 
 T = TypeVar("T", bound=Owned)
+
+# The schemes a handler class may declare in `auth_schemes`, tried in the order it gives them.
+TOKEN = "token"  # the gateway token or a key pair's ACCESS:SECRET (Authorization: token|Bearer, ?token=)
+CERTIFICATE = "certificate"  # a verified X.509 client certificate
+COOKIE = "cookie"  # a signed cookie (the notebook proxy's)
+SIGNATURE = "signature"  # a Backend.AI HMAC signature (v2), which may cover a body still to come
+BROWSER_SENT = {CERTIFICATE, COOKIE}  # a browser sends these to any site's form: cross-site guarded
+
+
+class BodyFirst:
+    """A scheme's answer that it can only tell once the body is here (take_body() asks again)."""
+
+
+BODY_FIRST = BodyFirst()
 
 
 class GatewayMixin:
@@ -60,16 +75,37 @@ class GatewayMixin:
             return None
         return self.request.get_ssl_certificate()
 
-    async def authenticate(self) -> Identity:
-        authenticator = self.gateway.authenticator
-        identity = await authenticator.identify(extract_token(self.request))
-        if identity is None:
-            identity = authenticator.identify_certificate(self.peer_certificate())
+    # ---- authentication: the one step, over the schemes the handler's class declares -----------
+    auth_schemes: tuple[str, ...] = (TOKEN, CERTIFICATE)
+    auth_scheme = ""  # the scheme that named the caller
+
+    def schemes(self) -> tuple[str, ...]:
+        """The schemes this request may use, in order (a dialect may choose by the request)."""
+        return self.auth_schemes
+
+    async def authenticate(self) -> Identity | None:
+        """The first of the schemes that names a caller; None when one must see the body first.
+        Unauthorized when none does."""
+        for scheme in self.schemes():
+            identity = await self.identify(scheme)
+            if isinstance(identity, BodyFirst):
+                return None
             if identity is not None:
-                self.refuse_cross_site()  # a browser presents its certificate to any site's form
-        if identity is None:
-            raise Unauthorized("authentication required")
-        return identity
+                if scheme in BROWSER_SENT:
+                    self.refuse_cross_site()
+                self.auth_scheme = scheme
+                return identity
+        raise Unauthorized("authentication required")
+
+    async def identify(self, scheme: str) -> Identity | BodyFirst | None:
+        """Who the request's credentials of `scheme` name (None: none of that scheme, or not valid).
+        The shared schemes are here; a dialect that declares another reads it in its override."""
+        authenticator = self.gateway.authenticator
+        if scheme == TOKEN:
+            return await authenticator.identify(extract_token(self.request))
+        if scheme == CERTIFICATE:
+            return authenticator.identify_certificate(self.peer_certificate())
+        raise NotImplementedError(f"{type(self).__name__} declares the {scheme!r} scheme but does not read it")
 
     def refuse_cross_site(self) -> None:
         """CSRF guard for credentials a browser sends by itself (client certificates, cookies): a
@@ -95,10 +131,12 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
 
     async def prepare(self) -> None:
         if self.auth_required:
-            self.identity = await self.authenticate()
+            identity = await self.authenticate()
+            if identity is not None:  # else a scheme waits for the body: take_body() finishes it
+                self.identity = identity
 
     async def authenticate_with_body(self) -> None:
-        """For a dialect whose credentials cover the body (v2 signatures), once it has arrived."""
+        """The scheme that waited for the body (v2 signatures) decides, now that it is here."""
         raise Unauthorized("authentication required")
 
     def set_default_headers(self) -> None:

@@ -20,9 +20,10 @@ from urllib.parse import urlencode
 from tornado import httpclient, web, websocket
 from tornado.httputil import HTTPHeaders
 
-from ...auth import Identity, extract_token
-from ...errors import GatewayError, NotFound, Unauthorized
-from ..base import StreamedBody
+from ...auth import Identity
+from ...errors import GatewayError, NotFound
+from ..base import CERTIFICATE, TOKEN, BodyFirst, StreamedBody
+from ..base import COOKIE as COOKIE_SCHEME
 from .handlers import SkahaHandler
 
 COOKIE = "kge_user"
@@ -33,21 +34,19 @@ WS_PATHS = r"(?P<path>api/kernels/[^/]+/channels|api/events/subscribe|terminals/
 
 class ProxyMixin(SkahaHandler):
     redirect_token_visit = True
+    # The token, then what a browser sends by itself: the session's cookie, a client certificate.
+    auth_schemes = (TOKEN, COOKIE_SCHEME, CERTIFICATE)
+
+    async def identify(self, scheme: str) -> Identity | BodyFirst | None:
+        if scheme == COOKIE_SCHEME:
+            return await self._cookie_identity(self.path_kwargs["session_id"])
+        return await super().identify(scheme)
 
     async def prepare(self) -> None:
+        await super().prepare()  # the one authentication step
         session_id = self.path_kwargs["session_id"]
-        token = extract_token(self.request)
-        identity = await self.gateway.authenticator.identify(token) if token else None
-        if identity is None:  # credentials a browser sends by itself: the cookie, then a client certificate
-            identity = await self._cookie_identity(session_id)
-            if identity is None:
-                identity = self.gateway.authenticator.identify_certificate(self.peer_certificate())
-            if identity is not None:
-                self.refuse_cross_site()
-        if identity is None:
-            raise Unauthorized("authentication required")
-        self.identity = identity
-        if token is not None and self.get_query_argument("token", None):
+        identity = self.identity
+        if self.auth_scheme == TOKEN and self.get_query_argument("token", None):
             # A browser that came with ?token= keeps its identity in a signed cookie for this session.
             self.set_signed_cookie(COOKIE, self._cookie_value(session_id, identity), httponly=True, samesite="Strict",
                                    secure=self.request.protocol == "https", path=self._session_path(session_id))

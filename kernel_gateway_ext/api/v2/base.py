@@ -4,27 +4,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...auth import hmac_v2
+from ...auth import Identity, hmac_v2
 from ...errors import BadRequest
-from ..base import BaseHandler
+from ..base import BODY_FIRST, CERTIFICATE, SIGNATURE, TOKEN, BaseHandler, BodyFirst
 
 API_VERSION = "v2.20170315"
 PROBLEM_BASE = "https://api.backend.ai/probs/"
 
 
 class V2Handler(BaseHandler):
-    async def prepare(self) -> None:
-        if not self.auth_required:
-            return
-        scheme = self.request.headers.get("Authorization", "").strip().split(" ", 1)[0].lower()
-        if scheme in ("token", "bearer"):
-            # A key pair token (AK:SK) or the gateway's token, as the other dialects accept.
-            self.identity = await self.authenticate()
-        elif getattr(self, "streams_body", False) and not self.request.headers.get(
+    auth_schemes = (TOKEN, CERTIFICATE, SIGNATURE)
+
+    def schemes(self) -> tuple[str, ...]:
+        # `Authorization: token|Bearer` (a key pair's AK:SK or the gateway's token, as the other dialects
+        # accept) or else Backend.AI's own signature, as its clients send.
+        header = self.request.headers.get("Authorization", "").strip().split(" ", 1)[0].lower()
+        return (TOKEN, CERTIFICATE) if header in ("token", "bearer") else (SIGNATURE,)
+
+    async def identify(self, scheme: str) -> Identity | BodyFirst | None:
+        if scheme != SIGNATURE:
+            return await super().identify(scheme)
+        if getattr(self, "streams_body", False) and not self.request.headers.get(
                 "Content-Type", "").lower().startswith("multipart/"):
-            return  # the signature covers a body still to come: checked by take_body()
-        else:
-            await self.authenticate_with_body()
+            return BODY_FIRST  # the signature covers a body still to come: checked by take_body()
+        return await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
 
     async def authenticate_with_body(self) -> None:
         self.identity = await hmac_v2.verify(self.request, self.gateway.keypairs, self.gateway.signatures_seen)
