@@ -33,6 +33,8 @@ class Terminal(Protocol):
 
     async def resize(self, rows: int, cols: int) -> None: ...
 
+    async def ended(self) -> bool: ...  # its process has run and exited (False too before it starts)
+
     def close(self) -> None: ...
 
 

@@ -37,6 +37,15 @@ class Tty:
     async def resize(self, rows: int, cols: int) -> None:
         await self.runtime.engine.api("exec_resize", self.exec_id, height=rows, width=cols)
 
+    async def ended(self) -> bool:
+        """Whether its process has run and exited. False while it runs, and also before it has
+        started: the engine answers the exec's socket before it starts the process."""
+        try:
+            info = await self.runtime.engine.api("exec_inspect", self.exec_id)
+        except ContainerMissing:
+            return True  # the container is gone, and the exec with it
+        return not info.get("Running") and info.get("ExitCode") is not None
+
     def close(self) -> None:
         for part in (self.sock, self._holder):
             try:

@@ -22,11 +22,14 @@ from tornado import websocket
 from ...containers.backend import Terminal
 from ...errors import BadRequest, KernelDead, OverCapacity
 from ...kernels.manager import GatewayKernel
+from ...tasks import TaskSet
 from .base import V2Handler
 
 
 MARKER = "KGE_TERMINAL"
 # Hang up every process of one terminal (found by its environment marker; no procps needed).
+HANG_UP_RETRIES = (0.05, 0.2, 0.5, 1.0, 2.0)  # seconds after each scan before asking the engine again
+HANG_UPS = TaskSet(None, "terminal hang-up")  # held until done (asyncio keeps tasks by weak reference)
 HANGUP = ('for p in /proc/[0-9]*; do grep -qzx "' + MARKER + '=$0" "$p/environ" 2>/dev/null '
           '&& kill -HUP "${p#/proc/}" 2>/dev/null; done; true')
 
@@ -115,19 +118,26 @@ class PtyHandler(V2Handler, websocket.WebSocketHandler):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             except (ValueError, OSError):
                 pass
-        if self.tty is not None:
-            self.tty.close()
-            self.tty = None
+        tty, self.tty = self.tty, None
+        if tty is not None:
+            tty.close()
         marker, self.marker = self.marker, None
         prov = self.km.docker
-        if marker is not None and prov is not None and prov.container_id is not None:
-            asyncio.ensure_future(self._hang_up(prov, marker))
+        if marker is not None and tty is not None and prov is not None and prov.container_id is not None:
+            HANG_UPS.spawn(self._hang_up(prov, tty, marker))
 
     @staticmethod
-    async def _hang_up(prov: Any, marker: str) -> None:
-        """The engine leaves an exec running when its client goes: end the shell and its jobs."""
+    async def _hang_up(prov: Any, tty: Terminal, marker: str) -> None:
+        """The engine leaves an exec running when its client goes: end the shell and its jobs. A
+        scan for the marker can miss a shell the engine has not started yet (it answers the exec's
+        socket first), so the scan is repeated until the engine says the shell has ended."""
         try:
-            await prov.container.run_quietly(["/bin/sh", "-c", HANGUP, marker])
+            for delay in HANG_UP_RETRIES:
+                await prov.container.run_quietly(["/bin/sh", "-c", HANGUP, marker])
+                await asyncio.sleep(delay)
+                if await tty.ended():
+                    return
+            prov.log.warning("a terminal's shell did not end when it was hung up (marker %s)", marker)
         except Exception as e:  # noqa: BLE001 - the container may be gone already: nothing to hang up
             prov.log.debug("terminal hang-up skipped: %s", e)
 
