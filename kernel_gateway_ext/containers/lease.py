@@ -30,7 +30,11 @@ from .spec import LABEL_MANAGED
 LABEL_LEASE = "org.kge.lease"  # the gateway id; deliberately not LABEL_GATEWAY (never adopted or reaped)
 
 
-ENDED_BEFORE_START = ("stopped process", "already dead")
+# What the engine (20.10, runc) answers when its start of an attached container races with the
+# container's own state: it ended first ("cannot start a stopped process", "container process is
+# already dead"), or the start was already under way ("cannot start an already running container").
+# Each seen in CI about once in 100 starts; each is answered by taking the lease anew.
+START_RACES = ("stopped process", "already dead", "already running")
 
 
 class GatewayIdTaken(SystemExit):
@@ -38,8 +42,7 @@ class GatewayIdTaken(SystemExit):
 
 
 class LeaseNotStarted(Exception):
-    """The lease container ended before its start returned: the engine says "cannot start a stopped
-    process" or "container process is already dead" (both seen in CI, about once in 100 starts)."""
+    """The lease container's start lost a race inside the engine (START_RACES): remove it, take it anew."""
 
 
 class StateLock:
@@ -94,8 +97,8 @@ class EngineLease:
             except LeaseNotStarted as e:
                 if time.monotonic() > deadline:
                     raise
-                # seen about once in 100 starts: `cat` had already seen end-of-file; take it anew
-                self.engine.log.warning("The lease container ended before it started (%s): taking it anew", e)
+                # seen about once in 100 starts (START_RACES): take it anew
+                self.engine.log.warning("The lease container's start lost a race in the engine (%s): taking it anew", e)
                 continue
             except EngineError as e:
                 if e.status_code != 409:
@@ -127,7 +130,7 @@ class EngineLease:
             self._close_socket()
             with contextlib.suppress(docker.errors.NotFound):  # AutoRemove may have been first
                 api.remove_container(cid, force=True)
-            if isinstance(e, docker.errors.APIError) and any(s in str(e) for s in ENDED_BEFORE_START):
+            if isinstance(e, docker.errors.APIError) and any(s in str(e) for s in START_RACES):
                 raise LeaseNotStarted(str(e)) from e
             raise
         self.container_id = cid

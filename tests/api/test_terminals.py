@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -62,13 +63,19 @@ async def settle(container, want: int) -> int:
     return shells(container)
 
 
-async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker_client) -> None:
-    keys = create_keys("pty-" + uuid.uuid4().hex[:6])
+async def v2_kernel(gateway, docker_client, prefix: str, token: str) -> tuple[Keys, str, Any]:
+    """A new key pair's v2 kernel: (keys, kernel id, its container)."""
+    keys = create_keys(prefix + uuid.uuid4().hex[:6])
     status, created = await signed(gateway, keys, "POST", "/v2/kernel/create",
-                                   json.dumps({"lang": "python3", "clientSessionToken": "pty-1"}).encode())
+                                   json.dumps({"lang": "python3", "clientSessionToken": token}).encode())
     assert status == 201, created
     kid = gateway.app.kernel_manager.get_by_id_or_token(created["kernelId"]).kernel_id
     (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+    return keys, kid, container
+
+
+async def test_terminals_are_bounded_hung_up_and_flow_controlled(gateway, docker_client) -> None:
+    keys, kid, container = await v2_kernel(gateway, docker_client, "pty-", "pty-1")
 
     # a restart hangs up the old shell (and its jobs); a close hangs up the last one
     ws = await open_pty(gateway, keys, kid)
@@ -142,12 +149,7 @@ async def test_a_terminal_closed_while_its_shell_starts_leaves_no_shell(gateway,
     engine may not have started it yet when its terminal goes (it answers the exec's socket before it
     starts the process; a one-shot scan for the shell then found none, and a stray shell was seen
     once in a full run of the test above)."""
-    keys = create_keys("ptr-" + uuid.uuid4().hex[:6])
-    status, created = await signed(gateway, keys, "POST", "/v2/kernel/create",
-                                   json.dumps({"lang": "python3", "clientSessionToken": "ptr-1"}).encode())
-    assert status == 201, created
-    kid = gateway.app.kernel_manager.get_by_id_or_token(created["kernelId"]).kernel_id
-    (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={kid}"})
+    keys, kid, container = await v2_kernel(gateway, docker_client, "ptr-", "ptr-1")
     path = f"/v2/stream/kernel/{kid}/pty"
     for _ in range(6):  # fewer than max_terminals (8): a closed one may not be forgotten yet
         sock = await rawws.connect(gateway.url.rstrip("/") + path, pty_headers(gateway, keys, path))
