@@ -8,7 +8,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, List, Unicode, default
 
-from ..config import env
+from ..config import apply_env, env
 from ..errors import KernelSpecNotFound
 from ..resources import resource_path
 
@@ -44,8 +44,6 @@ class GatewayKernelSpecManager(KernelSpecManager):
         return [bundled_kernelspec_dir()]
 
     def __init__(self, **kwargs: Any) -> None:
-        from ..config import apply_env
-
         super().__init__(**kwargs)
         apply_env(self, set(kwargs))
         self.kernel_dirs = [*self.extra_kernelspec_dirs, *self.kernel_dirs]
