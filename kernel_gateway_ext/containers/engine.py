@@ -24,12 +24,12 @@ from traitlets.config import SingletonConfigurable
 
 from ..config import apply_env, env
 from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
+from .backend import EventCallback
 from .spec import LABEL_GATEWAY, LABEL_MANAGED
 
 T = TypeVar("T")
 
 
-EventCallback = Callable[[dict[str, Any]], None]
 
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
