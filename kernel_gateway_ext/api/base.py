@@ -59,13 +59,12 @@ class GatewayMixin:
         """The kernel with id `ident` (or, `by_token`, the caller's kernel with that v2 client token:
         tokens are only unique per owner) if the caller may do `action` to it; else a 404."""
         mgr, authorizer = self.gateway.kernel_manager, self.gateway.authorizer
-        found = mgr.find(ident)
-        if found is not None and authorizer.is_authorized(self.identity, action, found.owner):
-            return found
-        if by_token:
-            found = next((km for km in mgr.with_token(ident)
-                          if authorizer.is_authorized(self.identity, action, km.owner)), None)
-        return self.authorized(found, lambda: KernelNotFound(f"Kernel does not exist: {ident}"), action)
+        by_id = mgr.find(ident)
+        candidates = ([by_id] if by_id is not None else []) + (mgr.with_token(ident) if by_token else [])
+        found = next((km for km in candidates if authorizer.is_authorized(self.identity, action, km.owner)), None)
+        if found is None:
+            raise KernelNotFound(f"Kernel does not exist: {ident}")
+        return found
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.
