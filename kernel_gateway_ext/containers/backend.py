@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .spec import ContainerSpec
+from .spec import BindMount, ContainerSpec, FileToPut
 
 EventCallback = Callable[[dict[str, Any]], None]  # Docker's event shape: Action, Actor.Attributes
 
@@ -57,6 +57,15 @@ class ContainerBackend(Protocol):
     async def discard(self, container_id: str) -> None: ...  # after a failed launch; never raises
 
     async def remove(self, container_id: str) -> None: ...  # whatever its state; a missing one is removed
+
+    # ---- specialising a running container (a pooled kernel at hand-out) -------------------------
+    def can_attach_mounts(self) -> str: ...  # '' when attach_mounts works here, else why not
+
+    async def update_limits(self, container_id: str, *, memory_bytes: int, cpus: float, pids: int) -> None: ...
+
+    async def attach_mounts(self, container_id: str, mounts: list[BindMount]) -> None: ...
+
+    async def put_files(self, container_id: str, files: list[FileToPut], user: str) -> None: ...
 
     # ---- reading ------------------------------------------------------------------------------
     async def address(self, container_id: str, required: bool = True) -> str: ...

@@ -19,7 +19,8 @@ import docker.types
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
 from .backend import EventCallback, Usage
 from .engine import DockerEngine
-from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, ContainerSpec
+from .mounter import MountHelper, supported as mounter_supported
+from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec, FileToPut, files_tars
 
 
 class Tty:
@@ -145,6 +146,39 @@ class ContainerRuntime:
             await asyncio.wait_for(self.engine.api("start", container_id), timeout)
         except BaseException as e:
             raise self.failure(e, image) from e
+
+    # ---- specialising a running container (a pooled kernel handed out) ---------------------
+    async def update_limits(self, container_id: str, *, memory_bytes: int, cpus: float, pids: int) -> None:
+        """Set a running container's memory (and swap: none beyond it), CPU and process limits, as
+        create_kwargs sets them for a new one. docker-py's update_container knows no NanoCpus or
+        PidsLimit, so this posts the engine's update call itself."""
+        body = {"Memory": memory_bytes, "MemorySwap": memory_bytes, "NanoCpus": max(int(cpus * 1e9), 10**7),
+                "PidsLimit": pids}
+        api = self.engine.client.api
+        try:
+            await self.engine.run(lambda: api._result(api._post_json(
+                api._url("/containers/{0}/update", container_id), data=body), True), method="update_container")
+        except EngineError as e:
+            raise ContainerFailed(f"limits could not be applied: {e.message}", detail=e.message) from e
+
+    def can_attach_mounts(self) -> str:
+        return mounter_supported()
+
+    async def attach_mounts(self, container_id: str, mounts: list[BindMount]) -> None:
+        """Bind host folders into a running container, as `create` would have mounted them."""
+        if not mounts:
+            return
+        info = await self.engine.api("inspect_container", container_id)
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        if not pid:
+            raise ContainerFailed("folders could not be mounted: the container is not running")
+        await MountHelper.instance().attach(pid, mounts)
+
+    async def put_files(self, container_id: str, files: list[FileToPut], user: str) -> None:
+        """Put files into a (running) container, owned by `user` (uid:gid), as `create` does."""
+        uid, _, gid = user.partition(":")
+        for directory, tar in files_tars(files, int(uid or 0), int(gid or uid or 0)).items():
+            await self.engine.api("put_archive", container_id, directory, tar)
 
     async def address(self, container_id: str, required: bool = True) -> str:
         """The container's address on its network; a container that already ended has none (an

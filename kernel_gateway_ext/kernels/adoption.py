@@ -142,7 +142,8 @@ class Adopter:
         prov = km.docker
         if prov is None:
             raise KernelStartFailed(f"kernelspec {name!r} no longer runs in containers")
-        await prov.load_provisioner_info({"container_id": container_id, "owner": km.owner})
+        await prov.load_provisioner_info({"container_id": container_id, "owner": km.owner,
+                                          "hot_mounts": rec.get("hot_mounts") or []})
         km.load_connection_info(prov.connection_info)
         km.persisted = True
         host.admit(km)

@@ -72,6 +72,7 @@ class GatewayKernel(AsyncKernelManager):
             "exec_timeout": self.exec_timeout, "idle_timeout": self.idle_timeout, "created": self.created.timestamp(),
             "restart_count": self.restart_count, "key_nonce": self.key_nonce,
             "container_id": prov.container_id if prov is not None else None,
+            "hot_mounts": [vars(m) for m in prov.hot_mounts] if prov is not None else [],
         }
 
     def write_connection_file(self, **kwargs: Any) -> None:

@@ -217,6 +217,10 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         request = LaunchRequest.build(owner=owner, kernel_name=name, requested_env=env, user_env=user_env,
                                       allowlist=self.env_allowlist, limits=limits, mounts=mounts, labels=labels)
         began = time.monotonic()
+        # A pooled kernel is promised its default memory already; asking more must fit the rest.
+        extra = capacity.memory_of(name, limits) - capacity.memory_of(name, None)
+        if extra > 0 and self.pool.has_ready(name) and self.pool.servable(request):
+            self._refuse_unless(lambda: capacity.check_memory(extra), name, "memory_budget")
         km = await self.pool.take(request)
         source = "pooled" if km is not None else "cold"
         if km is None:

@@ -1,5 +1,8 @@
-"""Warm pools: ready kernels per kernelspec, refilled in the background within the limits, handed
-to starts they can serve exactly (a start they cannot serve is cold, never given a different kernel).
+"""Warm pools: ready kernels per kernelspec, refilled in the background within the limits, and
+specialised at hand-out into exactly what the start asked: its limits applied to the running
+container, its folders bound in at their targets, its env set in the live kernel and kept for the
+kernel's restarts (provisioners/docker.py `specialise`). What cannot be made exact (GPUs, env the
+interpreter reads only at start-up, env for a language we cannot set it in) starts cold, never differs.
 
 `WarmPool` is a collaborator of the kernel store, wired in its constructor; what it needs of the store
 is the `PoolHost` protocol (launch, discard), nothing of its private state; whether there is room for
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import time
 
 import zmq
@@ -15,16 +20,35 @@ import zmq.asyncio
 from jupyter_client.session import Session
 from typing import Any, Protocol
 
-from traitlets import Dict, HasTraits, Int
+from traitlets import Bool, Dict, HasTraits, Int
 
 from ..config import env
-from ..errors import KernelStartFailed
+from ..containers import current_backend
+from ..errors import GatewayError, KernelStartFailed
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
 from ..tasks import TaskSet
 from .kernel import GatewayKernel
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
+# Read by the interpreter, the loader or libc when a process starts, so setting them in a running
+# kernel would not be what a cold start gives: a request naming one starts cold.
+STARTUP_ENV = re.compile(r"^(PYTHON|LD_|LC_|LANG$|LANGUAGE$|MALLOC_|GLIBC_)")
+SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def set_env_code(language: str, env: dict[str, str]) -> str | None:
+    """Code that sets `env` in a running kernel of `language` (and so in every process it starts),
+    or None when it cannot be done exactly."""
+    if not env:
+        return ""
+    if any(STARTUP_ENV.match(k) for k in env):
+        return None
+    if language == "python":
+        return f"import os as _o; _o.environ.update({json.dumps(env)}); del _o"
+    if language == "bash" and all(SHELL_NAME.match(k) and "\0" not in v for k, v in env.items()):
+        return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return None
 
 
 class PoolSettings(HasTraits):
@@ -36,6 +60,11 @@ class PoolSettings(HasTraits):
         "KGE_POOL_SIZES",
     )
     pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
+    pool_specialise = env(
+        Bool(True, help="Hand pooled kernels to starts with their own limits, folders and env, applied to the "
+                        "running container (folders need root and Linux 5.12+; otherwise such starts are cold)."),
+        "KGE_POOL_SPECIALISE",
+    )
 
 
 class PoolHost(Protocol):
@@ -45,6 +74,7 @@ class PoolHost(Protocol):
     kernel_spec_manager: Any
     pool_sizes: dict[str, int]
     pool_concurrency: int
+    pool_specialise: bool
 
     @property
     def closing(self) -> bool: ...
@@ -68,6 +98,7 @@ class WarmPool:
         self.misses = 0
         self._sem: asyncio.Semaphore | None = None
         self._fill_tasks = TaskSet(host.log, "pool refill")
+        self._no_mounts: str | None = None  # why folders cannot be bound into running containers here
 
     # ---- what the store asks ----------------------------------------------------------------
     def kernels(self) -> list[GatewayKernel]:
@@ -131,47 +162,65 @@ class WarmPool:
             asyncio.ensure_future(self.host.discard(km))
             self.fill()
 
+    def _language(self, name: str) -> str:
+        language = (self.host.kernel_spec_manager.get_kernel_spec(name).language or "").lower().split()
+        return language[0] if language else ""
+
+    def servable(self, request: LaunchRequest) -> bool:
+        """Whether a ready kernel can be made exactly what `request` asks."""
+        if request.is_plain and not request.all_env:
+            return True
+        if not self.host.pool_specialise or request.limits.gpus or request.labels:
+            return False  # GPUs and labels are fixed when a container is made
+        if request.mounts:
+            if self._no_mounts is None:
+                self._no_mounts = current_backend().can_attach_mounts()
+                if self._no_mounts:
+                    self.host.log.warning("Pool: starts with folders will be cold: %s", self._no_mounts)
+            if self._no_mounts:
+                return False
+        return set_env_code(self._language(request.kernel_name), request.all_env) is not None
+
+    def has_ready(self, name: str) -> bool:
+        return bool(self.ready.get(name))
+
     async def take(self, request: LaunchRequest) -> GatewayKernel | None:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
         host = self.host
         name = request.kernel_name
         ready = self.ready.get(name)
-        if not ready:
+        if not ready or not self.servable(request):
             if name in host.pool_sizes:
                 self.misses += 1
             return None
-        # Mounts, limits and labels are fixed when a container is made: only defaults pool.
-        if not request.is_plain:
-            self.misses += 1
-            return None
-        wanted = request.all_env
-        spec = host.kernel_spec_manager.get_kernel_spec(name)
-        if wanted and not (spec.language or "").lower().startswith("python"):
-            self.misses += 1
-            return None
         km = ready.pop(0)
         self.fill()
-        if not await km.is_alive():
+        if not await km.is_alive() or km.docker is None:
             await host.discard(km)
             self.misses += 1
             return None
-        if wanted:
-            try:
-                await self._apply_env(km, wanted)
-            except Exception as e:  # noqa: BLE001 - never hand out a kernel that differs
-                host.log.warning("Pool %s: could not set the env of a pooled kernel (%s)", name, e)
-                await host.discard(km)
-                self.misses += 1
-                return None
-        if km.docker is not None:
-            km.docker.exit_callback = None  # the store's watcher sets its own
+        try:
+            await self._specialise(km, request)
+        except (GatewayError, OSError) as e:  # never hand out a kernel that differs
+            host.log.warning("Pool %s: a pooled kernel could not be specialised (%s); starting cold", name, e)
+            await host.discard(km)
+            self.misses += 1
+            return None
+        km.docker.exit_callback = None  # the store's watcher sets its own
         self.hits += 1
         return km
 
-    async def _apply_env(self, km: GatewayKernel, wanted: dict[str, str]) -> None:
-        """Give a pooled Python kernel the requested environment: os.environ (and so every
-        subprocess it starts) holds exactly what a cold start would have had."""
-        await self._execute_quietly(km, f"import os as _o; _o.environ.update({json.dumps(wanted)}); del _o")
+    async def _specialise(self, km: GatewayKernel, request: LaunchRequest) -> None:
+        prov = km.docker
+        assert prov is not None
+        km.limits = request.limits  # promised from now on: concurrent starts count it
+        env_changes = prov.env_for(request)
+        code = set_env_code(self._language(request.kernel_name), env_changes)
+        if code is None:
+            raise KernelStartFailed("the env cannot be set in a running kernel")
+        await prov.specialise(request, env_changes)
+        if code:
+            await self._execute_quietly(km, code)
 
     async def _execute_quietly(self, km: GatewayKernel, code: str, timeout: float = 10.0) -> None:
         """Run `code` on the kernel's shell (no history, no output anyone sees); raise unless ok."""

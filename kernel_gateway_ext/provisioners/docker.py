@@ -47,6 +47,7 @@ CONTAINER_PORTS = {
 }
 CONNECTION_DIR = "/run/kge"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+ENV_FILE = f"{CONNECTION_DIR}/env.json"  # variables given at hand-out, read by kge-nanny at each kernel start
 NANNY = "/usr/local/bin/kge-nanny"
 
 
@@ -89,6 +90,9 @@ class DockerProvisioner(KernelProvisionerBase):
         self.limits = KernelLimits()
         self.mounts: list[BindMount] = []
         self.extra_labels: dict[str, str] = {}
+        # Folders bound in after the container started (a pooled kernel handed out): a container
+        # that dies and is started again gets a new mount namespace, so they are bound again.
+        self.hot_mounts: list[BindMount] = []
         self._exit_code: int | None = None
         self._oom_killed = False
         self._exited = asyncio.Event()
@@ -235,7 +239,7 @@ class DockerProvisioner(KernelProvisionerBase):
             opts += ["--preload", mod]
         for mod in self.block_modules:
             opts += ["--block", mod]
-        return [NANNY, *opts, "--", *cmd]
+        return [NANNY, *opts, "--env-file", ENV_FILE, "--", *cmd]
 
     def container_env(self) -> dict[str, str]:
         env_ = dict(self._env)
@@ -301,6 +305,7 @@ class DockerProvisioner(KernelProvisionerBase):
                 self._exit_code, self._oom_killed = None, False
                 self._exited.clear()
                 await self._read_address()
+                await self._attach_hot_mounts()
             return self.connection_info
         backend = self.backend
         spec = self.container_spec(cmd)
@@ -325,6 +330,38 @@ class DockerProvisioner(KernelProvisionerBase):
         self._set_address(ip)
         self.log.info("Kernel %s: started container %s for %s", self.kernel_id, created[:12], self.owner or "-")
         return self.connection_info
+
+    # ---- hand-out: a pooled kernel made what a request asks ------------------------------------
+    def env_for(self, request: LaunchRequest) -> dict[str, str]:
+        """What a cold start for `request` would add to (or change in) this container's env."""
+        wanted = {**request.env, **self.extra_env, **request.user_env}
+        return {k: v for k, v in wanted.items() if self._env.get(k) != v}
+
+    async def specialise(self, request: LaunchRequest, env_changes: dict[str, str]) -> None:
+        """Make this running (pooled) kernel's container what a cold start for `request` makes:
+        its limits, its folders at their targets and its env for every later kernel process (the
+        live one's is the caller's to set). Raises ContainerFailed; the caller then discards it."""
+        assert self.container_id is not None
+        backend = self.backend
+        limits = self.resolve(request.limits)
+        if limits != self.resolve(self.limits):
+            await backend.update_limits(self.container_id, memory_bytes=limits.memory_bytes or 0,
+                                        cpus=limits.cpus or 0.0, pids=limits.pids or 0)
+        if request.mounts:
+            await backend.attach_mounts(self.container_id, list(request.mounts))
+        if env_changes:
+            data = json.dumps(env_changes).encode()
+            await backend.put_files(self.container_id, [FileToPut(CONNECTION_DIR, "env.json", data, 0o400)], self.user)
+        self.owner, self.limits = request.owner, request.limits
+        self.mounts = self.hot_mounts = list(request.mounts)
+        self._env.update(env_changes)
+
+    async def _attach_hot_mounts(self) -> None:
+        if self.hot_mounts and self.container_id is not None:
+            try:
+                await self.backend.attach_mounts(self.container_id, self.hot_mounts)
+            except ContainerFailed as e:
+                raise KernelStartFailed(e.message) from e
 
     async def _read_address(self) -> None:
         assert self.container_id is not None
@@ -359,7 +396,8 @@ class DockerProvisioner(KernelProvisionerBase):
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
         info = {**info, "connection_info": {k: v for k, v in self.connection_info.items() if k != "key"}}
-        info.update(container_id=self.container_id, owner=self.owner, image=self.image)
+        info.update(container_id=self.container_id, owner=self.owner, image=self.image,
+                    hot_mounts=[vars(m) for m in self.hot_mounts])
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
@@ -369,6 +407,7 @@ class DockerProvisioner(KernelProvisionerBase):
         await super().load_provisioner_info(info)
         self.container_id = provisioner_info.get("container_id")
         self.owner = provisioner_info.get("owner", "")
+        self.hot_mounts = [BindMount(**m) for m in provisioner_info.get("hot_mounts") or []]
         if not self.container_id:
             return
         self._watch()
