@@ -199,8 +199,7 @@ class Gateway(ServerSettings, GatewayApplication):
     def status_model(self) -> dict[str, Any]:
         mgr = self.kernel_manager
         return {"docker": self.docker_available, "kernels": len(mgr.list()), "warnings": self.warnings,
-                "pools": {name: {"ready": len(mgr.pool.ready.get(name, [])), "size": size}
-                          for name, size in mgr.pool_sizes.items()},
+                "pools": mgr.pool.status(),
                 "pool_hits": mgr.pool.hits, "pool_misses": mgr.pool.misses}
 
     # ---- lifecycle ------------------------------------------------------------------------------

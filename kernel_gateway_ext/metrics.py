@@ -86,11 +86,12 @@ class _Live:
                 sessions.add_metric([status, kind], n)
         yield sessions
         pool = GaugeMetricFamily("kge_pool_ready", "Ready kernels in the warm pool", labels=["kernelspec"])
-        size = GaugeMetricFamily("kge_pool_size", "Configured warm pool size", labels=["kernelspec"])
+        size = GaugeMetricFamily("kge_pool_size", "Ready kernels the warm pool aims at now (it sizes itself "
+                                 "between its configured bounds)", labels=["kernelspec"])
         mgr = gw.kernel_manager
-        for name, want in mgr.pool_sizes.items():
-            pool.add_metric([name], len(mgr.pool.ready.get(name, [])))
-            size.add_metric([name], want)
+        for name, st in mgr.pool.status().items():
+            pool.add_metric([name], st["ready"])
+            size.add_metric([name], st["size"])
         yield pool
         yield size
         promised = GaugeMetricFamily("kge_memory_promised_bytes", "Memory promised to kernels and sessions")

@@ -20,15 +20,19 @@ import zmq.asyncio
 from jupyter_client.session import Session
 from typing import Any, Protocol
 
-from traitlets import Bool, Dict, HasTraits, Int
+from traitlets import Bool, Dict, Float, HasTraits, Int
 
 from ..config import env
 from ..containers import current_backend
+from ..containers.limits import KernelLimits
 from ..errors import GatewayError, KernelStartFailed
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
 from ..tasks import TaskSet
 from .kernel import GatewayKernel
+from .pool_sizing import PoolSizer
+
+TRIM_AFTER = 60.0  # s a pool stays over its target before its extra kernels are stopped
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
 # Read by the interpreter, the loader or libc when a process starts, so setting them in a running
@@ -59,6 +63,16 @@ class PoolSettings(HasTraits):
              "exactly (e.g. --GatewayKernelManager.pool_sizes python3=4; env: JSON)."),
         "KGE_POOL_SIZES",
     )
+    pool_max_sizes = env(
+        Dict(value_trait=Int(), help="Most ready kernels per kernelspec when its pool sizes itself from the recent "
+             "start rate (pool_sizes is then the least; a kernelspec missing here keeps its pool_sizes; env: JSON)."),
+        "KGE_POOL_MAX_SIZES",
+    )
+    pool_budget_share = env(
+        Float(0.25, help="Share of the memory budget that ready (pooled) kernels may be promised together: "
+                         "the rest is always there for kernels people asked for."),
+        "KGE_POOL_BUDGET_SHARE",
+    )
     pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
     pool_specialise = env(
         Bool(True, help="Hand pooled kernels to starts with their own limits, folders and env, applied to the "
@@ -73,6 +87,8 @@ class PoolHost(Protocol):
     log: Any
     kernel_spec_manager: Any
     pool_sizes: dict[str, int]
+    pool_max_sizes: dict[str, int]
+    pool_budget_share: float
     pool_concurrency: int
     pool_specialise: bool
 
@@ -87,6 +103,10 @@ class PoolHost(Protocol):
 class Room(Protocol):
     def room_for_pooled(self, name: str, filling: int) -> bool: ...
 
+    def budget_bytes(self) -> int: ...
+
+    def memory_of(self, name: str, limits: KernelLimits | None) -> int: ...
+
 
 class WarmPool:
     def __init__(self, host: PoolHost, room: Room) -> None:
@@ -99,6 +119,8 @@ class WarmPool:
         self._sem: asyncio.Semaphore | None = None
         self._fill_tasks = TaskSet(host.log, "pool refill")
         self._no_mounts: str | None = None  # why folders cannot be bound into running containers here
+        self.sizer = PoolSizer()
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     # ---- what the store asks ----------------------------------------------------------------
     def kernels(self) -> list[GatewayKernel]:
@@ -109,10 +131,35 @@ class WarmPool:
 
     async def drain(self) -> list[GatewayKernel]:
         """Gateway exit: wait for refills in flight, then hand every ready kernel back to be stopped."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         await self._fill_tasks.wait()
         kms = self.kernels()
         self.ready.clear()
         return kms
+
+    def bounds(self, name: str) -> tuple[int, int]:
+        """(least, most) ready kernels of `name` (0, 0: no pool)."""
+        floor = max(0, self.host.pool_sizes.get(name, 0))
+        return floor, max(floor, self.host.pool_max_sizes.get(name, floor))
+
+    def target(self, name: str) -> int:
+        return self.sizer.target(name, *self.bounds(name))
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Per pooled kernelspec: ready now, the size it aims at, its bounds."""
+        names = sorted(set(self.host.pool_sizes) | set(self.host.pool_max_sizes))
+        return {name: {"ready": len(self.ready.get(name, [])), "size": self.target(name),
+                       "min": self.bounds(name)[0], "max": self.bounds(name)[1]} for name in names}
+
+    def _room_in_share(self, name: str) -> bool:
+        """Ready kernels (and those being made) stay within their share of the memory budget."""
+        budget = self.room.budget_bytes()
+        if not budget:
+            return True
+        pooled = self.count() + sum(self.filling.values()) + 1
+        return pooled * self.room.memory_of(name, None) <= budget * self.host.pool_budget_share
 
     def fill(self) -> None:
         """Start what each pool lacks, in the background, within the store's limits."""
@@ -121,20 +168,36 @@ class WarmPool:
             return
         if self._sem is None:
             self._sem = asyncio.Semaphore(max(1, host.pool_concurrency))
-        for name, size in host.pool_sizes.items():
-            missing = size - len(self.ready.get(name, [])) - self.filling.get(name, 0)
-            for _ in range(max(0, missing)):
-                if not self.room.room_for_pooled(name, sum(self.filling.values())):
-                    return
+        for name in sorted(set(host.pool_sizes) | set(host.pool_max_sizes)):
+            target = self.target(name)
+            have = len(self.ready.get(name, []))
+            if have > target and self._trim_timer is None:
+                self._trim_timer = asyncio.get_running_loop().call_later(TRIM_AFTER, self._trim)
+            for _ in range(max(0, target - have - self.filling.get(name, 0))):
+                if not self.room.room_for_pooled(name, sum(self.filling.values())) or not self._room_in_share(name):
+                    break
                 self.filling[name] = self.filling.get(name, 0) + 1
                 self._fill_tasks.spawn(self._fill_one(name))
+
+    def _trim(self) -> None:
+        """Stop the ready kernels a pool holds beyond its target now (the oldest first)."""
+        self._trim_timer = None
+        if self.host.closing:
+            return
+        for name, ready in self.ready.items():
+            for km in ready[: max(0, len(ready) - self.target(name))]:
+                ready.remove(km)
+                self._fill_tasks.spawn(self.host.discard(km))
+        self.fill()  # re-arms itself while a pool is still over its target
 
     async def _fill_one(self, name: str) -> None:
         assert self._sem is not None
         host = self.host
         try:
             async with self._sem:
+                began = time.monotonic()
                 km = await host.launch(LaunchRequest(owner="", kernel_name=name))
+                self.sizer.note_launch(name, time.monotonic() - began)
                 # One quiet execution warms the kernel's execute path: the caller's first
                 # execute then answers as fast as any later one.
                 language = (host.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
@@ -188,9 +251,13 @@ class WarmPool:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
         host = self.host
         name = request.kernel_name
+        pooled = self.bounds(name)[1] > 0
+        if pooled:
+            self.sizer.note_start(name)
         ready = self.ready.get(name)
         if not ready or not self.servable(request):
-            if name in host.pool_sizes:
+            if pooled:
+                self.fill()  # the rate may have raised the target
                 self.misses += 1
             return None
         km = ready.pop(0)
@@ -203,6 +270,8 @@ class WarmPool:
             await self._specialise(km, request)
         except (GatewayError, OSError) as e:  # never hand out a kernel that differs
             host.log.warning("Pool %s: a pooled kernel could not be specialised (%s); starting cold", name, e)
+            if request.mounts and "not permitted" in str(e):  # e.g. a gateway in a container without CAP_SYS_ADMIN
+                self._no_mounts = str(e)
             await host.discard(km)
             self.misses += 1
             return None

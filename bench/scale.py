@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Many idle kernels on one host, ours and Jupyter Kernel Gateway 3.0.1 (local kernels) in one run.
+
+    .venv/bin/python bench/scale.py [--kernels 300] [--burst 50] [--out bench/results/scale.json]
+
+For each gateway: the worst GET /api latency (and so the worst event-loop stall, less one request's
+own time) while `--burst` kernels start at once; then kernels are started up to `--kernels`, 25 at a
+time (fewer when the host's available memory falls under 1.5 GiB: the figure says how many fit);
+then the gateway process's own memory per kernel (its PSS growth over its PSS with no kernel, / N),
+the kernels' memory per kernel (PSS of their processes), and GET /api/kernels p50/p99 with N kernels.
+Every kernel is deleted at the end and what is left (containers of the bench's gateway) counted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+
+from bench.bench import TOKEN, Target, ensure_kg, start_and_answer  # noqa: E402
+
+MIN_AVAILABLE = 1.5 * 2**30  # stop adding kernels below this much available memory
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def available_bytes() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def kernels_pss_mib(t: Target, gateway_id: str | None) -> float:
+    """Memory per kernel: PSS of every process of each kernel (ours: all in its container)."""
+    if gateway_id is not None:
+        client = docker.from_env()
+        totals = []
+        for c in client.containers.list(filters={"label": f"org.kge.gateway={gateway_id}"}):
+            init = int(c.attrs["State"]["Pid"])
+            totals.append(sum(pss_kib(p) for p in [init, *descendants(init)]))
+        return statistics.mean(totals) / 1024 if totals else 0.0
+    assert t.proc is not None
+    kernels = descendants(t.proc.pid)
+    return statistics.mean(pss_kib(p) for p in kernels) / 1024 if kernels else 0.0
+
+
+async def worst_latency_during(t: Target, work: Any) -> tuple[float, float, Any]:
+    """(median, max) ms of GET /api sent back to back while `work` runs."""
+    times: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            await t.fetch("GET", "/api")
+            times.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(0.005)
+
+    task = asyncio.ensure_future(probe())
+    try:
+        result = await work
+    finally:
+        done.set()
+        await task
+    return round(statistics.median(times), 2), round(max(times), 2), result
+
+
+async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -> dict[str, Any]:
+    assert t.proc is not None
+    res: dict[str, Any] = {}
+    await asyncio.sleep(2.0)
+    base = pss_kib(t.proc.pid)
+    idle_median, idle_max, _ = await worst_latency_during(t, asyncio.sleep(2.0))
+    res["api_latency_idle_ms"] = {"median": idle_median, "max": idle_max}
+    print(f"bench: {t.name}: {args.burst} starts at once", file=sys.stderr)
+    med, worst, kids = await worst_latency_during(
+        t, asyncio.gather(*(start_and_answer(t) for _ in range(args.burst))))
+    res[f"api_latency_during_{args.burst}_starts_ms"] = {"median": med, "max": worst}
+    kids = list(kids)
+    while len(kids) < args.kernels:
+        if available_bytes() < MIN_AVAILABLE:
+            print(f"bench: {t.name}: stopping at {len(kids)} kernels (host memory)", file=sys.stderr)
+            break
+        batch = min(25, args.kernels - len(kids))
+        kids += await asyncio.gather(*(start_and_answer(t) for _ in range(batch)))
+        print(f"bench: {t.name}: {len(kids)} kernels", file=sys.stderr)
+    await asyncio.sleep(3.0)
+    n = len(kids)
+    res["kernels"] = n
+    res["gateway_kib_per_kernel"] = round((pss_kib(t.proc.pid) - base) / n, 1)
+    res["kernel_pss_mib"] = round(kernels_pss_mib(t, gateway_id), 1)
+    lat = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        await t.fetch("GET", "/api/kernels")
+        lat.append((time.perf_counter() - t0) * 1000)
+    lat.sort()
+    res[f"api_kernels_ms_with_{n}"] = {"p50": round(lat[100], 2), "p99": round(lat[197], 2)}
+    print(f"bench: {t.name}: deleting {n}", file=sys.stderr)
+    for i in range(0, n, 25):
+        await asyncio.gather(*(t.delete(k) for k in kids[i:i + 25]))
+    if gateway_id is not None:
+        await asyncio.sleep(2.0)
+        left = docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gateway_id}"})
+        res["containers_left"] = len(left)
+    return res
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", type=int, default=300)
+    p.add_argument("--burst", type=int, default=50)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    args = p.parse_args()
+    kg = ensure_kg()
+    gateway_id = "kge-bench-" + uuid.uuid4().hex[:6]
+    most = str(args.kernels + args.burst)
+    ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
+                                         f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN",
+                                         f"--GatewayKernelManager.max_kernels={most}",
+                                         f"--GatewayKernelManager.max_kernels_per_owner={most}",
+                                         "--GatewayKernelManager.memory_budget=", "--GatewayKernelManager.cull_idle_timeout=0"],
+                  env={"KGE_KERNEL_MEM_LIMIT": "256m", "KGE_STATE_DIR": f"/tmp/{gateway_id}"})
+    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
+                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
+                                                   "--JupyterWebsocketPersonality.list_kernels=True",
+                                                   "--KernelGatewayApp.log_level=WARN"])
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "host_memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    for target, gid in ((ours, gateway_id), (ref, None)):
+        await target.start()
+        try:
+            results[target.name] = await measure(target, args, gid)
+        finally:
+            target.stop()
+    text = json.dumps(results, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
