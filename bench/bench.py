@@ -74,7 +74,8 @@ class Target:
                 self.proc.kill()
 
     async def fetch(self, method: str, path: str, body: Any = None, raise_error: bool = True) -> Any:
-        req = HTTPRequest(self.url + path, method=method, headers={"Authorization": f"token {TOKEN}"},
+        headers = {"Authorization": f"token {TOKEN}", "Content-Type": "application/json"}
+        req = HTTPRequest(self.url + path, method=method, headers=headers,
                           body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
                           request_timeout=120)
         try:

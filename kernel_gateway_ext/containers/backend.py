@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .spec import BindMount, ContainerSpec, FileToPut
+from .spec import BindMount, ContainerSpec
 
 EventCallback = Callable[[dict[str, Any]], None]  # Docker's event shape: Action, Actor.Attributes
 
@@ -65,7 +65,7 @@ class ContainerBackend(Protocol):
 
     async def attach_mounts(self, container_id: str, mounts: list[BindMount]) -> None: ...
 
-    async def put_files(self, container_id: str, files: list[FileToPut], user: str) -> None: ...
+    async def prepare_attach(self) -> None: ...  # ready attach_mounts ahead of the first hand-out
 
     # ---- reading ------------------------------------------------------------------------------
     async def address(self, container_id: str, required: bool = True) -> str: ...

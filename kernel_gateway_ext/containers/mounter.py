@@ -1,17 +1,22 @@
 """Folders bound into running containers, through the mount helper (mountns.py).
 
 The gateway cannot enter a container's mount namespace itself (it has threads; setns refuses
-them), so it keeps one small single-threaded helper process, started on first use, and sends it a
-line per request; the helper forks a child per request, so a hand-out costs a fork (a few ms), not
-an interpreter start (~30 ms). The helper exits when the gateway does (its stdin closes).
+them), so it keeps one small single-threaded helper process, started with the first pool, and sends
+it a line per request from a worker thread; the helper forks a child per request, so a hand-out
+costs a fork (a few ms), not an interpreter start (~30 ms). The helper exits when the gateway does
+(its stdin closes).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import select
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ContainerFailed
 from .spec import BindMount
@@ -36,14 +41,15 @@ def supported() -> str:
 
 
 class MountHelper:
-    """One helper process per event loop, one request at a time (each takes milliseconds)."""
+    """One helper process for the gateway process, one request at a time (each takes milliseconds),
+    spoken to from a worker thread: no event loop owns its pipes, so it outlives a loop (tests run
+    several) and never blocks one."""
 
     _instance: MountHelper | None = None
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
         self._seq = 0
 
     @classmethod
@@ -52,48 +58,55 @@ class MountHelper:
             cls._instance = cls()
         return cls._instance
 
-    async def _process(self) -> asyncio.subprocess.Process:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new loop (tests make one each): the old pipes are not ours
-            self._stop()
-            self._loop, self._lock = loop, asyncio.Lock()
-        if self._proc is None or self._proc.returncode is not None:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", HELPER, "--serve", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=MAX_ANSWER, env={})
+    async def start(self) -> None:
+        """Start the helper now, so that the first hand-out does not wait for it."""
+        await asyncio.to_thread(self._locked_process)
+
+    def _locked_process(self) -> None:
+        with self._lock:
+            self._process()
+
+    def _process(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", HELPER, "--serve"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={}, close_fds=True)
         return self._proc
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc is not None:
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+    def _request(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        with self._lock:
+            proc = self._process()
+            assert proc.stdin is not None and proc.stdout is not None
+            self._seq += 1
+            request["id"] = self._seq
             try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
+                proc.stdin.flush()
+                if not select.select([proc.stdout], [], [], timeout)[0]:
+                    raise TimeoutError("the mount helper did not answer")
+                line = proc.stdout.readline(MAX_ANSWER)
+                answer = json.loads(line) if line else {"error": "the mount helper ended"}
+            except (OSError, ValueError) as e:
+                self._stop()
+                raise ContainerFailed(f"folders could not be mounted: {type(e).__name__}") from e
+            if not line or answer.get("id") != self._seq:
+                self._stop()  # out of step: a fresh helper for the next request
+            return dict(answer)
 
     async def attach(self, pid: int, mounts: Sequence[BindMount], timeout: float = 10.0) -> None:
         """Bind `mounts` into the mount namespace of process `pid` (a container's init). Raises
         ContainerFailed with the helper's reason."""
-        await self._process()
-        assert self._lock is not None
-        async with self._lock:
-            proc = await self._process()
-            assert proc.stdin is not None and proc.stdout is not None
-            self._seq += 1
-            request = {"id": self._seq, "pid": pid, "mounts": [
-                {"source": m.source, "target": m.target, "read_only": m.read_only} for m in mounts]}
-            try:
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
-                await proc.stdin.drain()
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-                answer = json.loads(line) if line else {"error": "the mount helper ended"}
-            except (OSError, ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError) as e:
-                self._stop()
-                raise ContainerFailed(f"folders could not be mounted: {type(e).__name__}") from e
-            except BaseException:
-                self._stop()  # cancelled mid-request: its answer would be read as the next one's
-                raise
-            if not line or answer.get("id") != self._seq:
-                self._stop()
-            if not answer.get("ok"):
-                raise ContainerFailed(f"folders could not be mounted: {answer.get('error') or 'unknown error'}")
+        request = {"pid": pid, "mounts": [{"source": m.source, "target": m.target, "read_only": m.read_only}
+                                          for m in mounts]}
+        answer = await asyncio.to_thread(self._request, request, timeout)
+        if not answer.get("ok"):
+            raise ContainerFailed(f"folders could not be mounted: {answer.get('error') or 'unknown error'}")

@@ -20,7 +20,7 @@ from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnava
 from .backend import EventCallback, Usage
 from .engine import DockerEngine
 from .mounter import MountHelper, supported as mounter_supported
-from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec, FileToPut, files_tars
+from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec
 
 
 class Tty:
@@ -174,11 +174,9 @@ class ContainerRuntime:
             raise ContainerFailed("folders could not be mounted: the container is not running")
         await MountHelper.instance().attach(pid, mounts)
 
-    async def put_files(self, container_id: str, files: list[FileToPut], user: str) -> None:
-        """Put files into a (running) container, owned by `user` (uid:gid), as `create` does."""
-        uid, _, gid = user.partition(":")
-        for directory, tar in files_tars(files, int(uid or 0), int(gid or uid or 0)).items():
-            await self.engine.api("put_archive", container_id, directory, tar)
+    async def prepare_attach(self) -> None:
+        if mounter_supported() == "":
+            await MountHelper.instance().start()
 
     async def address(self, container_id: str, required: bool = True) -> str:
         """The container's address on its network; a container that already ended has none (an

@@ -26,6 +26,7 @@ from ..config import env
 from ..containers import current_backend
 from ..containers.limits import KernelLimits
 from ..errors import GatewayError, KernelStartFailed
+from ..provisioners.docker import ENV_FILE
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
 from ..tasks import TaskSet
@@ -42,16 +43,21 @@ SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def set_env_code(language: str, env: dict[str, str]) -> str | None:
-    """Code that sets `env` in a running kernel of `language` (and so in every process it starts),
-    or None when it cannot be done exactly."""
+    """Code that sets `env` in a running kernel of `language` (and so in every process it starts)
+    and writes it to the nanny's env file for the container's later kernel processes (restarts);
+    None when it cannot be done exactly. Run once, at hand-out, before any code of the caller's."""
     if not env:
         return ""
     if any(STARTUP_ENV.match(k) for k in env):
         return None
+    data = json.dumps(env)
     if language == "python":
-        return f"import os as _o; _o.environ.update({json.dumps(env)}); del _o"
+        return (f"import os as _o; _o.environ.update({data}); "
+                f"_f = _o.open({ENV_FILE!r}, _o.O_WRONLY | _o.O_CREAT | _o.O_EXCL | _o.O_NOFOLLOW, 0o400); "
+                f"_o.write(_f, {data!r}.encode()); _o.close(_f); del _o, _f")
     if language == "bash" and all(SHELL_NAME.match(k) and "\0" not in v for k, v in env.items()):
-        return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        return ("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+                + f"; (set -C; umask 0377; printf '%s' {shlex.quote(data)} > {ENV_FILE})")
     return None
 
 
@@ -168,6 +174,8 @@ class WarmPool:
             return
         if self._sem is None:
             self._sem = asyncio.Semaphore(max(1, host.pool_concurrency))
+            if host.pool_specialise:
+                self._fill_tasks.spawn(current_backend().prepare_attach())
         for name in sorted(set(host.pool_sizes) | set(host.pool_max_sizes)):
             target = self.target(name)
             have = len(self.ready.get(name, []))
@@ -280,16 +288,18 @@ class WarmPool:
         return km
 
     async def _specialise(self, km: GatewayKernel, request: LaunchRequest) -> None:
+        """Limits and folders on the container, env in the kernel: at once (each is milliseconds)."""
         prov = km.docker
         assert prov is not None
         km.limits = request.limits  # promised from now on: concurrent starts count it
-        env_changes = prov.env_for(request)
-        code = set_env_code(self._language(request.kernel_name), env_changes)
+        code = set_env_code(self._language(request.kernel_name), prov.env_for(request))
         if code is None:
             raise KernelStartFailed("the env cannot be set in a running kernel")
-        await prov.specialise(request, env_changes)
-        if code:
-            await self._execute_quietly(km, code)
+        steps = [prov.specialise(request)] + ([self._execute_quietly(km, code)] if code else [])
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     async def _execute_quietly(self, km: GatewayKernel, code: str, timeout: float = 10.0) -> None:
         """Run `code` on the kernel's shell (no history, no output anyone sees); raise unless ok."""

@@ -337,24 +337,27 @@ class DockerProvisioner(KernelProvisionerBase):
         wanted = {**request.env, **self.extra_env, **request.user_env}
         return {k: v for k, v in wanted.items() if self._env.get(k) != v}
 
-    async def specialise(self, request: LaunchRequest, env_changes: dict[str, str]) -> None:
-        """Make this running (pooled) kernel's container what a cold start for `request` makes:
-        its limits, its folders at their targets and its env for every later kernel process (the
-        live one's is the caller's to set). Raises ContainerFailed; the caller then discards it."""
+    async def specialise(self, request: LaunchRequest) -> None:
+        """Make this running (pooled) kernel's container what a cold start for `request` makes: its
+        limits, its folders at their targets (both at once). Its env is set by the caller, in the
+        live kernel and in ENV_FILE for later kernel processes (env_for says what). Raises
+        ContainerFailed; the caller then discards the kernel."""
         assert self.container_id is not None
-        backend = self.backend
+        backend, cid = self.backend, self.container_id
         limits = self.resolve(request.limits)
+        steps = []
         if limits != self.resolve(self.limits):
-            await backend.update_limits(self.container_id, memory_bytes=limits.memory_bytes or 0,
-                                        cpus=limits.cpus or 0.0, pids=limits.pids or 0)
+            steps.append(backend.update_limits(cid, memory_bytes=limits.memory_bytes or 0, cpus=limits.cpus or 0.0,
+                                               pids=limits.pids or 0))
         if request.mounts:
-            await backend.attach_mounts(self.container_id, list(request.mounts))
-        if env_changes:
-            data = json.dumps(env_changes).encode()
-            await backend.put_files(self.container_id, [FileToPut(CONNECTION_DIR, "env.json", data, 0o400)], self.user)
+            steps.append(backend.attach_mounts(cid, list(request.mounts)))
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
         self.owner, self.limits = request.owner, request.limits
         self.mounts = self.hot_mounts = list(request.mounts)
-        self._env.update(env_changes)
+        self._env.update(self.env_for(request))
 
     async def _attach_hot_mounts(self) -> None:
         if self.hot_mounts and self.container_id is not None:
