@@ -52,9 +52,9 @@ def set_env_code(language: str, env: dict[str, str]) -> str | None:
         return None
     data = json.dumps(env)
     if language == "python":
-        return (f"import os as _o; _o.environ.update({data}); "
+        return (f"import os as _o, json as _j; _o.environ.update(_j.loads({data!r})); "
                 f"_f = _o.open({ENV_FILE!r}, _o.O_WRONLY | _o.O_CREAT | _o.O_EXCL | _o.O_NOFOLLOW, 0o400); "
-                f"_o.write(_f, {data!r}.encode()); _o.close(_f); del _o, _f")
+                f"_o.write(_f, {data!r}.encode()); _o.close(_f); del _o, _j, _f")
     if language == "bash" and all(SHELL_NAME.match(k) and "\0" not in v for k, v in env.items()):
         return ("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
                 + f"; (set -C; umask 0377; printf '%s' {shlex.quote(data)} > {ENV_FILE})")

@@ -50,3 +50,32 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
             await asyncio.sleep(0.1)
         assert victim not in mgr.pool.ready["python3"]
         await wait_pool(gw, "python3", 2)
+
+
+async def test_pool_grows_with_the_start_rate_and_trims_back(make_gateway, monkeypatch) -> None:
+    from kernel_gateway_ext.kernels import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "TRIM_AFTER", 0.5)
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=1",
+                            "--GatewayKernelManager.pool_max_sizes", "python3=4") as gw:
+        mgr = gw.app.kernel_manager
+        await wait_pool(gw, "python3", 1)
+        assert (await gw.client.fetch("GET", "/api")).json["pools"]["python3"] == {"ready": 1, "size": 1, "min": 1, "max": 4}
+        kids = []
+        for _ in range(3):  # a burst: the pool aims higher and fills towards it
+            r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+            kids.append(r.json["id"])
+        status = mgr.pool.status()["python3"]
+        assert 1 < status["size"] <= 4, status
+        await wait_pool(gw, "python3", status["size"], timeout=90)
+        for kid in kids:
+            assert (await gw.client.fetch("DELETE", f"/api/kernels/{kid}")).status == 204
+        # Once the starts are long past, it trims back to its floor.
+        real = mgr.pool.sizer.clock
+        mgr.pool.sizer.clock = lambda: real() + 1000
+        mgr.pool.fill()
+        deadline = time.monotonic() + 30
+        while len(mgr.pool.ready.get("python3", [])) > 1:
+            assert time.monotonic() < deadline, mgr.pool.status()
+            await asyncio.sleep(0.1)
+        assert mgr.pool.status()["python3"]["size"] == 1

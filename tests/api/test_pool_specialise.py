@@ -77,7 +77,7 @@ async def test_specialised_pooled_kernel_equals_a_cold_one(make_gateway, docker_
         request = dict(owner=OWNER, kernel_name="python3",
                        limits=KernelLimits(memory_bytes=300 * 2**20, cpus=0.5, pids=200),
                        mounts=[data, dataclasses.replace(pkgs, read_only=True)],
-                       env={"KERNEL_USERNAME": "ann", "NOT_ALLOWED": "x"}, user_env={"MY_VAR": "a b 'c' $HOME"})
+                       env={"KERNEL_USERNAME": "ann", "NOT_ALLOWED": "x"}, user_env={"MY_VAR": "a b 'c' $HOME \"q\" \\ \u00e9\U0001F600\n2"})
         await wait_pool(gw, "python3", 1)
 
         t0 = time.monotonic()
