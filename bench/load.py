@@ -94,10 +94,12 @@ async def load(url: str, token: str, *, clients: int, kernels: int, seconds: flo
 async def churn(url: str, token: str, *, cycles: int, concurrency: int = 4) -> dict[str, Any]:
     """`cycles` create -> execute -> delete cycles; returns counts and failures."""
     failures: list[str] = []
+    durations: list[float] = []
     sem = asyncio.Semaphore(concurrency)
 
     async def cycle(n: int) -> None:
         async with sem:
+            t0 = time.monotonic()
             try:
                 kid = (await call(url, token, "POST", "/api/kernels", {"name": "python3"}))["id"]
                 try:
@@ -107,6 +109,7 @@ async def churn(url: str, token: str, *, cycles: int, concurrency: int = 4) -> d
                         ws.close()
                 finally:
                     await call(url, token, "DELETE", f"/api/kernels/{kid}")
+                durations.append(time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - counted, reported
                 failures.append(f"{type(e).__name__}: {e}")
 
@@ -114,7 +117,8 @@ async def churn(url: str, token: str, *, cycles: int, concurrency: int = 4) -> d
     await asyncio.gather(*(cycle(n) for n in range(cycles)))
     listed = await call(url, token, "GET", "/api/kernels")
     return {"cycles": cycles, "failures": len(failures), "failure_samples": failures[:5],
-            "seconds": round(time.monotonic() - began, 1), "kernels_listed_after": len(listed)}
+            "seconds": round(time.monotonic() - began, 1), "kernels_listed_after": len(listed),
+            "cycle_median_s": round(statistics.median(durations), 3) if durations else None}
 
 
 def leftovers_ours(gateway_id: str, state_dir: str) -> dict[str, int]:
@@ -144,6 +148,8 @@ async def main() -> None:
     p.add_argument("--kernels", type=int, default=10)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--cycles", type=int, default=500)
+    p.add_argument("--pool", type=int, default=0, help="ours keeps this many ready python3 kernels (0: none)")
+    p.add_argument("--no-load", action="store_true", help="churn only")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
     args = p.parse_args()
 
@@ -153,7 +159,8 @@ async def main() -> None:
     state_dir = tempfile.mkdtemp(prefix="kge-load-state-")
     gateway_id = "kge-load-" + uuid.uuid4().hex[:6]
     ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
-                                         f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN"],
+                                         f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN",
+                                         *(["--GatewayKernelManager.pool_sizes", f"python3={args.pool}"] if args.pool else [])],
                   env={"KGE_STATE_DIR": state_dir})
     kg = ensure_kg()
     ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
@@ -166,7 +173,8 @@ async def main() -> None:
         try:
             print(f"load: {target.name}: {args.clients} clients on {args.kernels} kernels for {args.seconds:g} s",
                   file=sys.stderr)
-            r_load = await load(target.url, TOKEN, clients=args.clients, kernels=args.kernels, seconds=args.seconds)
+            r_load = ({"executes": 0, "errors": 0, "executes_per_s": 0, "p50_ms": 0, "p99_ms": 0} if args.no_load else
+                      await load(target.url, TOKEN, clients=args.clients, kernels=args.kernels, seconds=args.seconds))
             print(f"churn: {target.name}: {args.cycles} cycles", file=sys.stderr)
             print(json.dumps({target.name: {"load": r_load}}), file=sys.stderr)
             r_churn = await churn(target.url, TOKEN, cycles=args.cycles)
@@ -187,6 +195,7 @@ async def main() -> None:
     ca, cb = results[ours.name]["churn"], results[ref.name]["churn"]
     print(f"{'churn failures':<22}{ca['failures']!s:>12}{cb['failures']!s:>12}")
     print(f"{'churn seconds':<22}{ca['seconds']!s:>12}{cb['seconds']!s:>12}")
+    print(f"{'cycle median s':<22}{ca['cycle_median_s']!s:>12}{cb['cycle_median_s']!s:>12}")
     print(f"{'left after churn':<22}{json.dumps(ca['left'])}  |  {json.dumps(cb['left'])}")
 
 

@@ -75,8 +75,8 @@ class PoolSettings(HasTraits):
         "KGE_POOL_MAX_SIZES",
     )
     pool_budget_share = env(
-        Float(0.25, help="Share of the memory budget that ready (pooled) kernels may be promised together: "
-                         "the rest is always there for kernels people asked for."),
+        Float(0.25, help="Share of the memory budget that ready (pooled) kernels may be promised together when "
+                         "a pool grows above its pool_sizes: the rest stays there for kernels people asked for."),
         "KGE_POOL_BUDGET_SHARE",
     )
     pool_concurrency = env(Int(2, help="Pool kernels started at once while refilling."), "KGE_POOL_CONCURRENCY")
@@ -160,9 +160,10 @@ class WarmPool:
                        "min": self.bounds(name)[0], "max": self.bounds(name)[1]} for name in names}
 
     def _room_in_share(self, name: str) -> bool:
-        """Ready kernels (and those being made) stay within their share of the memory budget."""
+        """A pool grown above its configured floor keeps all ready kernels (and those being made)
+        within their share of the memory budget; the floor is the operator's to size."""
         budget = self.room.budget_bytes()
-        if not budget:
+        if not budget or len(self.ready.get(name, [])) + self.filling.get(name, 0) < self.bounds(name)[0]:
             return True
         pooled = self.count() + sum(self.filling.values()) + 1
         return pooled * self.room.memory_of(name, None) <= budget * self.host.pool_budget_share
