@@ -47,6 +47,22 @@ def ensure_kg() -> Path:
     return exe
 
 
+def reference_target() -> "Target":
+    """Jupyter Kernel Gateway 3.0.1 with local kernels, listing them as ours does."""
+    return Target("jupyter-kernel-gateway-3.0.1", [str(ensure_kg()), "--KernelGatewayApp.port={port}",
+                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
+                                                   "--JupyterWebsocketPersonality.list_kernels=True",
+                                                   "--KernelGatewayApp.log_level=WARN"])
+
+
+def write_results(results: dict[str, Any], out: str) -> None:
+    """Print the JSON and keep it in `out`."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text + "\n")
+
+
 class Target:
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -278,14 +294,10 @@ async def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = p.parse_args()
 
-    kg = ensure_kg()
     gateway_id = "kge-bench-" + uuid.uuid4().hex[:6]
     ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
                                          f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN"])
-    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
-                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
-                                                   "--JupyterWebsocketPersonality.list_kernels=True",
-                                                   "--KernelGatewayApp.log_level=WARN"])
+    ref = reference_target()
     pooled = Target("kernel_gateway_ext (pool)", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
                                                   f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}-pool",
                                                   "--log-level=WARN", "--GatewayKernelManager.pool_sizes",
@@ -310,10 +322,7 @@ async def main() -> None:
         p["pooled_start_to_first_reply_s"], b["start_to_first_reply_s"])
     results["ratio_ours_over_reference"][f"pooled_concurrent_{args.kernels}_vs_reference"] = ratio(
         p[f"pooled_concurrent_starts_{args.kernels}_to_reply_s"], b[f"concurrent_starts_{args.kernels}_to_reply_s"])
-    text = json.dumps(results, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

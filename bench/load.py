@@ -141,7 +141,7 @@ def leftovers_reference(pid: int) -> dict[str, int]:
 
 
 async def main() -> None:
-    from bench.bench import TOKEN, Target, ensure_kg
+    from bench.bench import TOKEN, Target, reference_target
 
     p = argparse.ArgumentParser()
     p.add_argument("--clients", type=int, default=100)
@@ -162,11 +162,7 @@ async def main() -> None:
                                          f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN",
                                          *(["--GatewayKernelManager.pool_sizes", f"python3={args.pool}"] if args.pool else [])],
                   env={"KGE_STATE_DIR": state_dir})
-    kg = ensure_kg()
-    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
-                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
-                                                   "--JupyterWebsocketPersonality.list_kernels=True",
-                                                   "--KernelGatewayApp.log_level=WARN"])
+    ref = reference_target()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "args": vars(args)}
     for target in (ours, ref):
         await target.start()

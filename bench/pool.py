@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import TOKEN, Target, ensure_kg, start_to_reply  # noqa: E402
+from bench.bench import TOKEN, Target, reference_target, write_results, start_to_reply  # noqa: E402
 
 KINDS = ("defaults", "limits", "mounts", "env")
 
@@ -120,15 +120,12 @@ async def main() -> None:
     p.add_argument("--auto", action="store_true", help="let the pool size itself (--pool is its ceiling)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pool.json"))
     args = p.parse_args()
-    kg = ensure_kg()
     pool_args = (["--GatewayKernelManager.pool_max_sizes", f"python3={args.pool}"] if args.auto
                  else ["--GatewayKernelManager.pool_sizes", f"python3={args.pool}"])
     ours = Target("kernel_gateway_ext (pool)", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
                                                 f"--auth-token={TOKEN}", f"--gateway-id=kge-bench-{uuid.uuid4().hex[:6]}",
                                                 "--log-level=WARN", *pool_args])
-    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
-                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
-                                                   "--KernelGatewayApp.log_level=WARN"])
+    ref = reference_target()
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "workload": {"starts": args.starts, "interval_s": args.interval, "pool": args.pool,
                                             "auto": args.auto, "kinds": list(KINDS)}}
@@ -146,10 +143,7 @@ async def main() -> None:
     a = results[ours.name]["start_to_first_reply_ms"]
     b = results[ref.name]["start_to_first_reply_ms"]
     results["ratio_ours_over_reference"] = {k: round(a[k] / b[k], 3) for k in ("median", "p99") if b[k]}
-    text = json.dumps(results, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

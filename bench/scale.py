@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from bench.bench import TOKEN, Target, ensure_kg, start_and_answer  # noqa: E402
+from bench.bench import TOKEN, Target, reference_target, write_results, start_and_answer  # noqa: E402
 
 MIN_AVAILABLE = 1.5 * 2**30  # stop adding kernels below this much available memory
 
@@ -149,7 +148,6 @@ async def main() -> None:
     p.add_argument("--burst", type=int, default=50)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = p.parse_args()
-    kg = ensure_kg()
     gateway_id = "kge-bench-" + uuid.uuid4().hex[:6]
     most = str(args.kernels + args.burst)
     ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
@@ -158,10 +156,7 @@ async def main() -> None:
                                          f"--GatewayKernelManager.max_kernels_per_owner={most}",
                                          "--GatewayKernelManager.memory_budget=", "--GatewayKernelManager.cull_idle_timeout=0"],
                   env={"KGE_KERNEL_MEM_LIMIT": "256m", "KGE_STATE_DIR": f"/tmp/{gateway_id}"})
-    ref = Target("jupyter-kernel-gateway-3.0.1", [str(kg), "--KernelGatewayApp.port={port}",
-                                                   f"--KernelGatewayApp.auth_token={TOKEN}",
-                                                   "--JupyterWebsocketPersonality.list_kernels=True",
-                                                   "--KernelGatewayApp.log_level=WARN"])
+    ref = reference_target()
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "host_memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     for target, gid in ((ours, gateway_id), (ref, None)):
@@ -170,10 +165,7 @@ async def main() -> None:
             results[target.name] = await measure(target, args, gid)
         finally:
             target.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ async def death_reason(km: GatewayKernel) -> str:
     code = await prov.poll()
     if prov.oom_killed:
         return "killed: out of memory"
-    tail = (await prov.container.logs(tail=5)).strip().splitlines()
+    tail = (await prov.container.logs(tail=20)).strip().splitlines()
+    if tail:  # the whole tail for the operator (a traceback); the caller is told its last line
+        km.log.warning("Kernel %s exited with %s; its last output:\n%s", km.kernel_id, code, "\n".join(tail))
     last = tail[-1][:200] if tail else ""
     return f"exit code {code}" + (f": {last}" if last else "")
 
