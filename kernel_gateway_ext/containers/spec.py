@@ -66,21 +66,17 @@ class ContainerSpec:
 
     def tars(self) -> dict[str, bytes]:
         """The files to put, as one tar per directory, owned by the container's user."""
-        return files_tars(self.files, *self.uid_gid)
-
-
-def files_tars(files: list[FileToPut], uid: int, gid: int) -> dict[str, bytes]:
-    """`files` as one tar per directory, owned by uid:gid."""
-    by_dir: dict[str, list[FileToPut]] = {}
-    for f in files:
-        by_dir.setdefault(f.directory, []).append(f)
-    out = {}
-    for directory, group in by_dir.items():
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for f in group:
-                ti = tarfile.TarInfo(f.name)
-                ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(f.data), f.mode, int(time.time()), uid, gid
-                tar.addfile(ti, io.BytesIO(f.data))
-        out[directory] = buf.getvalue()
-    return out
+        uid, gid = self.uid_gid
+        by_dir: dict[str, list[FileToPut]] = {}
+        for f in self.files:
+            by_dir.setdefault(f.directory, []).append(f)
+        out = {}
+        for directory, files in by_dir.items():
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for f in files:
+                    ti = tarfile.TarInfo(f.name)
+                    ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(f.data), f.mode, int(time.time()), uid, gid
+                    tar.addfile(ti, io.BytesIO(f.data))
+            out[directory] = buf.getvalue()
+        return out
