@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -118,8 +119,14 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
             print(f"bench: {t.name}: stopping at {len(kids)} kernels (host memory)", file=sys.stderr)
             break
         batch = min(25, args.kernels - len(kids))
-        kids += await asyncio.gather(*(start_and_answer(t) for _ in range(batch)))
+        started = await asyncio.gather(*(start_and_answer(t) for _ in range(batch)), return_exceptions=True)
+        kids += [k for k in started if isinstance(k, str)]
+        failed = [e for e in started if isinstance(e, BaseException)]
         print(f"bench: {t.name}: {len(kids)} kernels", file=sys.stderr)
+        if failed:  # the figure says where a gateway gave out, and measures what it has
+            res["starts_failed"] = f"{len(failed)} of a batch at {len(kids)} kernels: {type(failed[0]).__name__}: {failed[0]}"
+            print(f"bench: {t.name}: {res['starts_failed']}", file=sys.stderr)
+            break
     await asyncio.sleep(3.0)
     n = len(kids)
     res["kernels"] = n
@@ -163,6 +170,7 @@ async def main() -> None:
         await target.start()
         try:
             results[target.name] = await measure(target, args, gid)
+            print(json.dumps({target.name: results[target.name]}), file=sys.stderr)
         finally:
             target.stop()
     write_results(results, args.out)
