@@ -125,13 +125,16 @@ def leftovers_ours(gateway_id: str, state_dir: str) -> dict[str, int]:
     """What a churn may have left of ours: containers, store records, connection files."""
     import docker
 
-    containers = docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gateway_id}"})
+    every = docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gateway_id}"})
+    # A warm pool's ready kernels (no owner yet) are the pool's, not a churn's leftovers.
+    containers = [c for c in every if c.labels.get("org.kge.owner")]
     with sqlite3.connect(os.path.join(state_dir, "state.db")) as db:
         records = db.execute("SELECT COUNT(*) FROM records WHERE gateway = ?", (gateway_id,)).fetchone()[0]
     # Wherever a connection file could land: the gateway's private runtime folder, or the working
     # directory (jupyter_client's default, where leaked files once went).
     files = sum(len(list(Path(d).glob("kernel-*.json"))) for d in (os.path.join(state_dir, "runtime"), os.getcwd()))
-    return {"containers": len(containers), "store_records": records, "connection_files": files}
+    return {"containers": len(containers), "store_records": records, "connection_files": files,
+            "pool_containers": len(every) - len(containers)}
 
 
 def leftovers_reference(pid: int) -> dict[str, int]:
