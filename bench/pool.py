@@ -10,7 +10,7 @@ timed from the request to its first execute reply, then the kernel is deleted. R
 served warm (the gateway's own start counters), start -> first reply median / p99 per kind and in
 all, pooled starts alone. The reference runs the same cadence of plain starts (it has no limits,
 folders or pools for them), measured the same way. Our pool's size: `--pool`, or with `--auto` the
-pool sizes itself from the start rate (--pool is then its ceiling).
+pool sizes itself from the start rate (from 2, --pool is then its ceiling).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import re
+import tempfile
 import sys
 import time
 import uuid
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench import TOKEN, Target, reference_target, write_results, start_to_reply  # noqa: E402
 
 KINDS = ("defaults", "limits", "mounts", "env")
+AUTO_FLOOR = 2  # with --auto: the pool's least size (scripts/start-gateway's)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +100,7 @@ async def wait_ready(t: Target, ready: int, timeout: float = 180) -> None:
 
 async def measure_ours(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     await t.fetch("POST", "/v2/folders", {"name": "bench-data"})
-    await wait_ready(t, 1 if args.auto else args.pool)
+    await wait_ready(t, AUTO_FLOOR if args.auto else args.pool)
     before = await starts_by_source(t)
     times = await workload(t, args, KINDS)
     after = await starts_by_source(t)
@@ -120,11 +122,13 @@ async def main() -> None:
     p.add_argument("--auto", action="store_true", help="let the pool size itself (--pool is its ceiling)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pool.json"))
     args = p.parse_args()
-    pool_args = (["--GatewayKernelManager.pool_max_sizes", f"python3={args.pool}"] if args.auto
+    pool_args = (["--GatewayKernelManager.pool_sizes", f"python3={AUTO_FLOOR}",
+                  "--GatewayKernelManager.pool_max_sizes", f"python3={args.pool}"] if args.auto
                  else ["--GatewayKernelManager.pool_sizes", f"python3={args.pool}"])
     ours = Target("kernel_gateway_ext (pool)", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
                                                 f"--auth-token={TOKEN}", f"--gateway-id=kge-bench-{uuid.uuid4().hex[:6]}",
-                                                "--log-level=WARN", *pool_args])
+                                                "--log-level=WARN", *pool_args],
+                  env={"KGE_STATE_DIR": tempfile.mkdtemp(prefix="kge-bench-pool-")})  # its own folders
     ref = reference_target()
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "workload": {"starts": args.starts, "interval_s": args.interval, "pool": args.pool,

@@ -33,6 +33,7 @@ from ..tasks import TaskSet
 from .kernel import GatewayKernel
 from .pool_sizing import PoolSizer
 
+JOIN_TIMEOUT = 120.0  # s a start waits for a refill under way (it ends sooner: ready, or failed)
 TRIM_AFTER = 60.0  # s a pool stays over its target before its extra kernels are stopped
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
@@ -127,6 +128,9 @@ class WarmPool:
         self._no_mounts: str | None = None  # why folders cannot be bound into running containers here
         self.sizer = PoolSizer()
         self._trim_timer: asyncio.TimerHandle | None = None
+        # Refills under way (past the concurrency gate), and starts waiting for one of them.
+        self.launching: dict[str, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[GatewayKernel | None]]] = {}
 
     # ---- what the store asks ----------------------------------------------------------------
     def kernels(self) -> list[GatewayKernel]:
@@ -140,6 +144,11 @@ class WarmPool:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
+        for waiters in self._waiters.values():  # the kernels under way are stopped with the pool
+            while waiters:
+                waiter = waiters.pop()
+                if not waiter.done():
+                    waiter.set_result(None)
         await self._fill_tasks.wait()
         kms = self.kernels()
         self.ready.clear()
@@ -205,7 +214,11 @@ class WarmPool:
         try:
             async with self._sem:
                 began = time.monotonic()
-                km = await host.launch(LaunchRequest(owner="", kernel_name=name))
+                self.launching[name] = self.launching.get(name, 0) + 1
+                try:
+                    km = await host.launch(LaunchRequest(owner="", kernel_name=name))
+                finally:
+                    self.launching[name] -= 1
                 self.sizer.note_launch(name, time.monotonic() - began)
                 # One quiet execution warms the kernel's execute path: the caller's first
                 # execute then answers as fast as any later one.
@@ -220,13 +233,59 @@ class WarmPool:
         except Exception as e:  # noqa: BLE001 - a failing pool must not take the gateway down
             host.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
             asyncio.get_running_loop().call_later(10.0, self.fill)
+            self._release_waiters(name)
             return
         finally:
             self.filling[name] = self.filling.get(name, 1) - 1
         km.execution_state = "idle"
         if km.docker is not None:
             km.docker.exit_callback = lambda code, k=km: self._died(name, k)
+        self._deliver(name, km)
+
+    def _deliver(self, name: str, km: GatewayKernel) -> None:
+        """A ready kernel goes to the start that has waited longest for one, else into the pool."""
+        waiters = self._waiters.get(name, [])
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(km)
+                return
         self.ready.setdefault(name, []).append(km)
+
+    def _release_waiters(self, name: str) -> None:
+        """Starts waiting on more refills than are under way start cold instead."""
+        waiters = self._waiters.get(name, [])
+        while len(waiters) > self.launching.get(name, 0):
+            waiter = waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _next(self, name: str) -> GatewayKernel | None:
+        """A ready kernel, or the next one of a refill already under way that no other start waits
+        for (it is ready sooner than a cold start would be, and costs the host nothing more: under a
+        burst, starts go at the pace of the refills instead of piling cold starts on the same cores)."""
+        ready = self.ready.get(name)
+        if ready:
+            return ready.pop(0)
+        waiters = self._waiters.setdefault(name, [])
+        if self.launching.get(name, 0) <= len(waiters):
+            return None
+        waiter: asyncio.Future[GatewayKernel | None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            await asyncio.wait({waiter}, timeout=JOIN_TIMEOUT)
+        except BaseException:  # the start was cancelled: a kernel handed over meanwhile is not lost
+            if waiter.done() and not waiter.cancelled() and (km := waiter.result()) is not None:
+                self._deliver(name, km)
+            waiter.cancel()
+            raise
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+        if not waiter.done():
+            waiter.cancel()
+            return None
+        return waiter.result()
 
     def _died(self, name: str, km: GatewayKernel) -> None:
         if km in self.ready.get(name, []):
@@ -254,7 +313,8 @@ class WarmPool:
         return set_env_code(self._language(request.kernel_name), request.all_env) is not None
 
     def has_ready(self, name: str) -> bool:
-        return bool(self.ready.get(name))
+        """A ready kernel now, or one under way that no other start waits for."""
+        return bool(self.ready.get(name)) or self.launching.get(name, 0) > len(self._waiters.get(name, []))
 
     async def take(self, request: LaunchRequest) -> GatewayKernel | None:
         """A ready kernel made exactly what was asked, or None (then the start is cold)."""
@@ -263,14 +323,13 @@ class WarmPool:
         pooled = self.bounds(name)[1] > 0
         if pooled:
             self.sizer.note_start(name)
-        ready = self.ready.get(name)
-        if not ready or not self.servable(request):
+        km = await self._next(name) if pooled and self.servable(request) else None
+        if pooled:
+            self.fill()  # the refill of the one taken; the rate may have raised the target too
+        if km is None:
             if pooled:
-                self.fill()  # the rate may have raised the target
                 self.misses += 1
             return None
-        km = ready.pop(0)
-        self.fill()
         if not await km.is_alive() or km.docker is None:
             await host.discard(km)
             self.misses += 1
