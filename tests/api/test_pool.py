@@ -79,3 +79,21 @@ async def test_pool_grows_with_the_start_rate_and_trims_back(make_gateway, monke
             assert time.monotonic() < deadline, mgr.pool.status()
             await asyncio.sleep(0.1)
         assert mgr.pool.status()["python3"]["size"] == 1
+
+
+async def test_a_start_finding_the_pool_empty_joins_the_refill_under_way(make_gateway) -> None:
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=1") as gw:
+        mgr = gw.app.kernel_manager
+        await wait_pool(gw, "python3", 1)
+        first = await mgr.start(owner="ann", kernel_name="python3")  # takes the ready one; its refill starts
+        deadline = time.monotonic() + 10
+        while not mgr.pool.launching.get("python3"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        second = await mgr.start(owner="ann", kernel_name="python3")  # waits for that refill
+        assert (mgr.pool.hits, mgr.pool.misses) == (2, 0)
+        ws = await KernelWS.connect(gw.url, second.kernel_id, TOKEN)
+        assert ws.stdout(await ws.execute("print(6 * 7)")) == "42\n"
+        ws.close()
+        for km in (first, second):
+            await mgr.shutdown(km.kernel_id, now=True)
