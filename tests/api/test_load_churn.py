@@ -18,7 +18,7 @@ async def test_load_and_churn_at_ci_size(tmp_path) -> None:
         c = await churn(gw.url, TOKEN, cycles=40)
         assert c["failures"] == 0 and c["kernels_listed_after"] == 0, c
         left = leftovers_ours(gw.gateway_id, os.environ["KGE_STATE_DIR"])
-        assert left == {"containers": 0, "store_records": 0, "connection_files": 0}, left
+        assert left == {"containers": 0, "store_records": 0, "connection_files": 0, "pool_containers": 0}, left
         print(f"churn: {c} left {left}")
     finally:
         assert stop_process_gateway(gw) == 0
