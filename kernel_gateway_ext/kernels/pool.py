@@ -126,6 +126,7 @@ class WarmPool:
         self._sem: asyncio.Semaphore | None = None
         self._fill_tasks = TaskSet(host.log, "pool refill")
         self._no_mounts: str | None = None  # why folders cannot be bound into running containers here
+        self._mount_failures = 0
         self.sizer = PoolSizer()
         self._trim_timer: asyncio.TimerHandle | None = None
         # Refills under way (past the concurrency gate), and starts waiting for one of them.
@@ -338,12 +339,19 @@ class WarmPool:
             await self._specialise(km, request)
         except (GatewayError, OSError) as e:  # never hand out a kernel that differs
             host.log.warning("Pool %s: a pooled kernel could not be specialised (%s); starting cold", name, e)
-            if request.mounts and "not permitted" in str(e):  # e.g. a gateway in a container without CAP_SYS_ADMIN
-                self._no_mounts = str(e)
+            if request.mounts and "folders could not be mounted" in str(e):
+                # Twice in a row: this host cannot (e.g. a gateway in a container without
+                # CAP_SYS_ADMIN or the host's /proc); such starts go cold instead of using kernels up.
+                self._mount_failures += 1
+                if self._mount_failures >= 2:
+                    self._no_mounts = str(e)
+                    host.log.warning("Pool: starts with folders will be cold: %s", e)
             await host.discard(km)
             self.misses += 1
             return None
         km.docker.exit_callback = None  # the store's watcher sets its own
+        if request.mounts:
+            self._mount_failures = 0
         self.hits += 1
         return km
 

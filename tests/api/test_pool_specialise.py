@@ -151,3 +151,34 @@ def mgr_request(mgr: Any, **kw: Any) -> Any:
     from kernel_gateway_ext.provisioners.launch import LaunchRequest
 
     return LaunchRequest.build(owner=OWNER, kernel_name="bash", allowlist=mgr.env_allowlist, **kw)
+
+
+async def test_a_host_that_cannot_bind_folders_starts_them_cold(make_gateway, monkeypatch) -> None:
+    """A gateway without the right to enter a container's mount namespace (e.g. one in a container
+    without CAP_SYS_ADMIN): the helper's refusal is simulated; starts with folders still work, cold,
+    and after two refusals they stop using up pooled kernels."""
+    from kernel_gateway_ext.containers.mounter import MountHelper
+    from kernel_gateway_ext.errors import ContainerFailed
+
+    async def refuse(self: Any, pid: int, mounts: Any, timeout: float = 10.0) -> None:
+        raise ContainerFailed("folders could not be mounted: setns: [Errno 1] Operation not permitted")
+
+    monkeypatch.setattr(MountHelper, "attach", refuse)
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=1") as gw:
+        mgr, folders = gw.app.kernel_manager, gw.app.folders
+        await folders.create(OWNER, "data")
+        await folders.upload(OWNER, "data", [("seen.txt", b"x")])
+        mounts = await folders.mounts(OWNER, ["data"])
+        kms = []
+        for _ in range(3):
+            await wait_pool(gw, "python3", 1)
+            km = await mgr.start(owner=OWNER, kernel_name="python3", mounts=mounts)
+            kms.append(km)
+            ws = await KernelWS.connect(gw.url, km.kernel_id, TOKEN)
+            assert ws.stdout(await ws.execute("import os; print(os.listdir('/home/work/data'))")) == "['seen.txt']\n"
+            ws.close()
+        assert mgr.pool.hits == 0 and mgr.pool.misses == 3
+        assert mgr.pool.ready["python3"]  # the third start did not take (and lose) the pooled kernel
+        for km in kms:
+            await mgr.shutdown(km.kernel_id, now=True)
+        await folders.delete(OWNER, "data")
