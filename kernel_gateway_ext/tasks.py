@@ -10,6 +10,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
+async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
+    """Run `aws` at once and let every one finish, then raise the first failure (none is left
+    running behind the caller's clean-up, as plain gather's first error would leave them)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return results
+
+
 class TaskSet:
     """Holds background tasks until they finish; failures are logged, never silently dropped."""
 

@@ -3,7 +3,7 @@ hand-out gets the caller's folders without being made again).
 
 Run as its own process, never imported by the gateway: entering another mount namespace (setns) is
 refused to a process with more than one thread. `python3 -I -S mountns.py --serve` is the helper the
-gateway keeps (containers/mounter.py): it forks a child per request; `mountns.py PID JSON` does one.
+gateway keeps (containers/mounter.py): it forks a child per request.
 Standard library only.
 
 How (Linux >= 5.12, root with CAP_SYS_ADMIN, as the engine itself needs): each source is cloned as a
@@ -13,9 +13,9 @@ the mount point as the engine's runtime would (missing folders 0755, root's, no 
 attaches each tree there (move_mount). A cold container's `docker run --mount type=bind` ends the
 same: the same mount points, flags and files.
 
-JSON: [{"source": "/host/path", "target": "/home/work/x", "read_only": false}, ...]
-Exit 0 when every mount is attached; otherwise 1 with the reason on stderr (the caller then discards
-the container: a half-specialised kernel is never handed out).
+A request is a line {"id": N, "pid": PID, "mounts": [{"source": "/host/path", "target": "/home/work/x",
+"read_only": false}, ...]}; the answer a line {"id": N, "ok": true|false, "error": "..."}. On an
+error the caller discards the container: a half-specialised kernel is never handed out.
 """
 import ctypes
 import errno
@@ -138,10 +138,10 @@ def serve():
 
 
 def main(argv):
-    if argv[1:] == ["--serve"]:
-        serve()
-        return 0
-    attach(int(argv[1]), json.loads(argv[2]))
+    if argv[1:] != ["--serve"]:
+        sys.stderr.write("usage: mountns.py --serve\n")
+        return 2
+    serve()
     return 0
 
 

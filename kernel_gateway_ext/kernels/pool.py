@@ -29,7 +29,7 @@ from ..errors import GatewayError, KernelStartFailed
 from ..provisioners.docker import ENV_FILE
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
-from ..tasks import TaskSet
+from ..tasks import TaskSet, gather_all
 from .kernel import GatewayKernel
 from .pool_sizing import PoolSizer
 
@@ -126,6 +126,7 @@ class WarmPool:
         self._sem: asyncio.Semaphore | None = None
         self._fill_tasks = TaskSet(host.log, "pool refill")
         self._no_mounts: str | None = None  # why folders cannot be bound into running containers here
+        self._languages: dict[str, str] = {}  # kernelspec -> its first language word
         self._mount_failures = 0
         self.sizer = PoolSizer()
         self._trim_timer: asyncio.TimerHandle | None = None
@@ -223,8 +224,7 @@ class WarmPool:
                 self.sizer.note_launch(name, time.monotonic() - began)
                 # One quiet execution warms the kernel's execute path: the caller's first
                 # execute then answers as fast as any later one.
-                language = (host.kernel_spec_manager.get_kernel_spec(name).language or "").lower()
-                warm_up = WARM_UP_CODE.get(language.split()[0] if language else "")
+                warm_up = WARM_UP_CODE.get(self._language(name))
                 if warm_up is not None:
                     try:
                         await self._execute_quietly(km, warm_up)
@@ -295,8 +295,12 @@ class WarmPool:
             self.fill()
 
     def _language(self, name: str) -> str:
-        language = (self.host.kernel_spec_manager.get_kernel_spec(name).language or "").lower().split()
-        return language[0] if language else ""
+        """The language of `name`'s pooled kernels, read from its kernelspec once (jupyter_client
+        reads the spec from disk at each call, and a start would ask three times)."""
+        if name not in self._languages:
+            words = (self.host.kernel_spec_manager.get_kernel_spec(name).language or "").lower().split()
+            self._languages[name] = words[0] if words else ""
+        return self._languages[name]
 
     def servable(self, request: LaunchRequest) -> bool:
         """Whether a ready kernel can be made exactly what `request` asks."""
@@ -306,12 +310,16 @@ class WarmPool:
             return False  # GPUs and labels are fixed when a container is made
         if request.mounts:
             if self._no_mounts is None:
-                self._no_mounts = current_backend().can_attach_mounts()
-                if self._no_mounts:
-                    self.host.log.warning("Pool: starts with folders will be cold: %s", self._no_mounts)
+                self._mounts_off(current_backend().can_attach_mounts())
             if self._no_mounts:
                 return False
         return set_env_code(self._language(request.kernel_name), request.all_env) is not None
+
+    def _mounts_off(self, reason: str) -> None:
+        """Record whether folders can be bound at hand-out here ('' : they can)."""
+        self._no_mounts = reason
+        if reason:
+            self.host.log.warning("Pool: starts with folders will be cold: %s", reason)
 
     def has_ready(self, name: str) -> bool:
         """A ready kernel now, or one under way that no other start waits for."""
@@ -344,8 +352,7 @@ class WarmPool:
                 # CAP_SYS_ADMIN or the host's /proc); such starts go cold instead of using kernels up.
                 self._mount_failures += 1
                 if self._mount_failures >= 2:
-                    self._no_mounts = str(e)
-                    host.log.warning("Pool: starts with folders will be cold: %s", e)
+                    self._mounts_off(str(e))
             await host.discard(km)
             self.misses += 1
             return None
@@ -363,11 +370,7 @@ class WarmPool:
         code = set_env_code(self._language(request.kernel_name), prov.env_for(request))
         if code is None:
             raise KernelStartFailed("the env cannot be set in a running kernel")
-        steps = [prov.specialise(request)] + ([self._execute_quietly(km, code)] if code else [])
-        results = await asyncio.gather(*steps, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
+        await gather_all(prov.specialise(request), *([self._execute_quietly(km, code)] if code else []))
 
     async def _execute_quietly(self, km: GatewayKernel, code: str, timeout: float = 10.0) -> None:
         """Run `code` on the kernel's shell (no history, no output anyone sees); raise unless ok."""

@@ -27,6 +27,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Float, Int, List, Unicode
 
 from ..config import apply_env, env
+from ..tasks import gather_all
 from ..errors import ContainerFailed, EngineError, EngineUnavailable, GatewayError, KernelStartFailed
 from ..containers.limits import KernelLimits, parse_memory
 from ..containers import ContainerBackend, current_backend
@@ -351,10 +352,7 @@ class DockerProvisioner(KernelProvisionerBase):
                                                pids=limits.pids or 0))
         if request.mounts:
             steps.append(backend.attach_mounts(cid, list(request.mounts)))
-        results = await asyncio.gather(*steps, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
+        await gather_all(*steps)
         self.owner, self.limits = request.owner, request.limits
         self.mounts = self.hot_mounts = list(request.mounts)
         self._env.update(self.env_for(request))
