@@ -43,7 +43,10 @@ from .kernels.jupyter_sessions import JupyterSessions
 from .kernels.manager import GatewayKernelManager
 from .kernels.specs import GatewayKernelSpecManager
 from .provisioners.docker import DockerProvisioner
+from .containers import close_cluster, current_backend
 from .containers.engine import DockerEngine
+from .containers.fleet import FLEET
+from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
 from .store import Store
 
@@ -133,7 +136,7 @@ class Gateway(ServerSettings, GatewayApplication):
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
         return [Gateway, Authenticator, Authorizer, KeyPairs, Store, FolderManager, JobManager, GatewayKernelManager,
-                GatewayKernelSpecManager, DockerProvisioner, DockerEngine]
+                GatewayKernelSpecManager, DockerProvisioner, DockerEngine, SwarmSettings]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -212,7 +215,8 @@ class Gateway(ServerSettings, GatewayApplication):
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
             await self._take_lease(engine)
-            for warning in await engine.ensure_network():
+            await FLEET.refresh(current_backend(), force=True)
+            for warning in await current_backend().ensure_network():
                 self.warnings.append(warning)
                 self.log.warning("%s", warning)
             await self.reconcile(engine)
@@ -253,9 +257,10 @@ class Gateway(ServerSettings, GatewayApplication):
     async def reconcile(self, engine: DockerEngine) -> None:
         """Match this gateway id's containers with the store's records: adopt what a record owns,
         remove what nobody owns any more, drop records whose container is gone."""
+        backend = current_backend()
         # Events missed while the engine was unreachable are made up for by re-reading state.
-        engine.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
-        containers = await engine.list_ours()
+        backend.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
+        containers = await backend.list_ours()
         adopted: set[str] = set()
         if self.adopt:
             adopted |= await self.kernel_manager.adopter.adopt(containers)
@@ -266,7 +271,7 @@ class Gateway(ServerSettings, GatewayApplication):
         for c in containers:
             if c.id not in adopted:
                 self.log.warning("Removing container %s: nobody owns it any more", c.short_id)
-                await engine.remove(c.id)
+                await backend.remove(c.id)
 
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests). A start that fails gives
@@ -329,6 +334,7 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.lease is not None:
             await self.lease.release()
             self.lease = None
+        close_cluster()
         if DockerEngine.initialized():
             DockerEngine.instance().close()
         self.store.close()

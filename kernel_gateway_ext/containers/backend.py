@@ -26,6 +26,28 @@ class Usage:
     cores: float = 0.0  # cores in use now (from the engine's two samples)
 
 
+@dataclass(frozen=True)
+class Owned:
+    """One of our containers as the backend lists it (a container, or a cluster's service)."""
+
+    id: str
+    labels: dict[str, str]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine containers run on: its name (kernel and session info show it) and its size."""
+
+    name: str
+    memory: int  # bytes
+    cpus: float
+    ready: bool = True
+
+
 class Terminal(Protocol):
     """An interactive process with a TTY in a container: a non-blocking socket the loop watches."""
 
@@ -44,6 +66,9 @@ class ContainerBackend(Protocol):
 
     @property
     def call_timeout(self) -> float: ...
+
+    @property
+    def files_read_only(self) -> bool: ...  # files put before start are read-only mounts (a cluster's secrets)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def create(self, spec: ContainerSpec, timeout: float) -> str: ...  # files put in, not started
@@ -66,6 +91,15 @@ class ContainerBackend(Protocol):
     async def attach_mounts(self, container_id: str, mounts: list[BindMount]) -> None: ...
 
     async def prepare_attach(self) -> None: ...  # ready attach_mounts ahead of the first hand-out
+
+    # ---- the engine itself ---------------------------------------------------------------------
+    async def ensure_network(self) -> list[str]: ...  # make the containers' network; warnings about it
+
+    async def list_ours(self) -> list[Owned]: ...  # this gateway's containers (adoption, reconciliation)
+
+    async def nodes(self) -> list[Node]: ...  # where containers can run (one for a single engine)
+
+    def node_of(self, container_id: str) -> str: ...  # the node it runs on, as last known ('' unknown)
 
     # ---- reading ------------------------------------------------------------------------------
     async def address(self, container_id: str, required: bool = True) -> str: ...

@@ -86,6 +86,11 @@ class DockerEngine(SingletonConfigurable):
                                           "while the gateway lives (any image with `cat`)."),
         "KGE_LEASE_IMAGE",
     )
+    backend = env(
+        Unicode("docker", help="Where containers run: 'docker' (this engine) or 'swarm' (a Docker Swarm cluster "
+                               "whose manager is this engine; see SwarmBackend's settings)."),
+        "KGE_CONTAINER_BACKEND",
+    )
     max_workers = Int(16, help="Threads for Docker calls (each call blocks one).").tag(config=True)
     max_long_calls = Int(8, help="Threads for calls that last as long as a user's command (v2 batch mode); "
                                  "more such commands wait for one.").tag(config=True)
@@ -101,6 +106,9 @@ class DockerEngine(SingletonConfigurable):
         self._long_pool = ThreadPoolExecutor(max_workers=self.max_long_calls, thread_name_prefix="docker-long")
         self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
         self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], object], str | None]] = []
+        # Called in the events thread with every event (a cluster backend maps them to its services).
+        self.event_listeners: list[EventCallback] = []
+        self.lost_listeners: list[Callable[[], None]] = []  # called in the events thread when the stream breaks
         self._lock = threading.Lock()
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
@@ -282,13 +290,18 @@ class DockerEngine(SingletonConfigurable):
             except Exception as e:  # noqa: BLE001 - the engine went away; reconnect
                 if self._closed:
                     return
-                self.log.warning("Docker event stream lost (%s); reconnecting", type(e).__name__)
+                self.log.warning("Docker event stream of %s lost (%s); reconnecting", self.docker_url or "the engine",
+                                 type(e).__name__)
                 first = False
+                for lost in list(self.lost_listeners):
+                    lost()
             if not self._closed:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
+        for listener in self.event_listeners:
+            listener(event)
         cid = (event.get("Actor") or {}).get("ID") or event.get("id")
         if not cid:
             return
@@ -320,4 +333,5 @@ class DockerEngine(SingletonConfigurable):
             if self._client is not None:
                 self._client.close()
             self._client = None
-        type(self).clear_instance()
+        if type(self)._instance is self:  # a cluster's node engines are not the process's engine
+            type(self).clear_instance()

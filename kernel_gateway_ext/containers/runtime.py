@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import tarfile
 import time
@@ -17,7 +18,8 @@ from typing import Any
 import docker.types
 
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
-from .backend import EventCallback, Usage
+from .backend import EventCallback, Node, Owned, Usage
+from .limits import host_memory
 from .engine import DockerEngine
 from .mounter import MountHelper, supported as mounter_supported
 from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec
@@ -74,6 +76,8 @@ class ContainerRuntime:
     def call_timeout(self) -> float:
         return float(self.engine.call_timeout)
 
+    files_read_only = False  # put into the container's own filesystem
+
     # The engine's own: one event stream, removal, the image list.
     def subscribe(self, container_id: str, callback: EventCallback) -> None:
         self.engine.subscribe(container_id, callback)
@@ -86,6 +90,18 @@ class ContainerRuntime:
 
     async def remove(self, container_id: str) -> None:
         await self.engine.remove(container_id)
+
+    async def ensure_network(self) -> list[str]:
+        return await self.engine.ensure_network()
+
+    async def list_ours(self) -> list[Owned]:
+        return [Owned(str(c.id), dict(c.labels or {})) for c in await self.engine.list_ours()]
+
+    async def nodes(self) -> list[Node]:
+        return [Node(socket.gethostname(), host_memory(), float(os.cpu_count() or 1))]
+
+    def node_of(self, container_id: str) -> str:
+        return socket.gethostname()
 
     async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]:
         return await self.engine.labelled_images(label)

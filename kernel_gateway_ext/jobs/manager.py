@@ -8,7 +8,6 @@ import builtins
 import asyncio
 import functools
 import json
-import os
 import secrets
 import shlex
 import time
@@ -24,7 +23,7 @@ from ..errors import ContainerFailed, EngineUnavailable, Forbidden
 from ..folders import FolderManager
 from ..tasks import Deadlines
 from ..containers import ContainerBackend, current_backend
-from ..containers.limits import host_memory
+from ..containers.fleet import FLEET
 from ..containers.spec import LABEL_KIND, LABEL_OWNER, BindMount, ContainerSpec, FileToPut
 from ..store import Store
 from ..tasks import TaskSet
@@ -111,10 +110,11 @@ class JobManager(EnvConfigurable):
 
     # ---- what may be asked for ----------------------------------------------------------------
     def host_cores(self) -> int:
-        return os.cpu_count() or 1
+        """The most cores one job can have: the host's, or the largest node's of a cluster."""
+        return max(1, int(FLEET.largest().cpus))
 
     def host_ram_gb(self) -> int:
-        memory = host_memory()
+        memory = FLEET.largest().memory
         return int(memory / 2**30) if memory else max(self.ram_options)
 
     def allowed_cores(self) -> list[int]:
@@ -132,6 +132,7 @@ class JobManager(EnvConfigurable):
                      default_cores=self.default_cores, default_ram=self.default_ram)
 
     async def create(self, owner: str, params: dict[str, list[str]]) -> JobRecord:
+        await FLEET.refresh(self.backend)
         req = parse_job_request(params, self.offer())
         kind, image, ram = req.kind, req.image, req.ram
         local_image = images.resolve(self.image_map, await images.local_images(self.backend), image, kind)
@@ -252,6 +253,9 @@ class JobManager(EnvConfigurable):
             return "<none>", "<none>"
         use = await self.backend.usage(rec.container_id, self.host_cores())
         return f"{use.memory / 2**30:.3f}G", f"{use.cores:.3f}"
+
+    def node_of(self, rec: JobRecord) -> str:
+        return self.backend.node_of(rec.container_id) if rec.container_id else ""
 
     async def logs(self, rec: JobRecord) -> str:
         if rec.container_id is None:

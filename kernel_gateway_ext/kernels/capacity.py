@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from traitlets import Float, HasTraits, Int, Unicode, default
 
 from ..config import env
+from ..containers.fleet import FLEET
 from ..containers.limits import KernelLimits, host_memory, parse_memory
 from ..errors import BadRequest, LimitExceeded, OverCapacity, TooManyKernels
 from ..provisioners.docker import DockerProvisioner
@@ -94,7 +95,7 @@ class Capacity:
         if not text:
             return 0
         if text.endswith("%"):
-            return int(host_memory() * float(text[:-1]) / 100)
+            return int(FLEET.total_memory() * float(text[:-1]) / 100)  # the host's, or a cluster's nodes'
         return parse_memory(text)
 
     def memory_of(self, name: str, limits: KernelLimits | None) -> int:
@@ -163,5 +164,8 @@ class Capacity:
                 raise LimitExceeded(f"CPUs above this server's limit of {host.hard_cpu_limit:g}")
             if limits.gpus and limits.gpus > host.hard_gpu_limit:
                 raise LimitExceeded(f"GPUs above this server's limit of {host.hard_gpu_limit}")
+            why = FLEET.fits_one(limits.memory_bytes or 0, limits.cpus or 0.0)
+            if why:  # a cluster's total may hold it, but a container runs on one node
+                raise LimitExceeded(why)
         if exec_timeout is not None and exec_timeout > host.hard_exec_timeout:
             raise LimitExceeded(f"execTimeout above this server's limit of {host.hard_exec_timeout:g} s")

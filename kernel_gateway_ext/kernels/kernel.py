@@ -139,7 +139,14 @@ class GatewayKernel(AsyncKernelManager):
             "execution_state": self.execution_state,
             "connections": self.connections,
             **({"reason": self.reason} if self.reason else {}),
+            **({"node": node} if (node := self.node) else {}),
         }
+
+    @property
+    def node(self) -> str:
+        """The machine its container runs on ('' for a local process or before it is placed)."""
+        prov = self.docker
+        return prov.node if prov is not None else ""
 
     def touch(self) -> None:
         self.last_activity = utcnow()

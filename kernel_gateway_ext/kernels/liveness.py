@@ -121,7 +121,10 @@ class Liveness:
             return
         prov = km.docker
         km.execution_state = "dead"
-        km.reason = "killed: out of memory" if prov is not None and prov.oom_killed else f"exited with code {code}"
+        if prov is not None and prov.oom_killed:
+            km.reason = "killed: out of memory"
+        else:
+            km.reason = (prov.exit_reason if prov is not None else "") or f"exited with code {code}"
         log = self.host.log
         if self._may_autorestart(km):
             log.warning("Kernel %s died (%s): restarting it", km.kernel_id, km.reason)

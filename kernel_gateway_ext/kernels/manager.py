@@ -23,6 +23,8 @@ from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from traitlets import Dict, Float, Instance, List, Unicode
 
 from ..config import apply_env, env
+from ..containers import current_backend
+from ..containers.fleet import FLEET
 from ..containers.limits import KernelLimits
 from ..containers.spec import BindMount
 from ..errors import Forbidden, GatewayError, KernelDead, KernelNotFound, KernelStartFailed
@@ -211,6 +213,8 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         name = kernel_name or self.kernel_spec_manager.default_name
         # An unknown name is a 404 before anything counts it (every name would be a metric series).
         self.kernel_spec_manager.get_kernel_spec(name)
+        if self.local_only_owner is None:
+            await FLEET.refresh(current_backend())  # a cluster's nodes come and go
         capacity = self.capacity
         capacity.check_limits(limits, exec_timeout)
         self._refuse_unless(lambda: capacity.check_owner(owner), name, "owner_max")

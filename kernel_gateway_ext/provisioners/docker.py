@@ -48,6 +48,7 @@ CONTAINER_PORTS = {
 }
 CONNECTION_DIR = "/run/kge"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+SECRET_DIR = "/run/kge-in"  # where a backend whose files are read-only mounts the connection file
 ENV_FILE = f"{CONNECTION_DIR}/env.json"  # variables given at hand-out, read by kge-nanny at each kernel start
 NANNY = "/usr/local/bin/kge-nanny"
 
@@ -99,6 +100,7 @@ class DockerProvisioner(KernelProvisionerBase):
         self._exited = asyncio.Event()
         self._restarting = False
         self._env: dict[str, str] = {}
+        self.exit_reason = ""  # why the container died, when the backend knows more than its exit code
         # Called with the exit code when the container dies (the kernel store marks it dead).
         self.exit_callback: Callable[[int | None], None] | None = None
         self.container = KernelContainer(self)  # what callers do inside it, beside the lifecycle
@@ -111,6 +113,10 @@ class DockerProvisioner(KernelProvisionerBase):
     @property
     def exited(self) -> bool:
         return self._exit_code is not None
+
+    @property
+    def node(self) -> str:
+        return self.backend.node_of(self.container_id) if self.container_id else ""
 
     @property
     def has_process(self) -> bool:
@@ -142,12 +148,13 @@ class DockerProvisioner(KernelProvisionerBase):
                 self._exit_code = int(attrs.get("exitCode", "-1"))
             except ValueError:
                 self._exit_code = -1
+            self.exit_reason = str(attrs.get("kge.reason") or "")  # a cluster's lost node says why
             self._exited.set()
             self.log.info("Kernel %s: container exited with %s", self.kernel_id, self._exit_code)
             if self.exit_callback is not None:
                 self.exit_callback(self._exit_code)
         elif action == "start":
-            self._exit_code = None
+            self._exit_code, self.exit_reason = None, ""
             self._exited.clear()
         elif action == "destroy":
             died_now = self._exit_code is None and not self._exited.is_set()
@@ -174,7 +181,8 @@ class DockerProvisioner(KernelProvisionerBase):
             self._exited.clear()
         elif self._exit_code is None and not self._exited.is_set():
             # It died while the event stream was away: report it as the missed event would have.
-            self._on_event({"Action": "die", "Actor": {"Attributes": {"exitCode": str(state.get("ExitCode", -1))}}})
+            self._on_event({"Action": "die", "Actor": {"Attributes": {"exitCode": str(state.get("ExitCode", -1)),
+                                                                      "kge.reason": state.get("Error") or ""}}})
         else:
             self._exit_code = int(state.get("ExitCode", -1))
             self._exited.set()
@@ -240,6 +248,8 @@ class DockerProvisioner(KernelProvisionerBase):
             opts += ["--preload", mod]
         for mod in self.block_modules:
             opts += ["--block", mod]
+        if self.backend.files_read_only:  # the kernel rewrites its connection file: the nanny copies it
+            opts += ["--copy-in", f"{SECRET_DIR}/connection.json", CONNECTION_FILE]
         return [NANNY, *opts, "--env-file", ENV_FILE, "--", *cmd]
 
     def container_env(self) -> dict[str, str]:
@@ -278,7 +288,8 @@ class DockerProvisioner(KernelProvisionerBase):
             "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
             **CONTAINER_PORTS,
         }
-        return FileToPut(CONNECTION_DIR, "connection.json", json.dumps(info).encode(), 0o400)
+        where = SECRET_DIR if self.backend.files_read_only else CONNECTION_DIR
+        return FileToPut(where, "connection.json", json.dumps(info).encode(), 0o400)
 
     def resolve(self, limits: KernelLimits) -> KernelLimits:
         """Asked limits with this kernelspec's defaults for the rest: what the container gets."""

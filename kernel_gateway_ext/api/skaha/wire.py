@@ -19,7 +19,7 @@ async def session_model(jobs: JobManager, rec: JobRecord, external_base: str) ->
         else "not-applicable", "requestedRAM": f"{rec.ram}G", "requestedCPUCores": str(rec.cores),
         "requestedGPUCores": str(rec.gpus) if rec.gpus else "<none>", "ramInUse": ram_in_use,
         "gpuRAMInUse": "<none>", "cpuCoresInUse": cores_in_use, "gpuUtilization": "<none>",
-        "isFixedResources": True,
+        "isFixedResources": True, "node": jobs.node_of(rec),
     }
 
 

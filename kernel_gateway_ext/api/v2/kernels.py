@@ -110,6 +110,7 @@ class KernelMixin(V2Handler):
             "memoryUsed": stats["memory"] // 1024,
             "cpuCreditUsed": stats["cpu_ns"] // 1_000_000,
             "executionState": km.execution_state,
+            "node": km.node,
         }
 
 

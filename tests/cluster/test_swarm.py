@@ -1,0 +1,341 @@
+"""The gateway on a real 3-node Docker Swarm cluster made on this machine by scripts/swarm-cluster
+(one extra engine per node, each in its own network namespace; the host's engine is the manager).
+
+Driven as users meet it: REST and the kernel websocket, jupyter_server --gateway-url, the real
+Backend.AI client with a mounted folder, the real skaha client with replicas; then a node pulled
+out (its link cut) and put back, and the gateway killed with SIGKILL and started again."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.clients.v2util import Keys, create_keys, run_cli, run_py
+from tests.conftest import IN_CI, Client, ProcessGateway, free_port, new_gateway_id, require_docker, \
+    start_process_gateway, stop_process_gateway, wait_http
+from tests.wsclient import KernelWS
+
+pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "swarm-cluster"
+NODES = 3
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    engines: dict[str, str]  # node name → engine URL
+    tmp: str
+
+    def engine(self, node: str) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.engines[node], timeout=30)
+
+    def containers(self, gateway_id: str, running_only: bool = False) -> list[tuple[str, str]]:
+        out = []
+        for node in self.engines:
+            for c in self.engine(node).containers.list(all=not running_only,
+                                                        filters={"label": f"org.kge.gateway={gateway_id}"}):
+                out.append((node, c.short_id))
+        return out
+
+
+def _cluster_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the cluster tests need root (network namespaces, extra Docker engines)"
+    for tool in ("ip", "nsenter", "unshare", "dockerd", "iptables"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            return f"no {tool} on this machine"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_docker()
+    problem = _cluster_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI requires the Swarm cluster: {problem}")
+        pytest.skip(f"!!! SKIPPED, NEEDS A CLUSTER: {problem}")
+    began = time.monotonic()
+    up = subprocess.run([str(SCRIPT), "up", str(NODES)], capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "KGE_SWARM_IMAGES": "kge-kernel:latest kge-notebook:latest"})
+    assert up.returncode == 0, up.stderr[-3000:]
+    env = dict(line.split("=", 1) for line in up.stdout.split() if "=" in line)
+    engines = dict(p.split("=", 1) for p in env["KGE_SWARM_NODE_ENGINES"].split(","))
+    print(f"\n[cluster] {NODES} nodes up in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    try:
+        yield Cluster(env, engines, str(tmp_path_factory.mktemp("cluster")))
+    finally:
+        began = time.monotonic()
+        down = subprocess.run([str(SCRIPT), "down"], capture_output=True, text=True, timeout=300)
+        print(f"\n[cluster] down in {time.monotonic() - began:.1f} s", file=sys.stderr)
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert_nothing_left()
+
+
+def assert_nothing_left() -> None:
+    """`down` removed every engine, namespace, link, route, rule and file, and left the swarm."""
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if n.startswith("kge-n")]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "kgesw0" not in links and "kge-n1-h" not in links
+    assert "10.214." not in subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    assert not os.path.exists("/run/kge-swarm") and not os.path.exists("/var/lib/kge-swarm")
+    assert docker.from_env().info()["Swarm"]["LocalNodeState"] == "inactive"
+    assert "-i kgesw0" not in subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True).stdout
+    assert not subprocess.run(["pgrep", "-f", "dockerd --data-root /var/lib/kge-swarm"], capture_output=True).stdout
+
+
+@pytest.fixture(scope="module")
+def gw(cluster: Cluster) -> Iterator[ProcessGateway]:
+    gateway = start_process_gateway(cluster.tmp, "--log-level=INFO", env={**cluster.env, "KGE_POOL_SIZES": "{}",
+                                                                          "KGE_HARD_CPU_LIMIT": "64"})
+    yield gateway
+    assert stop_process_gateway(gateway) == 0, open(gateway.log_path).read()[-3000:]
+    assert not services(gateway.gateway_id), "SIGTERM left services behind"
+    assert not docker.from_env().secrets.list(filters={"label": f"org.kge.gateway={gateway.gateway_id}"})
+    assert not cluster.containers(gateway.gateway_id), "SIGTERM left containers on the nodes"
+
+
+def services(gateway_id: str) -> list:
+    return docker.from_env().services.list(filters={"label": f"org.kge.gateway={gateway_id}"})
+
+
+async def start_kernel(client: Client, **body: object) -> dict:
+    r = await client.fetch("POST", "/api/kernels", {"name": "python3", **body})
+    assert r.status == 201, r.body
+    return r.json
+
+
+async def hostname_via_ws(url: str, kernel_id: str, token: str | None) -> str:
+    ws = await KernelWS.connect(url, kernel_id, token)
+    try:
+        r = await ws.execute("import socket; print(socket.gethostname())")
+        return ws.stdout(r).strip()
+    finally:
+        ws.close()
+
+
+async def test_kernels_spread_over_nodes_and_answer(gw: ProcessGateway, cluster: Cluster) -> None:
+    client = Client(gw.url, gw.token)
+    kernels = await asyncio.gather(*(start_kernel(client) for _ in range(6)))
+    try:
+        nodes = [k.get("node") for k in kernels]
+        assert all(n in cluster.engines for n in nodes), nodes
+        assert len(set(nodes)) >= 2, f"all kernels on one node: {nodes}"
+        for k in kernels:
+            assert await hostname_via_ws(gw.url, k["id"], gw.token) == f"kernel-{k['id'][:8]}"
+        # Each kernel container is one Swarm service with our labels, limits and one task.
+        svc = {s.attrs["Spec"]["Labels"].get("org.kge.kernel.id"): s for s in services(gw.gateway_id)}
+        spec = svc[kernels[0]["id"]].attrs["Spec"]
+        limits = spec["TaskTemplate"]["Resources"]["Limits"]
+        assert limits["MemoryBytes"] > 0 and limits["NanoCPUs"] > 0 and limits["Pids"] > 0
+        assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
+        assert spec["TaskTemplate"]["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
+        # Kernels cannot reach each other across nodes (the single-host isolation rule).
+        a, b = next((x, y) for x in kernels for y in kernels if x["node"] != y["node"])
+        ws = await KernelWS.connect(gw.url, a["id"], gw.token)
+        ip_b = cluster.engine(b["node"]).containers.list(
+            filters={"label": f"org.kge.kernel.id={b['id']}"})[0].attrs["NetworkSettings"]["Networks"]
+        ip_b = next(iter(ip_b.values()))["IPAddress"]
+        r = await ws.execute(f"""
+import socket
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect(({ip_b!r}, 52001)); print('REACHED')
+except OSError as e:
+    print('blocked', e)""")
+        ws.close()
+        assert "blocked" in ws.stdout(r), ws.stdout(r)
+    finally:
+        for k in kernels:
+            await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+    assert not services(gw.gateway_id)
+
+
+async def test_restart_keeps_the_websocket(gw: ProcessGateway) -> None:
+    client = Client(gw.url, gw.token)
+    k = await start_kernel(client)
+    ws = await KernelWS.connect(gw.url, k["id"], gw.token)
+    try:
+        await ws.execute("x = 41")
+        r = await client.fetch("POST", f"/api/kernels/{k['id']}/restart")
+        assert r.status == 200, r.body
+        out = await ws.execute("print('x' in dir())")
+        assert ws.stdout(out).strip() == "False"
+    finally:
+        ws.close()
+        await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+
+
+def test_v2_kernel_with_a_folder_and_skaha_replicas(gw: ProcessGateway, cluster: Cluster, tmp_path: Path) -> None:
+    alice: Keys = create_keys("alice-" + uuid.uuid4().hex[:6])
+    url = gw.url.rstrip("/")
+    (tmp_path / "input.csv").write_text("a,b\n1,2\n")
+    run_cli(["vfolder", "create", "data"], url, alice)
+    out = run_py("bai-1.4.2", f"""
+        import json
+        from ai.backend.client.session import Session
+        from ai.backend.client.exceptions import BackendAPIError
+        with Session() as s:
+            s.VFolder('data').upload(['{tmp_path}/input.csv'], basedir='{tmp_path}')
+            k = s.Kernel.get_or_create('python3', client_token='cluster-1', mounts=['data'])
+            run = k.execute(code="import socket\\nprint(open('/home/work/data/input.csv').read().split()[1])\\n"
+                                 "open('/home/work/data/out.txt','w').write('7')", mode='query')
+            info = k.get_info()
+            k.destroy()
+            try:  # the hard limit allows 64 CPUs, but no node has them: refused, with the reason
+                s.Kernel.get_or_create('python3', client_token='cluster-big', resources={{'cpu': 64}})
+                big = 'created'
+            except BackendAPIError as e:
+                big = [e.status, str(e.data)]
+        print(json.dumps(dict(run=run, info=info, big=big)))
+    """, url, alice)
+    assert "1,2" in "".join(o[1] for o in out["run"]["console"] if o[0] == "stdout")
+    assert out["info"]["node"] in cluster.engines
+    assert out["big"][0] == 406 and "no node can hold" in out["big"][1], out["big"]
+    run_cli(["vfolder", "download", "data", "out.txt"], url, alice, cwd=tmp_path)
+    assert (tmp_path / "out.txt").read_text() == "7"
+    run_cli(["vfolder", "delete", "data"], url, alice)
+
+    out = run_py("skaha-1.7.0", f"""
+import json, time
+from skaha.session import Session
+s = Session(server="{gw.url}skaha", token="{alice.token}")
+ids = s.create(name="rep", image="images.canfar.net/skaha/terminal:1.1.2", cores=1, ram=1, kind="headless",
+               cmd="hostname", replicas=3)
+deadline = time.time() + 90
+while True:
+    infos = s.info(ids)
+    if all(i["status"] in ("Succeeded", "Error") for i in infos) or time.time() > deadline:
+        break
+    time.sleep(0.3)
+logs = s.logs(ids)
+print(json.dumps(dict(ids=ids, infos=infos, logs=logs, destroyed=s.destroy(ids))))
+""", gw.url, alice)
+    assert [i["status"] for i in out["infos"]] == ["Succeeded"] * 3, out["infos"]
+    assert all(i["node"] in cluster.engines for i in out["infos"])
+    assert all(out["logs"][sid].strip() for sid in out["ids"])
+    assert out["destroyed"] == {sid: True for sid in out["ids"]}
+
+
+async def test_jupyter_server_gateway_url_on_the_cluster(gw: ProcessGateway, cluster: Cluster) -> None:
+    root = Path(cluster.tmp) / "js"
+    root.mkdir(exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser",
+         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--allow-root", f"--gateway-url={gw.url}",
+         f"--GatewayClient.auth_token={gw.token}", "--GatewayClient.request_timeout=60"],
+        stdout=open(root / "js.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/api", proc, root / "js.log")
+        js = Client(url, None)
+        k = await start_kernel(js)
+        assert await hostname_via_ws(url, k["id"], None) == f"kernel-{k['id'][:8]}"
+        r = await js.fetch("DELETE", f"/api/kernels/{k['id']}")
+        assert r.status == 204
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+async def test_a_lost_node_kills_its_kernels_which_restart_elsewhere(gw: ProcessGateway, cluster: Cluster) -> None:
+    """Cut a node's link: its kernel is reported dead within 10 s with the reason and restarted
+    on a live node, under the same id, its websocket still open. When the node returns, nothing
+    it ran is left running."""
+    client = Client(gw.url, gw.token)
+    k = await start_kernel(client)
+    node = k["node"]
+    ws = await KernelWS.connect(gw.url, k["id"], gw.token)
+    await ws.execute("x = 1")
+    link = f"{node}-h"
+    cut = time.monotonic()
+    subprocess.run(["ip", "link", "set", link, "down"], check=True)
+    try:
+        seen = ""
+        while seen != "restarting" and time.monotonic() - cut < 20:
+            msg = await ws.recv(timeout=20)
+            if msg["msg_type"] == "status":
+                seen = msg["content"]["execution_state"]
+        lost_after = time.monotonic() - cut
+        assert seen == "restarting" and lost_after < 10, (seen, lost_after)
+        out = await ws.execute("print('x' in dir())", timeout=60)
+        assert ws.stdout(out).strip() == "False"  # a fresh kernel, same id and websocket
+        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        assert model["node"] != node and model["node"] in cluster.engines
+        log = open(gw.log_path).read()
+        assert f"node {node} is down" in log
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+        ws.close()
+    # The node rejoins; Swarm stops what it ran for a task that is no longer wanted.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        running = [n for n, _ in cluster.containers(gw.gateway_id, running_only=True) if n == node]
+        ready = docker.from_env().nodes.list(filters={"name": node})[0].attrs["Status"]["State"] == "ready"
+        if ready and not running:
+            break
+        await asyncio.sleep(0.5)
+    assert ready and not running, f"{node}: ready={ready}, still running {running}"
+    await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+    assert not services(gw.gateway_id)
+
+
+async def test_gateway_sigkill_and_restart_adopts_cluster_kernels(cluster: Cluster) -> None:
+    gateway_id = new_gateway_id("swarm-")
+    env = {**cluster.env, "KGE_POOL_SIZES": "{}"}
+    first = start_process_gateway(cluster.tmp, env=env, gateway_id=gateway_id)
+    client = Client(first.url, first.token)
+    k = await start_kernel(client)
+    ws = await KernelWS.connect(first.url, k["id"], first.token)
+    await ws.execute("y = 5")
+    ws.close()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(30)
+    second = start_process_gateway(cluster.tmp, env=env, gateway_id=gateway_id)
+    try:
+        client = Client(second.url, second.token)
+        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        assert model["id"] == k["id"] and model["node"] == k["node"]
+        ws = await KernelWS.connect(second.url, k["id"], second.token)
+        out = await ws.execute("print(y)")
+        ws.close()
+        assert ws.stdout(out).strip() == "5"  # the same kernel process, adopted
+    finally:
+        assert stop_process_gateway(second) == 0
+    assert not services(gateway_id)
+
+
+async def test_a_warm_pool_on_the_cluster(cluster: Cluster) -> None:
+    pooled = start_process_gateway(cluster.tmp, env={**cluster.env, "KGE_POOL_SIZES": '{"python3": 3}'})
+    client = Client(pooled.url, pooled.token)
+    try:
+        deadline = time.monotonic() + 60
+        while (await client.fetch("GET", "/api")).json["pools"].get("python3", {}).get("ready", 0) < 3:
+            assert time.monotonic() < deadline, "the pool did not fill"
+            await asyncio.sleep(0.2)
+        nodes = {s.attrs["Spec"]["Labels"].get("org.kge.kernel.id"): s for s in services(pooled.gateway_id)}
+        assert len(nodes) == 3
+        k = await start_kernel(client)
+        assert (await client.fetch("GET", "/api")).json["pool_hits"] == 1
+        assert await hostname_via_ws(pooled.url, k["id"], pooled.token)
+        # A start with a folder needs the folder bound at start: on a cluster that is a cold start.
+        r = await client.fetch("POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_MEMORY": "300m"}})
+        assert r.status == 201, r.body
+    finally:
+        assert stop_process_gateway(pooled) == 0
+    assert not services(pooled.gateway_id)
+    assert not cluster.containers(pooled.gateway_id)
