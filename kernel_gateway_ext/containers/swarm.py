@@ -26,15 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import docker.types
-from traitlets import Dict, Float, List, Unicode
-from traitlets.config import LoggingConfigurable
-
-from ..config import apply_env, env
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable
 from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
 from .runtime import ContainerRuntime
-from .spec import LABEL_GATEWAY, LABEL_KERNELSPEC, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec
+from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
+from .swarm_spec import SwarmSettings, resources, service_spec
 from .swarm_events import NodeWatch, translate_lost
 
 LABEL_LIMITS = "org.kge.limits"  # limits applied since creation (a pooled kernel handed out)
@@ -45,50 +42,6 @@ FAILED_TASK_STATES = {"failed", "rejected", "orphaned", "shutdown", "complete"}
 def _resolve(fut: "asyncio.Future[tuple[str, str]]", value: tuple[str, str]) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-class SwarmSettings(LoggingConfigurable):
-    """Where the cluster's engines are and how containers are placed on it."""
-
-    node_engines = env(
-        Unicode("", help="Each node's engine, as NAME=URL pairs separated by commas (NAME: the node's hostname in "
-                         "`docker node ls`; URL: unix:// or tcp:// with TLS). The gateway reaches a placed container "
-                         "through its node's engine."),
-        "KGE_SWARM_NODE_ENGINES",
-    )
-    constraints = env(
-        List(Unicode(), help="Placement constraints for every container, Swarm's syntax "
-                             "(e.g. node.labels.kge==true). Comma-separated in the env var."),
-        "KGE_SWARM_CONSTRAINTS",
-    )
-    kernelspec_constraints = Dict(
-        value_trait=List(Unicode()), default_value={},
-        help="More placement constraints per kernelspec name, e.g. {'python3-gpu': ['node.labels.gpu==true']}.",
-    ).tag(config=True)
-    reservation_share = env(
-        Float(0.4, help="Share of each container's memory and CPU limits reserved on its node (the scheduler places "
-                        "by reservations). 0.4 matches the default memory budget of 250%: a node is full when what "
-                        "it promised reaches 2.5 times its memory."),
-        "KGE_SWARM_RESERVATION_SHARE",
-    )
-    gpu_resource = env(Unicode("NVIDIA-GPU", help="The generic resource a GPU request asks Swarm for."),
-                       "KGE_SWARM_GPU_RESOURCE")
-    start_timeout = env(Float(120.0, help="Seconds a service may take to be placed and started."),
-                        "KGE_SWARM_START_TIMEOUT")
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        apply_env(self, set(kwargs))
-
-    def engines(self) -> dict[str, str]:
-        pairs = [p.strip() for p in self.node_engines.split(",") if p.strip()]
-        out = {}
-        for pair in pairs:
-            name, sep, url = pair.partition("=")
-            if not sep or not name or not url:
-                raise ValueError(f"KGE_SWARM_NODE_ENGINES: {pair!r} is not NAME=URL")
-            out[name.strip()] = url.strip()
-        return out
 
 
 class SwarmBackend:
@@ -222,38 +175,6 @@ class SwarmBackend:
             runtime.engine.on_reconnect(callback, container_id)
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def _service_spec(self, spec: ContainerSpec, name: str, secrets: list[docker.types.SecretReference]
-                      ) -> dict[str, Any]:
-        settings, manager = self.settings, self.manager
-        labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: manager.gateway_id, LABEL_KIND: spec.kind, **spec.labels}
-        mounts = [docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
-                  for m in spec.mounts]
-        read_only = None
-        if manager.read_only_rootfs:
-            read_only = True
-            mounts += [docker.types.Mount("/tmp", None, type="tmpfs"),
-                       docker.types.Mount(spec.working_dir, None, type="volume")]
-        container = docker.types.ContainerSpec(
-            spec.image, command=spec.command, env=spec.env, workdir=spec.working_dir, user=spec.user, labels=labels,
-            mounts=mounts or None, hostname=spec.hostname, secrets=secrets or None, init=spec.init,
-            cap_drop=["ALL"], read_only=read_only)
-        nano = max(int(spec.cpus * 1e9), 10**7)
-        share = settings.reservation_share
-        resources = docker.types.Resources(
-            cpu_limit=nano, mem_limit=spec.memory_bytes or None,
-            cpu_reservation=int(nano * share) or None, mem_reservation=int(spec.memory_bytes * share) or None,
-            generic_resources={settings.gpu_resource: spec.gpus} if spec.gpus else None)
-        if spec.pids:
-            resources.setdefault("Limits", {})["Pids"] = spec.pids  # API 1.41; docker-py has no argument
-        constraints = list(settings.constraints) + list(
-            settings.kernelspec_constraints.get(spec.labels.get(LABEL_KERNELSPEC, ""), []))
-        template = docker.types.TaskTemplate(
-            container, resources=resources, restart_policy=docker.types.RestartPolicy(condition="none"),
-            placement=docker.types.Placement(constraints=constraints or None),
-            log_driver=docker.types.DriverConfig("json-file", {"max-size": manager.log_max_size, "max-file": "2"}),
-            networks=[docker.types.NetworkAttachmentConfig(spec.network or manager.network)])
-        return {"task_template": template, "name": name, "labels": labels}
-
     async def create(self, spec: ContainerSpec, timeout: float) -> str:
         """Create the service (Swarm places and starts it at once; `start` waits for that)."""
         name = f"kge-{spec.kind}-{uuid.uuid4().hex[:16]}"
@@ -271,7 +192,7 @@ class SwarmBackend:
                     mode=f.mode))
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[tuple[str, str]] = loop.create_future()
-            kwargs = self._service_spec(spec, name, secrets)
+            kwargs = service_spec(self.settings, self.manager, spec, name, secrets)
             made = await asyncio.wait_for(self.manager.run(lambda: api.create_service(**kwargs),
                                                            method="create_service"), timeout)
             sid = str(made["ID"])
@@ -335,11 +256,7 @@ class SwarmBackend:
         template = dict(spec["TaskTemplate"])
         given = json.loads((spec.get("Labels") or {}).get(LABEL_LIMITS) or "{}")
         if given:
-            res = template.setdefault("Resources", {})
-            share = self.settings.reservation_share
-            res["Limits"] = {"MemoryBytes": given["memory"], "NanoCPUs": given["nano_cpus"], "Pids": given["pids"]}
-            res["Reservations"] = {"MemoryBytes": int(given["memory"] * share),
-                                   "NanoCPUs": int(given["nano_cpus"] * share)}
+            template["Resources"] = resources(given["memory"], given["nano_cpus"], given["pids"], 0, self.settings)
         template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[str, str]] = loop.create_future()
