@@ -35,6 +35,7 @@ from .swarm_spec import SwarmSettings, resources, service_spec
 from .swarm_events import NodeWatch, translate_lost
 
 LABEL_LIMITS = "org.kge.limits"  # limits applied since creation (a pooled kernel handed out)
+LABEL_EXCLUDED = "org.kge.excluded-nodes"  # placement exclusions start_again added (unreachable engines)
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned", "shutdown", "complete"}
 
@@ -143,8 +144,8 @@ class SwarmBackend:
     def _node_state(self, node: str, state: str, message: str) -> None:
         """The manager says `node` is `state` (in the node watch's thread): a node that is down
         has lost its containers; each one's subscribers hear it died, with the reason."""
-        if state == "ready":
-            return
+        if state != "down":
+            return  # "unknown" right after a manager restarts is not a loss: the node reports in again
         with self._lock:
             lost = [sid for sid, (n, _) in self._where.items() if n == node]
             for sid in lost:
@@ -248,15 +249,28 @@ class SwarmBackend:
         return str(status.get("Err") or status.get("Message") or state)
 
     async def start_again(self, container_id: str) -> None:
-        """Place the service's container again (forced update: a new task, on a live node), with
-        the limits it had been given since it was made."""
+        """Place the service's container again (forced update: a new task), with the limits it
+        had been given since it was made, on a node whose engine answers: the manager still
+        counts a node whose engine just stopped as ready for a few heartbeats."""
         api = self.manager.client.api
-        info = await self.manager.api("inspect_service", container_id)
+        info, unreachable = await asyncio.gather(self.manager.api("inspect_service", container_id),
+                                                 self._unreachable_nodes())
         spec = dict(info["Spec"])
+        labels = dict(spec.get("Labels") or {})
         template = dict(spec["TaskTemplate"])
-        given = json.loads((spec.get("Labels") or {}).get(LABEL_LIMITS) or "{}")
+        given = json.loads(labels.get(LABEL_LIMITS) or "{}")
         if given:
+            generic = ((template.get("Resources") or {}).get("Reservations") or {}).get("GenericResources")
             template["Resources"] = resources(given["memory"], given["nano_cpus"], given["pids"], 0, self.settings)
+            if generic:
+                template["Resources"].setdefault("Reservations", {})["GenericResources"] = generic
+        # Only the exclusions this backend added last time go; an operator's constraints stay.
+        placement = dict(template.get("Placement") or {})
+        ours = set(json.loads(labels.get(LABEL_EXCLUDED) or "[]"))
+        excluded = [f"node.hostname!={n}" for n in sorted(unreachable)]
+        placement["Constraints"] = [c for c in placement.get("Constraints") or [] if c not in ours] + excluded
+        template["Placement"] = placement
+        labels[LABEL_EXCLUDED] = json.dumps(excluded)
         template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[str, str]] = loop.create_future()
@@ -265,9 +279,19 @@ class SwarmBackend:
             self._starting[container_id] = (loop, fut)
         version = int(info["Version"]["Index"])
         await self.manager.run(lambda: api._result(api._post_json(
-            api._url("/services/{0}/update", container_id), data={**spec, "TaskTemplate": template},
+            api._url("/services/{0}/update", container_id), data={**spec, "Labels": labels, "TaskTemplate": template},
             params={"version": version}), True), method="update_service")
         await self.start(container_id, self.settings.start_timeout)
+
+    async def _unreachable_nodes(self, timeout: float = 2.0) -> set[str]:
+        async def answers(runtime: ContainerRuntime) -> bool:
+            try:
+                return await asyncio.wait_for(runtime.engine.ping(), timeout)
+            except (asyncio.TimeoutError, EngineUnavailable):
+                return False
+        names = list(self.nodes_by_name)
+        found = await asyncio.gather(*(answers(self.nodes_by_name[n]) for n in names))
+        return {n for n, ok in zip(names, found) if not ok}
 
     async def signal(self, container_id: str, signum: int) -> None:
         try:

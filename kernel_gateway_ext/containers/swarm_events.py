@@ -48,7 +48,7 @@ class NodeWatch:
 
     def _report(self, name: str, state: str, message: str) -> None:
         with self._lock:
-            if state == "ready":
+            if state != "down":
                 self._down.discard(name)
             elif name in self._down:
                 return  # already told

@@ -23,6 +23,7 @@ from ..errors import ContainerFailed, EngineUnavailable, Forbidden
 from ..folders import FolderManager
 from ..tasks import Deadlines
 from ..containers import ContainerBackend, current_backend
+from ..containers.backend import Owned
 from ..containers.fleet import FLEET
 from ..containers.spec import LABEL_KIND, LABEL_OWNER, BindMount, ContainerSpec, FileToPut
 from ..store import Store
@@ -317,7 +318,7 @@ class JobManager(EnvConfigurable):
         return {**data, "env": env_}
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    async def adopt(self, containers: builtins.list[Any]) -> set[str]:
+    async def adopt(self, containers: builtins.list[Owned]) -> set[str]:
         """Take over the sessions an earlier process of this gateway id left: their records come
         back with the same ids and owners, status from the container, expiry timers re-armed.
         Returns the container ids adopted; a record whose container is gone is dropped."""
@@ -329,7 +330,7 @@ class JobManager(EnvConfigurable):
         for data in await self.store.records(RECORD_KIND, self.backend.gateway_id):
             rec = JobRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
             container = by_session.get(rec.id)
-            state = (container.attrs.get("State") or {}) if container is not None else {}
+            state = (await self.backend.state(container.id) or {}) if container is not None else {}
             if rec.status == "Terminating" or (container is None and rec.status != "Pending"):
                 # Being deleted, or its container was removed from outside: finish that.
                 await self.store.delete_record(RECORD_KIND, rec.id)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from jupyter_client.provisioning import KernelProvisionerFactory
 
 from ..containers import current_backend
+from ..containers.backend import Owned
 from ..containers.limits import KernelLimits
 from ..containers.spec import LABEL_KIND
 from ..errors import KernelStartFailed
@@ -87,7 +88,7 @@ class Adopter:
         self.host = host
         self.records = records
 
-    async def adopt(self, containers: list[Any]) -> set[str]:
+    async def adopt(self, containers: list[Owned]) -> set[str]:
         """Take over the kernels an earlier process of this gateway id left running (kill -9,
         or a stop with keep_on_exit): same id, owner, key and state. Returns the container ids
         adopted; records whose container is gone are dropped."""

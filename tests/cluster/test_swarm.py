@@ -7,6 +7,7 @@ out (its link cut) and put back, and the gateway killed with SIGKILL and started
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -142,21 +143,24 @@ async def test_kernels_spread_over_nodes_and_answer(gw: ProcessGateway, cluster:
         assert limits["MemoryBytes"] > 0 and limits["NanoCPUs"] > 0 and limits["Pids"] > 0
         assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
         assert spec["TaskTemplate"]["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
-        # Kernels cannot reach each other across nodes (the single-host isolation rule).
-        a, b = next((x, y) for x in kernels for y in kernels if x["node"] != y["node"])
-        ws = await KernelWS.connect(gw.url, a["id"], gw.token)
-        ip_b = cluster.engine(b["node"]).containers.list(
-            filters={"label": f"org.kge.kernel.id={b['id']}"})[0].attrs["NetworkSettings"]["Networks"]
-        ip_b = next(iter(ip_b.values()))["IPAddress"]
-        r = await ws.execute(f"""
+        # Kernels cannot reach each other, across nodes or on one (the single-host isolation rule);
+        # six kernels on three nodes put two on one node.
+        pairs = [next((x, y) for x in kernels for y in kernels if x["node"] != y["node"]),
+                 next((x, y) for x in kernels for y in kernels if x is not y and x["node"] == y["node"])]
+        for a, b in pairs:
+            nets = cluster.engine(b["node"]).containers.list(
+                filters={"label": f"org.kge.kernel.id={b['id']}"})[0].attrs["NetworkSettings"]["Networks"]
+            ip_b = next(iter(nets.values()))["IPAddress"]
+            ws = await KernelWS.connect(gw.url, a["id"], gw.token)
+            r = await ws.execute(f"""
 import socket
 s = socket.socket(); s.settimeout(3)
 try:
     s.connect(({ip_b!r}, 52001)); print('REACHED')
 except OSError as e:
     print('blocked', e)""")
-        ws.close()
-        assert "blocked" in ws.stdout(r), ws.stdout(r)
+            ws.close()
+            assert "blocked" in ws.stdout(r), (a["node"], b["node"], ws.stdout(r))
     finally:
         for k in kernels:
             await client.fetch("DELETE", f"/api/kernels/{k['id']}")
@@ -294,6 +298,95 @@ async def test_a_lost_node_kills_its_kernels_which_restart_elsewhere(gw: Process
     assert not services(gw.gateway_id)
 
 
+async def test_a_node_whose_engine_stops(gw: ProcessGateway, cluster: Cluster) -> None:
+    """Stop a node's engine: its kernel dies, is restarted on a node whose engine answers (not on
+    the stopped one, which the manager still counts ready for a few heartbeats), and the websocket
+    keeps working. The engine comes back (`up` again) and runs nothing of ours."""
+    client = Client(gw.url, gw.token)
+    k = await start_kernel(client)
+    node = k["node"]
+    ws = await KernelWS.connect(gw.url, k["id"], gw.token)
+    await ws.execute("x = 1")
+    pid = int(open(f"/run/kge-swarm/{node[len('kge-'):]}.pid").read())
+    stopped = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    try:
+        seen = ""
+        while seen != "restarting" and time.monotonic() - stopped < 20:
+            msg = await ws.recv(timeout=20)
+            if msg["msg_type"] == "status":
+                seen = msg["content"]["execution_state"]
+        assert seen == "restarting" and time.monotonic() - stopped < 10
+        out = await ws.execute("print('x' in dir())", timeout=90)
+        assert ws.stdout(out).strip() == "False"
+        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        assert model["node"] not in (node, "") and model["execution_state"] in ("idle", "busy")
+    finally:
+        ws.close()
+        up = subprocess.run([str(SCRIPT), "up", str(NODES)], capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stderr[-2000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        running = [n for n, _ in cluster.containers(gw.gateway_id, running_only=True) if n == node]
+        if not running:
+            break
+        await asyncio.sleep(0.5)
+    assert not running
+    await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+    assert not services(gw.gateway_id)
+
+
+def restart_host_engine() -> float:
+    """Stop the host's dockerd (the swarm's manager) and start it again as it was started; the
+    seconds it was away. Only the manager goes: the nodes' engines and their containers run on."""
+    pids = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    host = [p for p in pids if "/var/lib/kge-swarm" not in open(f"/proc/{p}/cmdline").read()]
+    assert len(host) == 1, host
+    argv = open(f"/proc/{host[0]}/cmdline").read().rstrip("\0").split("\0")
+    began = time.monotonic()
+    os.kill(int(host[0]), signal.SIGTERM)
+    while os.path.exists(f"/proc/{host[0]}"):
+        time.sleep(0.1)
+    subprocess.Popen(argv, stdout=open("/var/log/kge-dockerd.log", "a"), stderr=subprocess.STDOUT,
+                     stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"], capture_output=True,
+                         text=True).stdout.strip() != "true":
+        assert time.monotonic() < deadline, "the host engine did not come back as the manager"
+        time.sleep(0.2)
+    return time.monotonic() - began
+
+
+async def test_the_manager_engine_restarting(gw: ProcessGateway, cluster: Cluster) -> None:
+    """The manager's engine restarts: kernels on the nodes keep running and answering on their
+    websockets meanwhile, none is reported dead, and starts work again once it is back."""
+    client = Client(gw.url, gw.token)
+    k = await start_kernel(client)
+    ws = await KernelWS.connect(gw.url, k["id"], gw.token)
+    await ws.execute("z = 3")
+    away = await asyncio.to_thread(restart_host_engine)
+    try:
+        out = await ws.execute("print(z)")
+        assert ws.stdout(out).strip() == "3"
+        deadline = time.monotonic() + 60
+        while True:  # the nodes report to the restarted manager; then it places again
+            r = await client.fetch("POST", "/api/kernels", {"name": "python3"})
+            if r.status == 201 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+        assert r.status == 201, r.body
+        await client.fetch("DELETE", f"/api/kernels/{r.json['id']}")
+        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        assert model["execution_state"] == "idle" and model["node"] == k["node"], model
+        statuses = [m["content"]["execution_state"] for m in ws.inbox if m.get("msg_type") == "status"]
+        assert "restarting" not in statuses and "dead" not in statuses
+        print(f"\n[cluster] manager engine away {away:.1f} s", file=sys.stderr)
+    finally:
+        ws.close()
+        await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+    assert not services(gw.gateway_id)
+
+
 async def test_gateway_sigkill_and_restart_adopts_cluster_kernels(cluster: Cluster) -> None:
     gateway_id = new_gateway_id("swarm-")
     env = {**cluster.env, "KGE_POOL_SIZES": "{}"}
@@ -329,12 +422,30 @@ async def test_a_warm_pool_on_the_cluster(cluster: Cluster) -> None:
             await asyncio.sleep(0.2)
         nodes = {s.attrs["Spec"]["Labels"].get("org.kge.kernel.id"): s for s in services(pooled.gateway_id)}
         assert len(nodes) == 3
+        assert len({s.attrs["Spec"]["Labels"].get("org.kge.kernel.id") for s in services(pooled.gateway_id)}) == 3
         k = await start_kernel(client)
         assert (await client.fetch("GET", "/api")).json["pool_hits"] == 1
         assert await hostname_via_ws(pooled.url, k["id"], pooled.token)
-        # A start with a folder needs the folder bound at start: on a cluster that is a cold start.
-        r = await client.fetch("POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_MEMORY": "300m"}})
-        assert r.status == 201, r.body
+        pooled_nodes = {(await client.fetch("GET", f"/api/kernels/{k['id']}")).json["node"]}
+        # A v2 start with its own memory and CPUs: a pooled kernel, its running container given them
+        # by its node's engine, and its service told (a later placement keeps them).
+        bob = create_keys("bob-" + uuid.uuid4().hex[:6])
+        out = run_py("bai-1.4.2", """
+            import json
+            from ai.backend.client.session import Session
+            with Session() as s:
+                k = s.Kernel.get_or_create('python3', client_token='pool-lim', resources={'ram': 300, 'cpu': 0.5})
+                r = k.execute(code="print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read())", mode='query')
+                print(json.dumps(dict(id=k.kernel_id, out=r['console'])))
+        """, pooled.url.rstrip("/"), bob)
+        assert (await client.fetch("GET", "/api")).json["pool_hits"] == 2
+        assert str(300 * 2**20) in json.dumps(out["out"])
+        svc = [s for s in services(pooled.gateway_id)
+               if s.attrs["Spec"]["Labels"].get("org.kge.owner") == bob.user or
+               json.loads(s.attrs["Spec"]["Labels"].get("org.kge.limits") or "{}").get("memory") == 300 * 2**20]
+        assert svc and json.loads(svc[0].attrs["Spec"]["Labels"]["org.kge.limits"])["memory"] == 300 * 2**20
+        pooled_nodes |= {svc_node for svc_node in [n for n, _ in cluster.containers(pooled.gateway_id, True)]}
+        assert len(pooled_nodes) >= 2, pooled_nodes
     finally:
         assert stop_process_gateway(pooled) == 0
     assert not services(pooled.gateway_id)
