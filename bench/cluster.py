@@ -30,17 +30,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import Target, start_to_reply, summary, wait_pool_full, write_results  # noqa: E402
+from bench.bench import TOKEN, Target, start_to_reply, summary, wait_pool_full, write_results  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "swarm-cluster"
-PY = str(ROOT / ".venv" / "bin" / "python")
-TOKEN_ARGS = ["--auth-token=bench-token", "--port={port}", "--log-level=WARN"]
+PY = sys.executable
+TOKEN_ARGS = [f"--auth-token={TOKEN}", "--port={port}", "--log-level=WARN"]
 
 
 def gateway(name: str, env: dict[str, str], pool: int) -> Target:
     state = f"/tmp/kge-bench-cluster-{name}-{os.getpid()}"
-    return Target(name, [PY, "-m", "kernel_gateway_ext", *TOKEN_ARGS, f"--gateway-id=kge-bench-{name}"],
-                  env={**env, "KGE_STATE_DIR": state, "KGE_POOL_SIZES": json.dumps({"python3": pool} if pool else {}),
+    return Target(name, [PY, "-m", "kernel_gateway_ext", *TOKEN_ARGS, f"--gateway-id=kge-bench-{name}-{os.getpid()}"],
+                  env={**env, "KGE_STATE_DIR": state,
+                       # 60 kernels within one host's memory budget and one owner's count
+                       "KGE_KERNEL_MEM_LIMIT": "512m", "KGE_MAX_KERNELS_PER_OWNER": "0",
+                       "KGE_POOL_SIZES": json.dumps({"python3": pool} if pool else {}),
                        "KGE_POOL_MAX_SIZES": json.dumps({"python3": pool} if pool else {})})
 
 
@@ -103,8 +106,8 @@ async def node_loss(t: Target) -> dict[str, Any]:
 async def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     cold = gateway(name, env, 0)
-    await cold.start()
     try:
+        await cold.start()
         await start_to_reply(cold, 2)  # warm the images' page cache and the engines
         res["cold_start_to_first_reply_ms"] = {k: round(v * 1000, 1)
                                                for k, v in summary(await start_to_reply(cold, args.rounds)).items()}
@@ -115,8 +118,8 @@ async def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> d
     finally:
         cold.stop()
     pooled = gateway(name + "-pool", env, 2)
-    await pooled.start()
     try:
+        await pooled.start()
         await wait_pool_full(pooled)
         times = await start_to_reply(pooled, args.rounds, between=lambda: wait_pool_full(pooled))
         res["pooled_start_to_first_reply_ms"] = {k: round(v * 1000, 1) for k, v in summary(times).items()}

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import docker.types
-from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable
+from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, OverCapacity
 from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
 from .runtime import ContainerRuntime
@@ -37,6 +37,7 @@ from .swarm_events import NodeWatch, translate_lost
 LABEL_LIMITS = "org.kge.limits"  # limits applied since creation (a pooled kernel handed out)
 LABEL_EXCLUDED = "org.kge.excluded-nodes"  # placement exclusions start_again added (unreachable engines)
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
+NO_ROOM = "no suitable node"  # the scheduler's words for a task it cannot place
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned", "shutdown", "complete"}
 
 
@@ -224,13 +225,16 @@ class SwarmBackend:
             while True:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
-                    raise ContainerFailed("container start timed out", detail=await self._task_error(container_id))
+                    error = await self._task_error(container_id)
+                    raise ContainerFailed("container start timed out" + (f": {error}" if error else ""), detail=error)
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), min(pause, left))
                     return
                 except asyncio.TimeoutError:
                     pause *= 2
                     error = await self._task_error(container_id, failed_only=True)
+                    if NO_ROOM in error:  # every node's reservations are full: a 429, at once
+                        raise OverCapacity(f"the cluster has no room for this container ({error})")
                     if error:
                         raise ContainerFailed(f"container could not start: {error}", detail=error)
         finally:
@@ -244,7 +248,7 @@ class SwarmBackend:
             return ""
         status = (task or {}).get("Status") or {}
         state = str(status.get("State") or "")
-        if failed_only and state not in FAILED_TASK_STATES:
+        if failed_only and state not in FAILED_TASK_STATES and NO_ROOM not in str(status.get("Err") or ""):
             return ""
         return str(status.get("Err") or status.get("Message") or state)
 

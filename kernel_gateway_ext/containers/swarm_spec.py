@@ -32,10 +32,16 @@ class SwarmSettings(LoggingConfigurable):
         help="More placement constraints per kernelspec name, e.g. {'python3-gpu': ['node.labels.gpu==true']}.",
     ).tag(config=True)
     reservation_share = env(
-        Float(0.4, help="Share of each container's memory and CPU limits reserved on its node (the scheduler places "
-                        "by reservations). 0.4 matches the default memory budget of 250%: a node is full when what "
+        Float(0.4, help="Share of each container's memory limit reserved on its node (the scheduler places by "
+                        "reservations). 0.4 matches the default memory budget of 250%: a node is full when what "
                         "it promised reaches 2.5 times its memory."),
         "KGE_SWARM_RESERVATION_SHARE",
+    )
+    cpu_reservation_share = env(
+        Float(0.0, help="Share of each container's CPU limit reserved on its node. None by default: CPU is shared "
+                        "(each container is capped by its limit), and idle kernels, most of them, use none; "
+                        "reserving 0.4 of a core per kernel would fill a 2-core node with 5 kernels."),
+        "KGE_SWARM_CPU_RESERVATION_SHARE",
     )
     gpu_resource = env(Unicode("NVIDIA-GPU", help="The generic resource a GPU request asks Swarm for."),
                        "KGE_SWARM_GPU_RESOURCE")
@@ -59,10 +65,10 @@ class SwarmSettings(LoggingConfigurable):
 
 def resources(memory: int, nano_cpus: int, pids: int, gpus: int, settings: SwarmSettings) -> docker.types.Resources:
     """Limits, and reservations (a share of them) that the scheduler places by."""
-    share = settings.reservation_share
     res = docker.types.Resources(
-        cpu_limit=nano_cpus, mem_limit=memory or None, cpu_reservation=int(nano_cpus * share) or None,
-        mem_reservation=int(memory * share) or None,
+        cpu_limit=nano_cpus, mem_limit=memory or None,
+        cpu_reservation=int(nano_cpus * settings.cpu_reservation_share) or None,
+        mem_reservation=int(memory * settings.reservation_share) or None,
         generic_resources={settings.gpu_resource: gpus} if gpus else None)
     if pids:
         res.setdefault("Limits", {})["Pids"] = pids  # API 1.41; docker-py has no argument for it

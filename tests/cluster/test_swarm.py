@@ -412,6 +412,26 @@ async def test_gateway_sigkill_and_restart_adopts_cluster_kernels(cluster: Clust
     assert not services(gateway_id)
 
 
+async def test_a_full_cluster_answers_429_with_the_schedulers_reason(cluster: Cluster) -> None:
+    """Each kernel reserves 20 GiB (the whole limit): one per node. The fourth start finds no
+    node with room: Swarm cannot place it, and the caller hears so at once, not at a timeout."""
+    env = {**cluster.env, "KGE_POOL_SIZES": "{}", "KGE_KERNEL_MEM_LIMIT": "20g", "KGE_SWARM_RESERVATION_SHARE": "1.0",
+           "KGE_MEMORY_BUDGET": "", "KGE_MAX_KERNELS_PER_OWNER": "0"}
+    full = start_process_gateway(cluster.tmp, env=env)
+    client = Client(full.url, full.token)
+    try:
+        kernels = await asyncio.gather(*(start_kernel(client) for _ in range(NODES)))
+        assert sorted(k["node"] for k in kernels) == sorted(cluster.engines)
+        began = time.monotonic()
+        r = await client.fetch("POST", "/api/kernels", {"name": "python3"})
+        assert r.status == 429 and "no suitable node" in r.json["message"], r.body
+        assert time.monotonic() - began < 10
+        assert len(services(full.gateway_id)) == NODES  # the unplaceable one is gone
+    finally:
+        assert stop_process_gateway(full) == 0
+    assert not services(full.gateway_id)
+
+
 async def test_a_warm_pool_on_the_cluster(cluster: Cluster) -> None:
     pooled = start_process_gateway(cluster.tmp, env={**cluster.env, "KGE_POOL_SIZES": '{"python3": 3}'})
     client = Client(pooled.url, pooled.token)

@@ -16,7 +16,8 @@ from kernel_gateway_ext.containers.swarm_spec import SwarmSettings, service_spec
 def make(**kw: object) -> dict:
     engine = DockerEngine(gateway_id="gw1", network="kge-swarm")
     settings = SwarmSettings(constraints=["node.labels.kge==true"],
-                             kernelspec_constraints={"python3-gpu": ["node.labels.gpu==true"]}, reservation_share=0.5)
+                             kernelspec_constraints={"python3-gpu": ["node.labels.gpu==true"]}, reservation_share=0.5,
+                             cpu_reservation_share=0.5)
     spec = ContainerSpec(image="kge-kernel:latest", command=["kge-nanny", "--", "python3"], kind="kernel",
                          labels={"org.kge.kernelspec": "python3-gpu", "org.kge.owner": "alice"},
                          memory_bytes=2 * 2**30, cpus=1.5, pids=256, gpus=2,
@@ -36,6 +37,8 @@ def test_limits_reservations_pids_and_gpus() -> None:
     gen = res["Reservations"]["GenericResources"]
     assert gen == [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
     assert "GenericResources" not in make(gpus=0)["task_template"]["Resources"].get("Reservations", {})
+    assert "NanoCPUs" not in service_spec(SwarmSettings(), DockerEngine(), ContainerSpec("i", None, "kernel", memory_bytes=2**30), "n",
+                                          [])["task_template"]["Resources"]["Reservations"]
 
 
 def test_placement_hardening_secrets_and_labels() -> None:
