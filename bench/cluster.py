@@ -37,6 +37,10 @@ PY = sys.executable
 TOKEN_ARGS = [f"--auth-token={TOKEN}", "--port={port}", "--log-level=WARN"]
 
 
+def ms(values: list[float]) -> dict[str, float]:
+    return {k: (v if k == "n" else round(v * 1000, 1)) for k, v in summary(values).items()}
+
+
 def gateway(name: str, env: dict[str, str], pool: int) -> Target:
     state = f"/tmp/kge-bench-cluster-{name}-{os.getpid()}"
     return Target(name, [PY, "-m", "kernel_gateway_ext", *TOKEN_ARGS, f"--gateway-id=kge-bench-{name}-{os.getpid()}"],
@@ -75,7 +79,7 @@ async def round_trip(t: Target, n: int = 200) -> dict[str, Any]:
     node = (await model(t, kid)).get("node", "")
     ws.close()
     await t.delete(kid)
-    return {"node": node, **{k: round(v * 1000, 2) for k, v in summary(times).items()}}
+    return {"node": node, **ms(times)}
 
 
 async def node_loss(t: Target) -> dict[str, Any]:
@@ -109,8 +113,7 @@ async def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> d
     try:
         await cold.start()
         await start_to_reply(cold, 2)  # warm the images' page cache and the engines
-        res["cold_start_to_first_reply_ms"] = {k: round(v * 1000, 1)
-                                               for k, v in summary(await start_to_reply(cold, args.rounds)).items()}
+        res["cold_start_to_first_reply_ms"] = ms(await start_to_reply(cold, args.rounds))
         res[f"kernels_{args.kernels}_in_batches_of_{args.batch}"] = await batches(cold, args.kernels, args.batch)
         res["execute_round_trip_ms"] = await round_trip(cold)
         if name == "cluster":
@@ -122,7 +125,7 @@ async def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> d
         await pooled.start()
         await wait_pool_full(pooled)
         times = await start_to_reply(pooled, args.rounds, between=lambda: wait_pool_full(pooled))
-        res["pooled_start_to_first_reply_ms"] = {k: round(v * 1000, 1) for k, v in summary(times).items()}
+        res["pooled_start_to_first_reply_ms"] = ms(times)
     finally:
         pooled.stop()
     return res
