@@ -26,6 +26,7 @@ from ..config import apply_env, env
 from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
 from .backend import EventCallback
 from .spec import LABEL_GATEWAY, LABEL_MANAGED
+from .subscribers import Subscribers
 
 T = TypeVar("T")
 
@@ -104,7 +105,7 @@ class DockerEngine(SingletonConfigurable):
         # Calls that last as long as a user's command (batch execs): their own threads, so that
         # sixteen long commands cannot starve every other Docker call of the gateway.
         self._long_pool = ThreadPoolExecutor(max_workers=self.max_long_calls, thread_name_prefix="docker-long")
-        self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
+        self._subscribers = Subscribers()
         self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], object], str | None]] = []
         # Called in the events thread with every event (a cluster backend maps them to its services).
         self.event_listeners: list[EventCallback] = []
@@ -240,18 +241,12 @@ class DockerEngine(SingletonConfigurable):
     # ---- events -----------------------------------------------------------------------------
     def subscribe(self, container_id: str, callback: EventCallback) -> None:
         """Call `callback(event)` on the current loop for each event of `container_id`."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._subscribers.setdefault(container_id, []).append((loop, callback))
+        self._subscribers.add(container_id, callback)
         self._ensure_events_thread()
 
     def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None:
-        with self._lock:
-            subs = self._subscribers.get(container_id, [])
-            subs[:] = [s for s in subs if callback is not None and s[1] is not callback]
-            if not subs:
-                self._subscribers.pop(container_id, None)
-                # A container's reconnect callbacks go with its last subscriber (no growth with churn).
+        if self._subscribers.remove(container_id, callback):
+            with self._lock:  # a container's reconnect callbacks go with its last subscriber (no growth with churn)
                 self._reconnect_callbacks = [r for r in self._reconnect_callbacks if r[2] != container_id]
 
     def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None:
@@ -305,11 +300,7 @@ class DockerEngine(SingletonConfigurable):
         cid = (event.get("Actor") or {}).get("ID") or event.get("id")
         if not cid:
             return
-        with self._lock:
-            subs = list(self._subscribers.get(cid, []))
-        for loop, cb in subs:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(cb, event)
+        self._subscribers.deliver(cid, event)
 
     def _dispatch_reconnect(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
 from .runtime import ContainerRuntime
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
+from .subscribers import Subscribers
 from .swarm_spec import SwarmSettings, resources, service_spec
 from .swarm_events import NodeWatch, translate_lost
 
@@ -63,7 +64,7 @@ class SwarmBackend:
             self.nodes_by_name[name] = ContainerRuntime(engine)
         self._lock = threading.Lock()
         self._where: dict[str, tuple[str, str]] = {}  # service id → (node name, container id)
-        self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
+        self._subscribers = Subscribers()
         self._starting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[tuple[str, str]]]] = {}
         self._node_names: dict[str, str] = {}  # node id → hostname
         self.node_watch = NodeWatch(manager, self._node_state)
@@ -131,10 +132,7 @@ class SwarmBackend:
                         loop.call_soon_threadsafe(_resolve, fut, (node, cid))
                 elif self._where.get(sid, (node, cid))[1] != cid:
                     return  # a container this service no longer runs (an earlier task being removed)
-                subs = list(self._subscribers.get(sid, []))
-            for loop, cb in subs:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(cb, event)
+            self._subscribers.deliver(sid, event)
         return on_event
 
     def _node_stream_lost(self) -> None:
@@ -151,26 +149,18 @@ class SwarmBackend:
             lost = [sid for sid, (n, _) in self._where.items() if n == node]
             for sid in lost:
                 self._where.pop(sid, None)
-            subs = [(sid, s) for sid in lost for s in self._subscribers.get(sid, [])]
         event = translate_lost(node, message)
-        for _sid, (loop, cb) in subs:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(cb, event)
+        for sid in lost:
+            self._subscribers.deliver(sid, event)
 
     def subscribe(self, container_id: str, callback: EventCallback) -> None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._subscribers.setdefault(container_id, []).append((loop, callback))
+        self._subscribers.add(container_id, callback)
         for runtime in self.nodes_by_name.values():
             runtime.engine._ensure_events_thread()
         self.node_watch.ensure()
 
     def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None:
-        with self._lock:
-            subs = self._subscribers.get(container_id, [])
-            subs[:] = [s for s in subs if callback is not None and s[1] is not callback]
-            if not subs:
-                self._subscribers.pop(container_id, None)
+        self._subscribers.remove(container_id, callback)
 
     def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None:
         for runtime in self.nodes_by_name.values():
@@ -326,9 +316,9 @@ class SwarmBackend:
             except ContainerMissing:
                 pass
             await self._remove_secrets(str(info["Spec"]["Name"]))
+        self._subscribers.remove(container_id)
         with self._lock:
             self._where.pop(container_id, None)
-            self._subscribers.pop(container_id, None)
             self._starting.pop(container_id, None)
         if where is not None and where[0] in self.nodes_by_name:
             try:  # Swarm removes the container soon; doing it now leaves nothing behind at once
