@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import urlencode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from tests.clients.v2util import Keys, create_keys, run_cli, run_py
 from tests.conftest import IN_CI, Client, ProcessGateway, free_port, new_gateway_id, require_docker, \
     start_process_gateway, stop_process_gateway, wait_http
+from tests.faults.test_gateway_restart import skaha_status
 from tests.wsclient import KernelWS
 
 pytestmark = pytest.mark.cluster
@@ -387,29 +389,42 @@ async def test_the_manager_engine_restarting(gw: ProcessGateway, cluster: Cluste
     assert not services(gw.gateway_id)
 
 
-async def test_gateway_sigkill_and_restart_adopts_cluster_kernels(cluster: Cluster) -> None:
+async def test_gateway_sigkill_and_restart_adopts_cluster_kernels_and_jobs(cluster: Cluster) -> None:
     gateway_id = new_gateway_id("swarm-")
     env = {**cluster.env, "KGE_POOL_SIZES": "{}"}
+    carol = create_keys("carol-" + uuid.uuid4().hex[:6])
     first = start_process_gateway(cluster.tmp, env=env, gateway_id=gateway_id)
-    client = Client(first.url, first.token)
+    client = Client(first.url, carol.token)
     k = await start_kernel(client)
-    ws = await KernelWS.connect(first.url, k["id"], first.token)
+    ws = await KernelWS.connect(first.url, k["id"], carol.token)
     await ws.execute("y = 5")
     ws.close()
+    skaha_h = {"Authorization": f"Bearer {carol.token}"}
+    q = urlencode({"name": "job", "image": "images.canfar.net/skaha/terminal:1.1.1", "cmd": "sleep", "args": "600"})
+    r = await Client(first.url, None).fetch("POST", f"/skaha/v0/session?{q}", headers=skaha_h, token=None)
+    assert r.status == 200, r.body
+    job = r.body.decode().strip()
+    assert await skaha_status(first.url, job, skaha_h) == "Running"
+    job_node = (await Client(first.url, None).fetch("GET", f"/skaha/v0/session/{job}", headers=skaha_h,
+                                                    token=None)).json["node"]
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(30)
     second = start_process_gateway(cluster.tmp, env=env, gateway_id=gateway_id)
     try:
-        client = Client(second.url, second.token)
+        client = Client(second.url, carol.token)
         model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
         assert model["id"] == k["id"] and model["node"] == k["node"]
-        ws = await KernelWS.connect(second.url, k["id"], second.token)
+        ws = await KernelWS.connect(second.url, k["id"], carol.token)
         out = await ws.execute("print(y)")
         ws.close()
         assert ws.stdout(out).strip() == "5"  # the same kernel process, adopted
+        info = (await Client(second.url, None).fetch("GET", f"/skaha/v0/session/{job}", headers=skaha_h,
+                                                     token=None)).json
+        assert info["status"] == "Running" and info["node"] == job_node in cluster.engines, info
     finally:
         assert stop_process_gateway(second) == 0
     assert not services(gateway_id)
+    assert not cluster.containers(gateway_id)
 
 
 async def test_a_full_cluster_answers_429_with_the_schedulers_reason(cluster: Cluster) -> None:
