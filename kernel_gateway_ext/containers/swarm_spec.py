@@ -78,8 +78,8 @@ def resources(memory: int, nano_cpus: int, pids: int, gpus: int, settings: Swarm
 def service_spec(settings: SwarmSettings, manager: DockerEngine, spec: ContainerSpec, name: str,
                  secrets: list[docker.types.SecretReference]) -> dict[str, Any]:
     """create_service's arguments for `spec`: the same hardening as ContainerRuntime.create_kwargs
-    where Swarm has it (no-new-privileges it has not before API 1.46: every capability is dropped,
-    so a setuid program gains none)."""
+    where Swarm has it (no-new-privileges it has not before API 1.44: kge-nanny sets it in kernel
+    containers, and every capability is dropped, so a setuid program gains none)."""
     labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: manager.gateway_id, LABEL_KIND: spec.kind, **spec.labels}
     mounts = [docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
               for m in spec.mounts]

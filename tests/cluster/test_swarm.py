@@ -149,6 +149,10 @@ async def test_kernels_spread_over_nodes_and_answer(gw: ProcessGateway, cluster:
         assert len(set(nodes)) >= 2, f"all kernels on one node: {nodes}"
         for k in kernels:
             assert await hostname_via_ws(gw.url, k["id"], gw.token) == f"kernel-{k['id'][:8]}"
+        ws = await KernelWS.connect(gw.url, kernels[0]["id"], gw.token)
+        status = ws.stdout(await ws.execute("print(open('/proc/self/status').read())"))
+        ws.close()
+        assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status, status
         # Each kernel container is one Swarm service with our labels, limits and one task.
         svc = {s.attrs["Spec"]["Labels"].get("org.kge.kernel.id"): s for s in services(gw.gateway_id)}
         spec = svc[kernels[0]["id"]].attrs["Spec"]
