@@ -14,6 +14,10 @@ class Subscribers:
         self._by_id: dict[str, list[tuple[asyncio.AbstractEventLoop, EventCallback]]] = {}
         self._lock = threading.Lock()
 
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._by_id
+
     def add(self, key: str, callback: EventCallback) -> None:
         """Call `callback(event)` on the current loop for each event delivered for `key`."""
         loop = asyncio.get_running_loop()

@@ -20,31 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import docker.types
-from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, OverCapacity
+
+from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable
 from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
 from .runtime import ContainerRuntime
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
-from .subscribers import Subscribers
-from .swarm_spec import SwarmSettings, resources, service_spec
-from .swarm_events import NodeWatch, translate_lost
-
-LABEL_LIMITS = "org.kge.limits"  # limits applied since creation (a pooled kernel handed out)
-LABEL_EXCLUDED = "org.kge.excluded-nodes"  # placement exclusions start_again added (unreachable engines)
-LABEL_SERVICE_ID = "com.docker.swarm.service.id"
-NO_ROOM = "no suitable node"  # the scheduler's words for a task it cannot place
-FAILED_TASK_STATES = {"failed", "rejected", "orphaned", "shutdown", "complete"}
-
-
-def _resolve(fut: "asyncio.Future[tuple[str, str]]", value: tuple[str, str]) -> None:
-    if not fut.done():
-        fut.set_result(value)
+from .swarm_events import NodeWatch
+from .swarm_spec import SwarmSettings, service_spec
+from .swarm_tasks import LABEL_LIMITS, MAX_REPLACEMENTS, Misplaced, Placements
 
 
 class SwarmBackend:
@@ -59,15 +48,13 @@ class SwarmBackend:
                                   network=manager.network, read_only_rootfs=manager.read_only_rootfs,
                                   log_max_size=manager.log_max_size)
             engine.call_observer = manager.call_observer
-            engine.event_listeners.append(self._node_event(name))
-            engine.lost_listeners.append(self._node_stream_lost)
             self.nodes_by_name[name] = ContainerRuntime(engine)
-        self._lock = threading.Lock()
-        self._where: dict[str, tuple[str, str]] = {}  # service id → (node name, container id)
-        self._subscribers = Subscribers()
-        self._starting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[tuple[str, str]]]] = {}
-        self._node_names: dict[str, str] = {}  # node id → hostname
-        self.node_watch = NodeWatch(manager, self._node_state)
+        self.places = Placements(manager, self.nodes_by_name, self.settings)
+        for name, runtime in self.nodes_by_name.items():
+            runtime.engine.event_listeners.append(self.places.node_event(name))
+            # A node engine's stream broke: ask the manager now (it says down once heartbeats stop).
+            runtime.engine.lost_listeners.append(lambda: self.node_watch.check_soon())
+        self.node_watch = NodeWatch(manager, self.places.node_state)
 
     @property
     def gateway_id(self) -> str:
@@ -79,88 +66,20 @@ class SwarmBackend:
 
     files_read_only = True  # secrets: a read-only tmpfs file each
 
-    # ---- where a service's container is ---------------------------------------------------------
-    async def _node_name(self, node_id: str) -> str:
-        if node_id not in self._node_names:
-            info = await self.manager.api("inspect_node", node_id)
-            self._node_names[node_id] = str((info.get("Description") or {}).get("Hostname") or node_id)
-        return self._node_names[node_id]
-
-    async def _task(self, service_id: str) -> dict[str, Any] | None:
-        """The service's newest task (its one container, or the one a forced update placed last)."""
-        tasks = await self.manager.api("tasks", filters={"service": service_id})
-        tasks.sort(key=lambda t: (int((t.get("Version") or {}).get("Index") or 0)))
-        return tasks[-1] if tasks else None
+    def node_of(self, container_id: str) -> str:
+        return self.places.node_of(container_id)
 
     async def locate(self, service_id: str) -> tuple[ContainerRuntime, str]:
-        """The runtime of the node running the service's container, and the container's id.
-        Raises ContainerMissing (no such service, or no container yet) or EngineUnavailable."""
-        where = self._where.get(service_id)
-        if where is None:
-            try:
-                task = await self._task(service_id)
-            except ContainerMissing:
-                raise
-            cid = str(((task or {}).get("Status") or {}).get("ContainerStatus", {}).get("ContainerID") or "")
-            if not task or not cid:
-                raise ContainerMissing(f"service {service_id[:12]} has no container", 404)
-            where = (await self._node_name(str(task.get("NodeID") or "")), cid)
-            self._where[service_id] = where
-        node, cid = where
-        runtime = self.nodes_by_name.get(node)
-        if runtime is None:
-            raise EngineUnavailable(f"node {node} has no engine in KGE_SWARM_NODE_ENGINES")
-        return runtime, cid
-
-    def node_of(self, container_id: str) -> str:
-        return self._where.get(container_id, ("", ""))[0]
-
-    # ---- events: node engines' container events, as the service's ---------------------------------
-    def _node_event(self, node: str) -> EventCallback:
-        def on_event(event: dict[str, Any]) -> None:  # in that node's events thread
-            attrs = (event.get("Actor") or {}).get("Attributes") or {}
-            sid, cid = attrs.get(LABEL_SERVICE_ID), (event.get("Actor") or {}).get("ID") or ""
-            if not sid:
-                return
-            action = event.get("Action") or event.get("status") or ""
-            with self._lock:
-                if action == "start":
-                    self._where[sid] = (node, cid)
-                    waiting = self._starting.pop(sid, None)
-                    if waiting is not None:
-                        loop, fut = waiting
-                        loop.call_soon_threadsafe(_resolve, fut, (node, cid))
-                elif self._where.get(sid, (node, cid))[1] != cid:
-                    return  # a container this service no longer runs (an earlier task being removed)
-            self._subscribers.deliver(sid, event)
-        return on_event
-
-    def _node_stream_lost(self) -> None:
-        """A node engine's event stream broke: ask the manager about that node now (it says down
-        once its heartbeats stop; the node watch then reports its containers dead)."""
-        self.node_watch.check_soon()
-
-    def _node_state(self, node: str, state: str, message: str) -> None:
-        """The manager says `node` is `state` (in the node watch's thread): a node that is down
-        has lost its containers; each one's subscribers hear it died, with the reason."""
-        if state != "down":
-            return  # "unknown" right after a manager restarts is not a loss: the node reports in again
-        with self._lock:
-            lost = [sid for sid, (n, _) in self._where.items() if n == node]
-            for sid in lost:
-                self._where.pop(sid, None)
-        event = translate_lost(node, message)
-        for sid in lost:
-            self._subscribers.deliver(sid, event)
+        return await self.places.locate(service_id)
 
     def subscribe(self, container_id: str, callback: EventCallback) -> None:
-        self._subscribers.add(container_id, callback)
+        self.places.subscribers.add(container_id, callback)
         for runtime in self.nodes_by_name.values():
             runtime.engine._ensure_events_thread()
         self.node_watch.ensure()
 
     def unsubscribe(self, container_id: str, callback: EventCallback | None = None) -> None:
-        self._subscribers.remove(container_id, callback)
+        self.places.subscribers.remove(container_id, callback)
 
     def on_reconnect(self, callback: Callable[[], object], container_id: str | None = None) -> None:
         for runtime in self.nodes_by_name.values():
@@ -182,110 +101,39 @@ class SwarmBackend:
                 secrets.append(docker.types.SecretReference(
                     made["ID"], secret, filename=f"{f.directory.rstrip('/')}/{f.name}", uid=str(uid), gid=str(gid),
                     mode=f.mode))
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[tuple[str, str]] = loop.create_future()
             kwargs = service_spec(self.settings, self.manager, spec, name, secrets)
             made = await asyncio.wait_for(self.manager.run(lambda: api.create_service(**kwargs),
                                                            method="create_service"), timeout)
             sid = str(made["ID"])
-            with self._lock:
-                if sid in self._where:
-                    fut.set_result(self._where[sid])
-                self._starting[sid] = (loop, fut)
+            self.places.expect_start(sid)
             return sid
         except BaseException as e:
             await self._remove_secrets(name)
             raise ContainerRuntime.failure(e, spec.image) from e
 
     async def start(self, container_id: str, timeout: float, image: str = "") -> None:
-        """Wait until the service's container runs. A task Swarm could not place or start fails
-        with the scheduler's reason (no node with room, image missing on the node, …)."""
-        with self._lock:
-            waiting = self._starting.get(container_id)
-            if waiting is None and container_id in self._where:
-                return
-        if waiting is None:
-            raise ContainerFailed("container could not start: nothing is starting it")
-        fut = waiting[1]
+        """Wait until the service's container runs. A task placed on a node that cannot run it
+        (its engine gone while the manager still counts it ready) is placed again elsewhere, up
+        to twice; one Swarm cannot place answers 429 with the scheduler's reason, at once."""
         deadline = asyncio.get_running_loop().time() + min(timeout, self.settings.start_timeout)
-        # The start event ends the wait; a task that cannot start sends none, so its state is read
-        # at 1, 2, 4, … s while it waits (only during a launch) to answer its reason.
-        pause = 1.0
-        try:
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    error = await self._task_error(container_id)
-                    raise ContainerFailed("container start timed out" + (f": {error}" if error else ""), detail=error)
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), min(pause, left))
-                    return
-                except asyncio.TimeoutError:
-                    pause *= 2
-                    error = await self._task_error(container_id, failed_only=True)
-                    if NO_ROOM in error:  # every node's reservations are full: a 429, at once
-                        raise OverCapacity(f"the cluster has no room for this container ({error})")
-                    if error:
-                        raise ContainerFailed(f"container could not start: {error}", detail=error)
-        finally:
-            with self._lock:
-                self._starting.pop(container_id, None)
-
-    async def _task_error(self, service_id: str, failed_only: bool = False) -> str:
-        try:
-            task = await self._task(service_id)
-        except (EngineError, EngineUnavailable):
-            return ""
-        status = (task or {}).get("Status") or {}
-        state = str(status.get("State") or "")
-        if failed_only and state not in FAILED_TASK_STATES and NO_ROOM not in str(status.get("Err") or ""):
-            return ""
-        return str(status.get("Err") or status.get("Message") or state)
+        avoid: set[str] = set()
+        while True:
+            try:
+                await self.places.started(container_id, deadline)
+                return
+            except Misplaced as e:
+                avoid.add(e.node)
+                if len(avoid) > MAX_REPLACEMENTS:
+                    raise ContainerFailed(f"container could not start: {e.reason}", detail=e.reason) from None
+                self.manager.log.warning("Service %s: %s; placing it again", container_id[:12], e.reason)
+                await self.places.place_again(container_id, avoid)
 
     async def start_again(self, container_id: str) -> None:
         """Place the service's container again (forced update: a new task), with the limits it
         had been given since it was made, on a node whose engine answers: the manager still
         counts a node whose engine just stopped as ready for a few heartbeats."""
-        api = self.manager.client.api
-        info, unreachable = await asyncio.gather(self.manager.api("inspect_service", container_id),
-                                                 self._unreachable_nodes())
-        spec = dict(info["Spec"])
-        labels = dict(spec.get("Labels") or {})
-        template = dict(spec["TaskTemplate"])
-        given = json.loads(labels.get(LABEL_LIMITS) or "{}")
-        if given:
-            generic = ((template.get("Resources") or {}).get("Reservations") or {}).get("GenericResources")
-            template["Resources"] = resources(given["memory"], given["nano_cpus"], given["pids"], 0, self.settings)
-            if generic:
-                template["Resources"].setdefault("Reservations", {})["GenericResources"] = generic
-        # Only the exclusions this backend added last time go; an operator's constraints stay.
-        placement = dict(template.get("Placement") or {})
-        ours = set(json.loads(labels.get(LABEL_EXCLUDED) or "[]"))
-        excluded = [f"node.hostname!={n}" for n in sorted(unreachable)]
-        placement["Constraints"] = [c for c in placement.get("Constraints") or [] if c not in ours] + excluded
-        template["Placement"] = placement
-        labels[LABEL_EXCLUDED] = json.dumps(excluded)
-        template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[str, str]] = loop.create_future()
-        with self._lock:
-            self._where.pop(container_id, None)
-            self._starting[container_id] = (loop, fut)
-        version = int(info["Version"]["Index"])
-        await self.manager.run(lambda: api._result(api._post_json(
-            api._url("/services/{0}/update", container_id), data={**spec, "Labels": labels, "TaskTemplate": template},
-            params={"version": version}), True), method="update_service")
+        await self.places.place_again(container_id, await self.places.unreachable_nodes())
         await self.start(container_id, self.settings.start_timeout)
-
-    async def _unreachable_nodes(self, timeout: float = 2.0) -> set[str]:
-        async def answers(runtime: ContainerRuntime) -> bool:
-            try:
-                return await asyncio.wait_for(runtime.engine.ping(), timeout)
-            except (asyncio.TimeoutError, EngineUnavailable):
-                return False
-        names = list(self.nodes_by_name)
-        found = await asyncio.gather(*(answers(self.nodes_by_name[n]) for n in names))
-        return {n for n, ok in zip(names, found) if not ok}
 
     async def signal(self, container_id: str, signum: int) -> None:
         try:
@@ -304,8 +152,7 @@ class SwarmBackend:
             pass
 
     async def remove(self, container_id: str) -> None:
-        """Remove the service, its secrets and (waiting a moment for the node) its container."""
-        where = self._where.get(container_id)
+        """Remove the service, its secrets and its container (at once, not when Swarm gets to it)."""
         try:
             info = await self.manager.api("inspect_service", container_id)
         except ContainerMissing:
@@ -316,15 +163,14 @@ class SwarmBackend:
             except ContainerMissing:
                 pass
             await self._remove_secrets(str(info["Spec"]["Name"]))
-        self._subscribers.remove(container_id)
-        with self._lock:
-            self._where.pop(container_id, None)
-            self._starting.pop(container_id, None)
-        if where is not None and where[0] in self.nodes_by_name:
-            try:  # Swarm removes the container soon; doing it now leaves nothing behind at once
-                await self.nodes_by_name[where[0]].remove(where[1])
-            except (EngineError, EngineUnavailable):
-                pass
+        # Swarm removes its containers (this task's, and earlier tasks' on nodes that came back)
+        # when it gets to it; doing it now leaves nothing behind at once.
+        for node, cid in self.places.forget(container_id):
+            if node in self.nodes_by_name:
+                try:
+                    await self.nodes_by_name[node].remove(cid)
+                except (EngineError, EngineUnavailable):
+                    pass
 
     async def _remove_secrets(self, name: str) -> None:
         api = self.manager.client.api

@@ -110,6 +110,32 @@ def gw(cluster: Cluster) -> Iterator[ProcessGateway]:
     assert not cluster.containers(gateway.gateway_id), "SIGTERM left containers on the nodes"
 
 
+@pytest.fixture(autouse=True)
+def no_kernel_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failing test must not leave its kernels to fail the next one's leftover checks."""
+    yield
+    if "gw" not in request.fixturenames:
+        return
+    gateway: ProcessGateway = request.getfixturevalue("gw")
+
+    async def clean() -> None:
+        client = Client(gateway.url, gateway.token)
+        for k in (await client.fetch("GET", "/api/kernels")).json:
+            await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+    asyncio.run(clean())
+
+
+async def all_nodes_ready(timeout: float = 60) -> None:
+    """Until every worker node reports ready to the manager (after a node or the manager restarted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [n.attrs["Status"]["State"] for n in docker.from_env().nodes.list(filters={"role": "worker"})]
+        if len(states) == NODES and all(st == "ready" for st in states):
+            return
+        assert time.monotonic() < deadline, f"nodes not ready: {states}"
+        await asyncio.sleep(0.5)
+
+
 def services(gateway_id: str) -> list:
     return docker.from_env().services.list(filters={"label": f"org.kge.gateway={gateway_id}"})
 
@@ -329,6 +355,8 @@ async def test_a_node_whose_engine_stops(gw: ProcessGateway, cluster: Cluster) -
         assert model["node"] not in (node, "") and model["execution_state"] in ("idle", "busy")
     finally:
         ws.close()
+        while os.path.exists(f"/proc/{pid}"):  # an engine shutting down still answers for a while
+            await asyncio.sleep(0.2)
         up = subprocess.run([str(SCRIPT), "up", str(NODES)], capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stderr[-2000:]
     deadline = time.monotonic() + 30
@@ -338,6 +366,7 @@ async def test_a_node_whose_engine_stops(gw: ProcessGateway, cluster: Cluster) -
             break
         await asyncio.sleep(0.5)
     assert not running
+    await all_nodes_ready()
     await client.fetch("DELETE", f"/api/kernels/{k['id']}")
     assert not services(gw.gateway_id)
 
@@ -390,6 +419,7 @@ async def test_the_manager_engine_restarting(gw: ProcessGateway, cluster: Cluste
     finally:
         ws.close()
         await client.fetch("DELETE", f"/api/kernels/{k['id']}")
+        await all_nodes_ready()
     assert not services(gw.gateway_id)
 
 
@@ -436,6 +466,7 @@ async def test_a_full_cluster_answers_429_with_the_schedulers_reason(cluster: Cl
     node with room: Swarm cannot place it, and the caller hears so at once, not at a timeout."""
     env = {**cluster.env, "KGE_POOL_SIZES": "{}", "KGE_KERNEL_MEM_LIMIT": "20g", "KGE_SWARM_RESERVATION_SHARE": "1.0",
            "KGE_MEMORY_BUDGET": "", "KGE_MAX_KERNELS_PER_OWNER": "0"}
+    await all_nodes_ready()
     full = start_process_gateway(cluster.tmp, env=env)
     client = Client(full.url, full.token)
     try:
