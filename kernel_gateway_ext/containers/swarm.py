@@ -54,7 +54,7 @@ class SwarmBackend:
             runtime.engine.event_listeners.append(self.places.node_event(name))
             # A node engine's stream broke: ask the manager now (it says down once heartbeats stop).
             runtime.engine.lost_listeners.append(lambda: self.node_watch.check_soon())
-        self.node_watch = NodeWatch(manager, self.places.node_state)
+        self.node_watch = NodeWatch(manager, self.places.node_state, self._node_lost)
 
     @property
     def gateway_id(self) -> str:
@@ -68,6 +68,11 @@ class SwarmBackend:
 
     def node_of(self, container_id: str) -> str:
         return self.places.node_of(container_id)
+
+    def _node_lost(self, node: str) -> bool:
+        """In the node watch's thread: does `node`'s engine fail to answer (or is it unknown)?"""
+        runtime = self.nodes_by_name.get(node)
+        return runtime is None or not runtime.engine.ping_sync()
 
     async def locate(self, service_id: str) -> tuple[ContainerRuntime, str]:
         return await self.places.locate(service_id)

@@ -27,9 +27,15 @@ def translate_lost(node: str, message: str) -> dict[str, Any]:
 
 
 class NodeWatch:
-    def __init__(self, manager: DockerEngine, callback: NodeCallback) -> None:
+    """`confirm(node)` says whether a node the manager lists as down really is: a manager that
+    has just restarted lists nodes from its store, where a node that came back after being down
+    can still read down until it reports in again. A transition event (ready → down) is believed;
+    a down in a listing is believed only if `confirm` agrees (the node's engine does not answer)."""
+
+    def __init__(self, manager: DockerEngine, callback: NodeCallback, confirm: Callable[[str], bool]) -> None:
         self.manager = manager
         self.callback = callback
+        self.confirm = confirm
         self._thread: threading.Thread | None = None
         self._stream: Any = None
         self._closed = False
@@ -65,7 +71,10 @@ class NodeWatch:
         for n in nodes:
             status = n.get("Status") or {}
             name = str((n.get("Description") or {}).get("Hostname") or n.get("ID"))
-            self._report(name, str(status.get("State") or "unknown"), str(status.get("Message") or ""))
+            state = str(status.get("State") or "unknown")
+            if state == "down" and not self.confirm(name):
+                continue
+            self._report(name, state, str(status.get("Message") or ""))
 
     def _follow(self) -> None:
         backoff = 0.5

@@ -24,7 +24,9 @@ async def wait_gone(c: Client, kernel_id: str, timeout: float = 15.0) -> float:
 
 
 async def test_idle_kernels_are_culled_busy_and_connected_ones_kept(make_gateway) -> None:
-    async with make_gateway("--GatewayKernelManager.cull_idle_timeout=3") as gw:
+    # 8 s: the idle clock runs from the start, and on a loaded 2-core machine (CI starting up) the
+    # steps between a start and its websocket took over 3 s, so the connected kernel was culled.
+    async with make_gateway("--GatewayKernelManager.cull_idle_timeout=8") as gw:
         c = gw.client
         # Each kernel gets its websocket or its work right after it starts: cold starts take a
         # while on a busy machine, and the idle clock runs from the start.
@@ -32,7 +34,7 @@ async def test_idle_kernels_are_culled_busy_and_connected_ones_kept(make_gateway
         ws = await KernelWS.connect(gw.url, connected, TOKEN)
         busy = (await c.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
         bws = await KernelWS.connect(gw.url, busy, TOKEN)
-        await bws.send(bws.msg("execute_request", {"code": "import time; time.sleep(10)", "silent": False,
+        await bws.send(bws.msg("execute_request", {"code": "import time; time.sleep(20)", "silent": False,
                                                     "store_history": False, "user_expressions": {},
                                                     "allow_stdin": False, "stop_on_error": True}))
         bws.close()  # busy, and nobody connected any more
@@ -41,7 +43,7 @@ async def test_idle_kernels_are_culled_busy_and_connected_ones_kept(make_gateway
         assert (await c.fetch("GET", f"/api/kernels/{connected}")).status == 200
         assert (await c.fetch("GET", f"/api/kernels/{busy}")).json["execution_state"] == "busy"
         # Once its execution ends and the timeout passes, the busy one goes too.
-        await wait_gone(c, busy, timeout=25)
+        await wait_gone(c, busy, timeout=35)
         assert (await c.fetch("GET", f"/api/kernels/{connected}")).status == 200
         ws.close()
         await wait_gone(c, connected)
