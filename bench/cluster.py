@@ -59,11 +59,19 @@ async def model(t: Target, kid: str) -> dict[str, Any]:
 async def batches(t: Target, n: int, batch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     kids: list[str] = []
-    for _ in range(0, n, batch):
-        kids += await asyncio.gather(*(t.start_kernel() for _ in range(batch)))
-    wall = time.perf_counter() - t0
-    spread = Counter([(await model(t, k)).get("node", "?") for k in kids])
-    await asyncio.gather(*(t.delete(k) for k in kids))
+    try:
+        for _ in range(0, n, batch):
+            started = await asyncio.gather(*(t.start_kernel() for _ in range(batch)), return_exceptions=True)
+            kids += [k for k in started if isinstance(k, str)]
+            failed = next((e for e in started if isinstance(e, BaseException)), None)
+            if failed is not None:
+                raise failed
+        wall = time.perf_counter() - t0
+        spread = Counter([(await model(t, k)).get("node", "?") for k in kids])
+    finally:
+        # Every kernel started goes, also after a failed start: a gateway stopped with dozens of
+        # kernels can outlast Target.stop's wait, be killed, and leave their containers behind.
+        await asyncio.gather(*(t.delete(k) for k in kids))
     return {"wall_s": round(wall, 2), "per_node": dict(sorted(spread.items()))}
 
 

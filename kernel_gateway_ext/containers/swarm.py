@@ -33,7 +33,7 @@ from .runtime import ContainerRuntime
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
 from .swarm_events import NodeWatch
 from .swarm_spec import SwarmSettings, service_spec
-from .swarm_tasks import LABEL_LIMITS, MAX_REPLACEMENTS, Misplaced, Placements
+from .swarm_tasks import LABEL_LIMITS, MAX_REPLACEMENTS, Misplaced, Placements, update_service
 
 
 class SwarmBackend:
@@ -203,11 +203,8 @@ class SwarmBackend:
         spec = dict(info["Spec"])
         given = {"memory": memory_bytes, "nano_cpus": max(int(cpus * 1e9), 10**7), "pids": pids}
         spec["Labels"] = {**(spec.get("Labels") or {}), LABEL_LIMITS: json.dumps(given)}
-        api = self.manager.client.api
         # Only the service's labels change: Swarm does not replace the task for that.
-        await self.manager.run(lambda: api._result(api._post_json(
-            api._url("/services/{0}/update", container_id), data=spec,
-            params={"version": int(info["Version"]["Index"])}), True), method="update_service")
+        await update_service(self.manager, container_id, info, spec)
 
     async def attach_mounts(self, container_id: str, mounts: list[BindMount]) -> None:
         if mounts:

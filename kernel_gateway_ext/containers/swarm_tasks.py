@@ -28,6 +28,17 @@ NO_ROOM = "no suitable node"  # the scheduler's words for a task it cannot place
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned", "shutdown", "complete"}
 
 
+async def update_service(manager: DockerEngine, service_id: str, info: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Post `spec` as the service's new spec, at the version `info` (its inspection) was read at:
+    Swarm refuses it if the service changed since. docker-py's update_service cannot post a
+    spec as read (its arguments rebuild one), so the engine's update call is posted here."""
+    api = manager.client.api
+    version = int(info["Version"]["Index"])
+    await manager.run(lambda: api._result(api._post_json(
+        api._url("/services/{0}/update", service_id), data=spec, params={"version": version}), True),
+        method="update_service")
+
+
 class Misplaced(Exception):
     """A task landed on a node that cannot run it."""
 
@@ -87,10 +98,7 @@ class Placements:
         Raises ContainerMissing (no such service, or no container yet) or EngineUnavailable."""
         where = self._where.get(service_id)
         if where is None:
-            try:
-                task = await self.task(service_id)
-            except ContainerMissing:
-                raise
+            task = await self.task(service_id)
             cid = str(((task or {}).get("Status") or {}).get("ContainerStatus", {}).get("ContainerID") or "")
             if not task or not cid:
                 raise ContainerMissing(f"service {service_id[:12]} has no container", 404)
@@ -203,7 +211,6 @@ class Placements:
         return str(status.get("Err") or status.get("Message") or status.get("State") or "")
 
     async def place_again(self, container_id: str, avoid: set[str]) -> None:
-        api = self.manager.client.api
         info = await self.manager.api("inspect_service", container_id)
         spec = dict(info["Spec"])
         labels = dict(spec.get("Labels") or {})
@@ -229,10 +236,7 @@ class Placements:
             if before is not None:
                 self._earlier.setdefault(container_id, set()).add(before)
             self._starting[container_id] = (loop, fut)
-        version = int(info["Version"]["Index"])
-        await self.manager.run(lambda: api._result(api._post_json(
-            api._url("/services/{0}/update", container_id), data={**spec, "Labels": labels, "TaskTemplate": template},
-            params={"version": version}), True), method="update_service")
+        await update_service(self.manager, container_id, info, {**spec, "Labels": labels, "TaskTemplate": template})
 
     async def unreachable_nodes(self, timeout: float = 2.0, only: str = "") -> set[str]:
         async def answers(runtime: ContainerRuntime) -> bool:
