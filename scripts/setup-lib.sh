@@ -38,7 +38,9 @@ ensure_docker() {
   fi
   if ! docker info >/dev/null 2>&1; then
     say "starting dockerd in the background (log: /var/log/kge-dockerd.log)"
-    setsid nohup dockerd >/var/log/kge-dockerd.log 2>&1 < /dev/null &
+    # In a subshell that exits at once: the engine must not be a child of whatever runs next
+    # (run-tests execs pytest, which would keep the stopped engine a zombie and never reap it).
+    (setsid nohup dockerd >/var/log/kge-dockerd.log 2>&1 < /dev/null &)
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   fi
   docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/kge-dockerd.log"; return 1; }
