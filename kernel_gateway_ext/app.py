@@ -48,6 +48,8 @@ from .containers.engine import DockerEngine
 from .containers.fleet import FLEET
 from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
+from .containers.spec import LABEL_REPLICA
+from .replicas import Replicas
 from .store import Store
 
 
@@ -103,6 +105,8 @@ class Gateway(ServerSettings, GatewayApplication):
             "base-url": "Gateway.base_url",
             "auth-token": "Authenticator.auth_token",
             "gateway-id": "DockerEngine.gateway_id",
+            "replica-id": "Replicas.replica_id",
+            "store-url": "Store.url",
         }
     )
     flags = Dict(
@@ -125,6 +129,7 @@ class Gateway(ServerSettings, GatewayApplication):
 
     # The parts, made by initialize() (the composition root) before anything serves.
     store: Store
+    replicas: Replicas
     folders: FolderManager
     jobs: JobManager
     keypairs: KeyPairs
@@ -136,7 +141,7 @@ class Gateway(ServerSettings, GatewayApplication):
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
         return [Gateway, Authenticator, Authorizer, KeyPairs, Store, FolderManager, JobManager, GatewayKernelManager,
-                GatewayKernelSpecManager, DockerProvisioner, DockerEngine, SwarmSettings]
+                GatewayKernelSpecManager, DockerProvisioner, DockerEngine, SwarmSettings, Replicas]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +168,8 @@ class Gateway(ServerSettings, GatewayApplication):
         # The composition root: each part gets what it uses in its constructor.
         self.metrics = Metrics(self)  # reads the parts when scraped
         self.store = Store(parent=self, log=self.log)
+        self.replicas = Replicas(parent=self, log=self.log)
+        self.store.home = self.replicas.replica_id  # records this replica writes are homed here
         self.keypairs = KeyPairs(parent=self, log=self.log, store=self.store)
         self.folders = FolderManager(parent=self, log=self.log, store=self.store)
         self.authenticator = self.authenticator_class(parent=self, log=self.log, keypairs=self.keypairs)
@@ -214,7 +221,11 @@ class Gateway(ServerSettings, GatewayApplication):
         self.jupyter_sessions = JupyterSessions(self.store if self.docker_available else None, engine.gateway_id)
         self.kernel_spec_manager.docker_available = self.docker_available
         if self.docker_available:
-            await self._take_lease(engine)
+            engine.replica_id = self.replicas.replica_id
+            if self.replicas.enabled:  # the store's replica lease holds the id (replicas share the gateway id)
+                await self.replicas.join(self.store, self.url, self.take_over)
+            else:
+                await self._take_lease(engine)
             await FLEET.refresh(current_backend(), force=True)
             for warning in await current_backend().ensure_network():
                 self.warnings.append(warning)
@@ -260,18 +271,31 @@ class Gateway(ServerSettings, GatewayApplication):
         backend = current_backend()
         # Events missed while the engine was unreachable are made up for by re-reading state.
         backend.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
+        await self._adopt(self.replicas.replica_id, fresh_start=True)
+
+    async def _adopt(self, replica: str, fresh_start: bool = False) -> None:
+        """Adopt the kernels and sessions recorded as this replica's, then remove the containers
+        `replica` made that nobody owns any more (its pooled kernels, half-made starts)."""
+        backend = current_backend()
         containers = await backend.list_ours()
         adopted: set[str] = set()
-        if self.adopt:
+        if self.adopt or not fresh_start:
             adopted |= await self.kernel_manager.adopter.adopt(containers)
             adopted |= await self.jobs.adopt(containers)
             await self.jupyter_sessions.load({km.kernel_id for km in self.kernel_manager.list()})
         else:
-            await self.store.delete_records(engine.gateway_id)
+            await self.store.delete_records(backend.gateway_id)
         for c in containers:
-            if c.id not in adopted:
+            # With replicas, each removes only what it made (or took over): the rest is others'.
+            if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica:
                 self.log.warning("Removing container %s: nobody owns it any more", c.short_id)
                 await backend.remove(c.id)
+
+    async def take_over(self, dead: str) -> None:
+        """Replica `dead` is gone: its kernels and sessions are this replica's now."""
+        moved = await self.store.move_home(current_backend().gateway_id, dead, self.replicas.replica_id)
+        await self._adopt(dead)
+        self.log.warning("Took over replica %s: %d records", dead, moved)
 
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests). A start that fails gives
@@ -286,16 +310,19 @@ class Gateway(ServerSettings, GatewayApplication):
         ssl_context = self._ssl_context()  # configuration errors first, before the engine is touched
         self.kernel_manager.on_removal(self.bridges.forget_kernel)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
-        self.state_lock = StateLock(self.store.state_dir, DockerEngine.instance(parent=self).gateway_id)
+        lock_name = DockerEngine.instance(parent=self).gateway_id
+        if self.replicas.enabled:
+            lock_name += "." + self.replicas.replica_id
+        self.state_lock = StateLock(self.store.state_dir, lock_name)
         self.state_lock.acquire()
+        sockets = _bind(self.ip, self.port)  # first: a replica advertises its URL before it adopts
+        self.port = sockets[0].getsockname()[1]
         await self.check_docker()
         app = self.make_app()
         self.http_server = BoundedHTTPServer(
             app, xheaders=False, ssl_options=ssl_context, max_body_size=self.max_request_body,
             idle_connection_timeout=self.header_timeout, body_timeout=self.body_timeout,
             max_connections=self.max_connections, max_per_address=self.max_connections_per_address)
-        sockets = _bind(self.ip, self.port)
-        self.port = sockets[0].getsockname()[1]
         self.http_server.add_sockets(sockets)
         self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
         if self.docker_available:
@@ -323,7 +350,8 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.http_server is not None:
             self.http_server.stop()
         self.bridges.close_all()
-        keep = self.keep_on_exit and self.docker_available
+        # A replica's kernels outlive it: a live replica takes them over (leave()).
+        keep = (self.keep_on_exit or self.replicas.enabled) and self.docker_available
         await self.kernel_manager.shutdown_everything(keep=keep)
         if self.docker_available:
             await self.jobs.shutdown(keep=keep)
@@ -334,10 +362,11 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.lease is not None:
             await self.lease.release()
             self.lease = None
+        await self.replicas.leave()
         close_cluster()
         if DockerEngine.initialized():
             DockerEngine.instance().close()
-        self.store.close()
+        await self.store.aclose()
         if self.state_lock is not None:
             self.state_lock.release()
             self.state_lock = None

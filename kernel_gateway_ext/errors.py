@@ -23,6 +23,13 @@ class GatewayError(Exception):
         return str(self.args[0]) if self.args else self.kind
 
 
+class ReplicaUnavailable(GatewayError):
+    """The replica serving this kernel or session cannot be reached now; retry (another takes it over)."""
+
+    status = 503
+    kind = "replica-unavailable"
+
+
 class BadRequest(GatewayError):
     """The request is malformed."""
 

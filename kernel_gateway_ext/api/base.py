@@ -2,17 +2,19 @@
 authorize through the authorizer, JSON in and out) and the one place errors become HTTP."""
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from tornado import httputil, iostream, web
+from tornado import httputil, iostream, web, websocket
 
 from ..auth import Identity, extract_token
 from ..auth.authorizer import Owned
 from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, Unauthorized
 from ..kernels.kernel import GatewayKernel
+from ..replicas.forward import FORWARDED, HomeUnreachable, forward_http, gather_from_peers, locate
 from .context import GatewayContext
 
 T = TypeVar("T", bound=Owned)
@@ -38,6 +40,7 @@ class GatewayMixin:
     settings: dict[str, Any]
     request: Any
     identity: Identity
+    path_kwargs: dict[str, str]
 
     @property
     def gateway(self) -> GatewayContext:
@@ -65,6 +68,36 @@ class GatewayMixin:
         if found is None:
             raise KernelNotFound(f"Kernel does not exist: {ident}")
         return found
+
+    # ---- replicas: a kernel or session served by its home replica ------------------------------
+    record_kind: str | None = None  # the store's record kind of what this route names by id
+    by_token = False  # the id may be a v2 client token
+
+    def is_here(self, ident: str) -> bool:
+        gw = self.gateway
+        if self.record_kind == "kernel":
+            return gw.kernel_manager.find(ident) is not None or bool(self.by_token and gw.kernel_manager.with_token(ident))
+        if self.record_kind == "skaha-session":
+            return gw.jobs.find(ident) is not None
+        return gw.jupyter_sessions.get(ident) is not None
+
+    async def home_elsewhere(self, unreachable: str = "") -> str | None:
+        """The URL of the replica serving what this request names, when it is not this one
+        (waiting out the takeover of a home that died, or whose URL `unreachable` refused us)."""
+        if self.record_kind is None or not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
+            return None
+        replicas = self.gateway.replicas
+        kwargs = self.path_kwargs
+        ident = kwargs.get("kernel_id") or kwargs.get("session_id")
+        if not ident or self.is_here(ident):
+            return None
+        return await locate(replicas, self.gateway.store, self.record_kind, ident, self.by_token, unreachable)
+
+    async def from_peers(self) -> list[Any]:
+        """For a list: the other live replicas' parts of it (nothing with one gateway)."""
+        if not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
+            return []
+        return await gather_from_peers(self.request, self.gateway.replicas)
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.
@@ -128,11 +161,37 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     auth_required = True
     identity: Identity
 
+    passed_on = False  # served by another replica (an override of prepare stops there)
+
     async def prepare(self) -> None:
+        home = await self.home_elsewhere()
+        if home is not None:
+            self.passed_on = True
+            if isinstance(self, websocket.WebSocketHandler):
+                self.forward_to = home  # WebSocketForwarding passes the socket on
+                return
+            if getattr(self, "streams_body", False):
+                # The body is still to come: the verb, once it is here, forwards it all (within
+                # the server's small body limit: this replica does not know the caller yet).
+                setattr(self, self.request.method.lower(), functools.partial(self._forward_with_body, home))
+                return
+            try:
+                await forward_http(self, home, self.gateway.replicas.replica_id)
+                return
+            except HomeUnreachable as e:  # it died just now: once it is taken over, here or there
+                home = await self.home_elsewhere(unreachable=e.url)
+                if home is not None:
+                    await forward_http(self, home, self.gateway.replicas.replica_id)
+                    return
+                self.passed_on = False  # this replica took it over: serve it
         if self.auth_required:
             identity = await self.authenticate()
             if identity is not None:  # else a scheme waits for the body: take_body() finishes it
                 self.identity = identity
+
+    async def _forward_with_body(self, home: str, *args: Any, **kwargs: Any) -> None:
+        self.request.body = bytes(getattr(self, "_chunks", b""))
+        await forward_http(self, home, self.gateway.replicas.replica_id)
 
     async def authenticate_with_body(self) -> None:
         """The scheme that waited for the body (v2 signatures) decides, now that it is here."""

@@ -17,6 +17,8 @@ from ..kernels.manager import GatewayKernelManager
 from ..kernels.specs import GatewayKernelSpecManager
 from ..metrics import Metrics
 from ..jobs import JobManager
+from ..replicas import Replicas
+from ..store import Store
 
 
 class GatewayContext(Protocol):
@@ -29,6 +31,8 @@ class GatewayContext(Protocol):
     authenticator: Authenticator
     authorizer: Authorizer
     jupyter_sessions: JupyterSessions
+    replicas: Replicas
+    store: Store
     metrics: Metrics
     bridges: Any  # api.jupyter.bridge.Bridges (the Jupyter dialect's own registry)
     terminals: dict[str, set[Any]]

@@ -12,7 +12,6 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,23 +92,23 @@ class KeyPairs(EnvConfigurable):
             raise BadRequest(f"{ADMIN_USER!r} is the gateway token's user; name another (--admin makes an admin key pair)")
         access_key = "AKKGE" + secrets.token_hex(8).upper()
         nonce = secrets.token_hex(16)
-        self.store.run_sync(lambda c: c.execute(
-            "INSERT INTO keypairs (access_key, user, is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)",
-            (access_key, user, int(admin), nonce, time.time())))
+        self.store.run_sync(lambda: self.store.execute(
+            'INSERT INTO keypairs (access_key, "user", is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)',
+            access_key, user, int(admin), nonce, time.time()))
         return access_key, self.derive(access_key, nonce)
 
     def list(self) -> list[KeyPair]:
-        rows = self.store.run_sync(lambda c: c.execute("SELECT * FROM keypairs ORDER BY created").fetchall())
+        rows = self.store.run_sync(lambda: self.store.fetch("SELECT * FROM keypairs ORDER BY created"))
         return [self._row(r) for r in rows]
 
     def revoke(self, access_key: str) -> None:
-        cur = self.store.run_sync(lambda c: c.execute(
-            "UPDATE keypairs SET revoked = ? WHERE access_key = ? AND revoked IS NULL", (time.time(), access_key)))
-        if cur.rowcount == 0:
+        changed = self.store.run_sync(lambda: self.store.execute(
+            "UPDATE keypairs SET revoked = ? WHERE access_key = ? AND revoked IS NULL", time.time(), access_key))
+        if changed == 0:
             raise NotFound(f"no active key pair {access_key}")
 
     @staticmethod
-    def _row(r: sqlite3.Row) -> KeyPair:
+    def _row(r: dict[str, Any]) -> KeyPair:
         return KeyPair(r["access_key"], r["user"], bool(r["is_admin"]), r["created"], r["revoked"])
 
     # ---- lookups (server) -----------------------------------------------------------------------
@@ -117,8 +116,7 @@ class KeyPairs(EnvConfigurable):
         """The active key pair and its secret, or None. Not cached: a revocation is immediate."""
         if not access_key or len(access_key) > 64:
             return None
-        row = await self.store.run(lambda c: c.execute(
-            "SELECT * FROM keypairs WHERE access_key = ? AND revoked IS NULL", (access_key,)).fetchone())
+        row = await self.store.fetchrow("SELECT * FROM keypairs WHERE access_key = ? AND revoked IS NULL", access_key)
         if row is None:
             return None
         return self._row(row), self.derive(row["access_key"], row["nonce"])

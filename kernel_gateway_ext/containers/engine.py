@@ -25,7 +25,7 @@ from traitlets.config import SingletonConfigurable
 from ..config import apply_env, env
 from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
 from .backend import EventCallback
-from .spec import LABEL_GATEWAY, LABEL_MANAGED
+from .spec import LABEL_GATEWAY, LABEL_MANAGED, LABEL_REPLICA
 from .subscribers import Subscribers
 
 T = TypeVar("T")
@@ -106,6 +106,7 @@ class DockerEngine(SingletonConfigurable):
         # sixteen long commands cannot starve every other Docker call of the gateway.
         self._long_pool = ThreadPoolExecutor(max_workers=self.max_long_calls, thread_name_prefix="docker-long")
         self._subscribers = Subscribers()
+        self.replica_id = ""  # set by the gateway when it is one of several replicas
         self._reconnect_callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[], object], str | None]] = []
         # Called in the events thread with every event (a cluster backend maps them to its services).
         self.event_listeners: list[EventCallback] = []
@@ -114,6 +115,13 @@ class DockerEngine(SingletonConfigurable):
         self._events_thread: threading.Thread | None = None
         self._events_stream: Any = None
         self._closed = False
+
+    def our_labels(self) -> dict[str, str]:
+        """The labels every container (or service) of this gateway carries."""
+        labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: self.gateway_id}
+        if self.replica_id:
+            labels[LABEL_REPLICA] = self.replica_id
+        return labels
 
     # ---- the client -------------------------------------------------------------------------
     def _make_client(self) -> docker.DockerClient:

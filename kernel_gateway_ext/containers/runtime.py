@@ -22,7 +22,7 @@ from .backend import EventCallback, Node, Owned, Usage
 from .limits import host_memory
 from .engine import DockerEngine
 from .mounter import MountHelper, supported as mounter_supported
-from .spec import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, BindMount, ContainerSpec
+from .spec import LABEL_KIND, BindMount, ContainerSpec
 
 
 class Tty:
@@ -133,7 +133,7 @@ class ContainerRuntime:
             mounts=mounts or None, network_mode=network or None, log_config=engine.log_config(), **rootfs,
             device_requests=[docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
         )
-        labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: engine.gateway_id, LABEL_KIND: spec.kind, **spec.labels}
+        labels = {**engine.our_labels(), LABEL_KIND: spec.kind, **spec.labels}
         return {"image": spec.image, "command": spec.command, "environment": spec.env, "labels": labels,
                 "user": spec.user, "working_dir": spec.working_dir, "hostname": spec.hostname, "detach": True,
                 "host_config": host_config}

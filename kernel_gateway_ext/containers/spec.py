@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 # `docker ps --filter label=org.kge.managed=true` and a restarted gateway can recognise them.
 LABEL_MANAGED = "org.kge.managed"
 LABEL_GATEWAY = "org.kge.gateway"
+LABEL_REPLICA = "org.kge.replica"  # the replica that made it (replicas share one gateway id)
 LABEL_KIND = "org.kge.kind"
 LABEL_KERNEL_ID = "org.kge.kernel.id"
 LABEL_OWNER = "org.kge.owner"

@@ -95,7 +95,7 @@ class SwarmBackend:
         """Create the service (Swarm places and starts it at once; `start` waits for that)."""
         name = f"kge-{spec.kind}-{uuid.uuid4().hex[:16]}"
         api = self.manager.client.api
-        labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: self.manager.gateway_id, "org.kge.service": name}
+        labels = {**self.manager.our_labels(), "org.kge.service": name}
         secrets: list[docker.types.SecretReference] = []
         uid, gid = spec.uid_gid
         try:

@@ -10,7 +10,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..config import apply_env, env
 from .engine import DockerEngine
-from .spec import LABEL_GATEWAY, LABEL_KERNELSPEC, LABEL_KIND, LABEL_MANAGED, ContainerSpec
+from .spec import LABEL_KERNELSPEC, LABEL_KIND, ContainerSpec
 
 
 class SwarmSettings(LoggingConfigurable):
@@ -80,7 +80,7 @@ def service_spec(settings: SwarmSettings, manager: DockerEngine, spec: Container
     """create_service's arguments for `spec`: the same hardening as ContainerRuntime.create_kwargs
     where Swarm has it (no-new-privileges it has not before API 1.44: kge-nanny sets it in kernel
     containers, and every capability is dropped, so a setuid program gains none)."""
-    labels = {LABEL_MANAGED: "true", LABEL_GATEWAY: manager.gateway_id, LABEL_KIND: spec.kind, **spec.labels}
+    labels = {**manager.our_labels(), LABEL_KIND: spec.kind, **spec.labels}
     mounts = [docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
               for m in spec.mounts]
     read_only = None

@@ -131,10 +131,10 @@ class FolderManager(EnvConfigurable):
             raise NotFound(f"no folder named {name!r}")
         query = "SELECT * FROM folders WHERE name = ?" + ("" if owner is None else " AND owner = ?")
         args = (name,) if owner is None else (name, owner)
-        row = await self.store.run(lambda c: c.execute(query, args).fetchone())
+        row = await self.store.fetchrow(query, *args)
         if row is None:
             raise NotFound(f"no folder named {name!r}")
-        return dict(row)
+        return row
 
     def path_of(self, folder_id: str) -> Path:
         return Path(self.root) / folder_id
@@ -145,27 +145,29 @@ class FolderManager(EnvConfigurable):
         folder_id = uuid.uuid4().hex
         path = self.path_of(folder_id)
 
-        def make(c: Any) -> None:
-            if c.execute("SELECT 1 FROM folders WHERE owner = ? AND name = ?", (owner, name)).fetchone():
+        # One owner's count and insert under one lock (replicas share the store).
+        async with self.store.transaction(lock=f"folders:{owner}") as tx:
+            if await tx.fetch("SELECT 1 FROM folders WHERE owner = ? AND name = ?", owner, name):
                 raise Conflict(f"a folder named {name!r} already exists", status=400)
-            count = c.execute("SELECT COUNT(*) FROM folders WHERE owner = ?", (owner,)).fetchone()[0]
+            count = (await tx.fetch("SELECT COUNT(*) AS n FROM folders WHERE owner = ?", owner))[0]["n"]
             if self.max_folders and count >= self.max_folders:
                 raise Forbidden(f"{owner} already has the maximum of {self.max_folders} folders; delete one first")
-            path.mkdir(parents=True, mode=0o770)
-            os.chown(path, self.file_uid, self.file_gid)
-            try:
-                c.execute("INSERT INTO folders (id, owner, name, created) VALUES (?, ?, ?, ?)",
-                          (folder_id, owner, name, time.time()))
-            except Exception:
-                shutil.rmtree(path, ignore_errors=True)
-                raise
 
-        await self.store.run(make)
+            def mkdir() -> None:
+                path.mkdir(parents=True, mode=0o770)
+                os.chown(path, self.file_uid, self.file_gid)
+            await asyncio.to_thread(mkdir)
+            try:
+                await tx.execute("INSERT INTO folders (id, owner, name, created) VALUES (?, ?, ?, ?)",
+                                 folder_id, owner, name, time.time())
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+                raise
         return {"id": folder_id, "name": name}
 
     async def list(self, owner: str | None) -> list[dict[str, Any]]:
         query = "SELECT * FROM folders" + ("" if owner is None else " WHERE owner = ?") + " ORDER BY created"
-        rows = await self.store.run(lambda c: c.execute(query, () if owner is None else (owner,)).fetchall())
+        rows = await self.store.fetch(query, *(() if owner is None else (owner,)))
         # is_owner and permission: what the 1.4 CLI's `vfolder list` shows besides name and id.
         return [{"name": r["name"], "id": r["id"], "is_owner": True, "permission": "rw",
                  **({"owner": r["owner"]} if owner is None else {})} for r in rows]
@@ -182,7 +184,7 @@ class FolderManager(EnvConfigurable):
         row = await self._find(owner, name)
         path = self.path_of(row["id"])
         doomed = path.with_name(f".deleting-{row['id']}")
-        await self.store.run(lambda c: c.execute("DELETE FROM folders WHERE id = ?", (row["id"],)))
+        await self.store.execute("DELETE FROM folders WHERE id = ?", row["id"])
         self._upload_locks.pop(row["id"], None)
         self._usage.pop(row["id"], None)
 

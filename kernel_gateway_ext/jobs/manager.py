@@ -328,6 +328,8 @@ class JobManager(EnvConfigurable):
         names = {f.name for f in fields(JobRecord)}
         adopted: set[str] = set()
         for data in await self.store.records(RECORD_KIND, self.backend.gateway_id):
+            if data["id"] in self.records:
+                continue  # already served here (a takeover adopts only the dead replica's)
             rec = JobRecord(**{k: v for k, v in self._unsealed(data).items() if k in names})
             container = by_session.get(rec.id)
             state = (await self.backend.state(container.id) or {}) if container is not None else {}

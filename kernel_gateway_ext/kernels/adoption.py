@@ -46,7 +46,8 @@ class KernelRecords:
         """Write (or update) the kernel's record; only container kernels can be adopted."""
         if self.store is None or km.docker is None or not self._in_store(km):
             return
-        await self.store.put_record(RECORD_KIND, km.kernel_id, gateway_id(), km.owner, km.record())
+        await self.store.put_record(RECORD_KIND, km.kernel_id, gateway_id(), km.owner, km.record(),
+                                    token=km.client_token or "")
         km.persisted = True
 
     def put_later(self, km: GatewayKernel) -> None:
@@ -78,6 +79,8 @@ class AdoptionHost(Protocol):
 
     def forget(self, kernel_id: str) -> None: ...
 
+    def find(self, kernel_id: str) -> GatewayKernel | None: ...
+
     def watch(self, km: GatewayKernel) -> None: ...
 
     def arm_cull(self, km: GatewayKernel) -> None: ...
@@ -101,6 +104,8 @@ class Adopter:
         sem = asyncio.Semaphore(ADOPT_CONCURRENCY)
 
         async def one(rec: dict[str, Any]) -> None:
+            if self.host.find(rec["id"]) is not None:
+                return  # already served here (a takeover adopts only the dead replica's)
             container = by_id.get(rec.get("container_id") or "")
             if container is None:
                 log.warning("Kernel %s: its container is gone; dropping its record", rec["id"])

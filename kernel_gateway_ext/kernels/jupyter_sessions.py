@@ -62,6 +62,8 @@ class JupyterSessions:
         names = {f.name for f in fields(JupyterSession)}
         for rec in await self.store.records(RECORD_KIND, self.gateway_id):
             s = JupyterSession(**{k: v for k, v in rec.items() if k in names})
+            if s.id in self._sessions:
+                continue
             if s.kernel_id in kernel_ids:
                 self._sessions[s.id] = s
             else:

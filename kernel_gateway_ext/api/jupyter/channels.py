@@ -22,6 +22,7 @@ from .wire import V1_SUBPROTOCOL, decode_legacy, decode_v1, encode_legacy, encod
 
 class ChannelsHandler(BaseHandler, websocket.WebSocketHandler):
     """The kernel websocket (legacy JSON, or the v1 binary subprotocol when asked for)."""
+    record_kind = "kernel"
 
     km: GatewayKernel
     bridge: ChannelBridge | None = None

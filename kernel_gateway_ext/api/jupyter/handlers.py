@@ -94,9 +94,9 @@ def _env_from_body(body: dict[str, Any]) -> dict[str, str]:
 
 
 class KernelsHandler(BaseHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         kms = self.visible(self.gateway.kernel_manager.list())
-        self.write_json([km.model() for km in kms])
+        self.write_json([km.model() for km in kms] + await self.from_peers())
 
     async def post(self) -> None:
         body = self.json_body()
@@ -111,6 +111,7 @@ class KernelsHandler(BaseHandler):
 
 
 class KernelHandler(BaseHandler):
+    record_kind = "kernel"
     async def get(self, kernel_id: str) -> None:
         km = self.owned_kernel(kernel_id)
         model = km.model()
@@ -129,6 +130,7 @@ class KernelHandler(BaseHandler):
 
 
 class KernelActionHandler(BaseHandler):
+    record_kind = "kernel"
     async def post(self, kernel_id: str, action: str) -> None:
         mgr = self.gateway.kernel_manager
         kernel_id = self.owned_kernel(kernel_id, action="write").kernel_id

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...replicas.forward import forwardable
+
 from . import channels, handlers as jh, sessions as js
 
 
@@ -16,7 +18,7 @@ def default_handlers(b: str) -> list[tuple[str, type[Any]]]:
         (rf"{b}api/kernels/?", jh.KernelsHandler),
         (rf"{b}api/kernels/{jh.KERNEL_ID}/?", jh.KernelHandler),
         (rf"{b}api/kernels/{jh.KERNEL_ID}/(?P<action>restart|interrupt)/?", jh.KernelActionHandler),
-        (rf"{b}api/kernels/{jh.KERNEL_ID}/channels/?", channels.ChannelsHandler),
+        (rf"{b}api/kernels/{jh.KERNEL_ID}/channels/?", forwardable(channels.ChannelsHandler)),
         (rf"{b}api/sessions/?", js.SessionsHandler),
         (rf"{b}api/sessions/{js.SESSION_ID}/?", js.SessionHandler),
     ]

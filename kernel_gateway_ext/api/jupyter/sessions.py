@@ -67,9 +67,9 @@ class SessionsMixin(BaseHandler):
 
 
 class SessionsHandler(SessionsMixin):
-    def get(self) -> None:
+    async def get(self) -> None:
         models = [self.model(s) for s in self.visible(self.sessions.values())]
-        self.write_json([m for m in models if m is not None])
+        self.write_json([m for m in models if m is not None] + await self.from_peers())
 
     async def post(self) -> None:
         body = self.json_body()
@@ -90,6 +90,7 @@ class SessionsHandler(SessionsMixin):
 
 
 class SessionHandler(SessionsMixin):
+    record_kind = "jupyter-session"
     def get(self, session_id: str) -> None:
         self.write_json(self.model(self.lookup(session_id)))
 

@@ -43,7 +43,8 @@ class SessionsHandler(SkahaHandler):
             # Everyone's sessions (who runs what) are for operators; a user sees their own.
             recs = self.visible(self.jobs.list())
             self.write_json([{"userid": r.owner, "type": r.type, "status": r.status,
-                              "startTime": (await session_model(self.jobs, r, self.external_base))["startTime"]} for r in recs])
+                              "startTime": (await session_model(self.jobs, r, self.external_base))["startTime"]} for r in recs]
+                            + await self.from_peers())
             return
         recs = self.visible(self.jobs.list((p.get("type") or [""])[-1], (p.get("status") or [""])[-1]))
         if view == "stats":
@@ -58,7 +59,7 @@ class SessionsHandler(SkahaHandler):
             })
             return
         models = await asyncio.gather(*(session_model(self.jobs, r, self.external_base) for r in recs))
-        self.write_json(list(models))
+        self.write_json(list(models) + await self.from_peers())
 
     async def post(self, version: str) -> None:
         rec = await self.jobs.create(self.identity.user, self.params())
@@ -67,6 +68,7 @@ class SessionsHandler(SkahaHandler):
 
 
 class SessionHandler(SkahaHandler):
+    record_kind = "skaha-session"
     async def get(self, version: str, session_id: str) -> None:
         rec = self.job(session_id)
         view = self.get_query_argument("view", "")

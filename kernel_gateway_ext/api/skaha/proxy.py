@@ -33,6 +33,7 @@ WS_PATHS = r"(?P<path>api/kernels/[^/]+/channels|api/events/subscribe|terminals/
 
 
 class ProxyMixin(SkahaHandler):
+    record_kind = "skaha-session"
     redirect_token_visit = True
     # The token, then what a browser sends by itself: the session's cookie, a client certificate.
     auth_schemes = (TOKEN, COOKIE_SCHEME, CERTIFICATE)
@@ -44,6 +45,8 @@ class ProxyMixin(SkahaHandler):
 
     async def prepare(self) -> None:
         await super().prepare()  # the one authentication step
+        if self.passed_on:
+            return
         session_id = self.path_kwargs["session_id"]
         identity = self.identity
         if self.auth_scheme == TOKEN and self.get_query_argument("token", None):

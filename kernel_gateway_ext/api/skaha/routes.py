@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...replicas.forward import forwardable
+
 from . import handlers as sk, proxy
 
 
@@ -13,6 +15,6 @@ def default_handlers(b: str) -> list[tuple[str, type[Any]]]:
         (rf"{b}skaha/{sk.VERSION}/session/{sk.SESSION_ID}/?", sk.SessionHandler),
         (rf"{b}skaha/{sk.VERSION}/image/?", sk.ImagesHandler),
         (rf"{b}skaha/{sk.VERSION}/context/?", sk.ContextHandler),
-        (rf"{b}skaha/session/{sk.SESSION_ID}/{proxy.WS_PATHS}", proxy.NotebookWebSocketProxy),
+        (rf"{b}skaha/session/{sk.SESSION_ID}/{proxy.WS_PATHS}", forwardable(proxy.NotebookWebSocketProxy)),
         (rf"{b}skaha/session/{sk.SESSION_ID}/(?P<path>.*)", proxy.NotebookProxyHandler),
     ]

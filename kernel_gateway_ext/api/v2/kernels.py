@@ -115,6 +115,8 @@ class KernelMixin(V2Handler):
 
 
 class KernelHandler(KernelMixin):
+    record_kind = "kernel"
+    by_token = True
     async def get(self, kernel_id: str) -> None:
         self.write_json(await self.info(self.kernel(kernel_id)))
 
@@ -184,6 +186,8 @@ class KernelHandler(KernelMixin):
 
 @web.stream_request_body
 class KernelActionHandler(StreamedBody, KernelMixin):
+    record_kind = "kernel"
+    by_token = True
     async def post(self, kernel_id: str, action: str) -> None:
         await self.take_body()
         km = self.kernel(kernel_id, "execute")
@@ -226,6 +230,8 @@ class KernelActionHandler(StreamedBody, KernelMixin):
 
 
 class KernelLogsHandler(KernelMixin):
+    record_kind = "kernel"
+    by_token = True
     async def get(self, kernel_id: str) -> None:
         km = self.kernel(kernel_id)
         logs = await km.docker.container.logs(tail=2000) if km.docker is not None else ""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...replicas.forward import forwardable
+
 from . import admin, base, folders, kernels, stream
 
 KERNEL = r"(?P<kernel_id>[\w-]{1,64})"  # a Jupyter kernel id or a client session token
@@ -22,5 +24,5 @@ def default_handlers(b: str) -> list[tuple[str, type[Any]]]:
         (rf"{b}v2/folders/{FOLDER}/files", folders.FolderFilesHandler),
         (rf"{b}v2/folders/{FOLDER}/download", folders.FolderDownloadHandler),
         (rf"{b}v2/admin/graphql", admin.GraphQLHandler),
-        (rf"{b}v2/stream/kernel/{KERNEL}/pty", stream.PtyHandler),
+        (rf"{b}v2/stream/kernel/{KERNEL}/pty", forwardable(stream.PtyHandler)),
     ]

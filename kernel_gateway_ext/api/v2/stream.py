@@ -35,6 +35,8 @@ HANGUP = ('for p in /proc/[0-9]*; do grep -qzx "' + MARKER + '=$0" "$p/environ" 
 
 
 class PtyHandler(V2Handler, websocket.WebSocketHandler):
+    record_kind = "kernel"
+    by_token = True
     km: GatewayKernel
     tty: Terminal | None = None
     sock: socket.socket | None = None
