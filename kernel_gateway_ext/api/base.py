@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -12,9 +12,9 @@ from tornado import httputil, iostream, web, websocket
 
 from ..auth import Identity, extract_token
 from ..auth.authorizer import Owned
-from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, Unauthorized
+from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, ReplicaUnavailable, Unauthorized
 from ..kernels.kernel import GatewayKernel
-from ..replicas.forward import FORWARDED, HomeUnreachable, forward_http, gather_from_peers, locate
+from ..replicas.forward import FORWARDED, gather_from_peers, locate, pass_on
 from .context import GatewayContext
 
 T = TypeVar("T", bound=Owned)
@@ -81,17 +81,17 @@ class GatewayMixin:
             return gw.jobs.find(ident) is not None
         return gw.jupyter_sessions.get(ident) is not None
 
-    async def home_elsewhere(self, unreachable: str = "") -> str | None:
-        """The URL of the replica serving what this request names, when it is not this one
-        (waiting out the takeover of a home that died, or whose URL `unreachable` refused us)."""
+    def homes(self) -> Callable[[], Awaitable[set[str]]] | None:
+        """With replicas, for a route naming a kernel or session that is not here: how to ask the
+        store which replica serves it (None: this replica serves the request)."""
         if self.record_kind is None or not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
             return None
-        replicas = self.gateway.replicas
         kwargs = self.path_kwargs
         ident = kwargs.get("kernel_id") or kwargs.get("session_id")
         if not ident or self.is_here(ident):
             return None
-        return await locate(replicas, self.gateway.store, self.record_kind, ident, self.by_token, unreachable)
+        kind, store, by_token = self.record_kind, self.gateway.store, self.by_token
+        return lambda: store.homes_of(kind, ident, by_token)
 
     async def from_peers(self) -> list[Any]:
         """For a list: the other live replicas' parts of it (nothing with one gateway)."""
@@ -164,34 +164,37 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     passed_on = False  # served by another replica (an override of prepare stops there)
 
     async def prepare(self) -> None:
-        home = await self.home_elsewhere()
-        if home is not None:
-            self.passed_on = True
-            if isinstance(self, websocket.WebSocketHandler):
-                self.forward_to = home  # WebSocketForwarding passes the socket on
-                return
-            if getattr(self, "streams_body", False):
-                # The body is still to come: the verb, once it is here, forwards it all (within
-                # the server's small body limit: this replica does not know the caller yet).
-                setattr(self, self.request.method.lower(), functools.partial(self._forward_with_body, home))
-                return
-            try:
-                await forward_http(self, home, self.gateway.replicas.replica_id)
-                return
-            except HomeUnreachable as e:  # it died just now: once it is taken over, here or there
-                home = await self.home_elsewhere(unreachable=e.url)
-                if home is not None:
-                    await forward_http(self, home, self.gateway.replicas.replica_id)
-                    return
-                self.passed_on = False  # this replica took it over: serve it
+        if await self.served_elsewhere():
+            return
         if self.auth_required:
             identity = await self.authenticate()
             if identity is not None:  # else a scheme waits for the body: take_body() finishes it
                 self.identity = identity
 
-    async def _forward_with_body(self, home: str, *args: Any, **kwargs: Any) -> None:
+    async def served_elsewhere(self) -> bool:
+        """With replicas: pass this request to the replica serving what it names, if not this one."""
+        homes = self.homes()
+        if homes is None:
+            return False
+        replicas, what = self.gateway.replicas, self.request.path
+        if isinstance(self, websocket.WebSocketHandler):
+            url = await locate(replicas, homes, what)
+            self.forward_to = url  # WebSocketForwarding passes the socket on
+        elif getattr(self, "streams_body", False):
+            url = await locate(replicas, homes, what)
+            if url is not None:
+                # The body is still to come: the verb, once it is here, forwards it all (within
+                # the server's small body limit: this replica does not know the caller yet).
+                setattr(self, self.request.method.lower(), functools.partial(self._pass_on_with_body, homes))
+        else:
+            url = "passed" if await pass_on(self, replicas, homes, what) else None
+        self.passed_on = url is not None
+        return self.passed_on
+
+    async def _pass_on_with_body(self, homes: Callable[[], Awaitable[set[str]]], *args: Any, **kwargs: Any) -> None:
         self.request.body = bytes(getattr(self, "_chunks", b""))
-        await forward_http(self, home, self.gateway.replicas.replica_id)
+        if not await pass_on(self, self.gateway.replicas, homes, self.request.path):
+            raise ReplicaUnavailable("the replica serving this request changed while its body came; retry")
 
     async def authenticate_with_body(self) -> None:
         """The scheme that waited for the body (v2 signatures) decides, now that it is here."""

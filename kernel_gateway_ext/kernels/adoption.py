@@ -57,6 +57,8 @@ class KernelRecords:
     def delete_later(self, km: GatewayKernel) -> None:
         if km.persisted and self.store is not None:
             self._tasks.spawn(self.store.delete_record(RECORD_KIND, km.kernel_id))
+        if km.client_token and self.store is not None and self.store.home:  # replicas: the token is free again
+            self._tasks.spawn(self.store.unclaim(gateway_id(), km.owner, km.client_token))
 
     async def flush(self) -> None:
         """Wait for record writes and deletions in flight."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from tornado import httpclient, httputil, web, websocket
 
 from ..errors import ReplicaUnavailable
-from ..store import Store
 from .membership import Replicas
 
 FORWARDED = "X-KGE-Forwarded-By"  # the replica that forwarded a request (never forwarded again)
@@ -27,23 +27,23 @@ WS_HEADERS = {"authorization", "cookie", "origin", "user-agent", "x-xsrftoken", 
 TAKEOVER_WAIT = 12.0  # seconds a request for a dead replica's kernel waits for a live one to adopt it
 
 
-async def locate(replicas: Replicas, store: Store, kind: str, ident: str, by_token: bool = False,
+async def locate(replicas: Replicas, homes: Callable[[], Awaitable[set[str]]], what: str,
                  unreachable: str = "") -> str | None:
-    """The URL of the live replica homing `ident`, or None when this replica should serve it
-    (its own, or unknown here and everywhere). A home that died (or that `unreachable` names:
-    its URL refused us), is waited out until a live replica has taken it over."""
+    """The URL of the live replica `homes()` names for `what`, or None when this replica should
+    serve it (its own, or nobody's). A home that died (or that `unreachable` names: its URL
+    refused us) is waited out until a live replica has taken it over."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TAKEOVER_WAIT
     while True:
-        homes = await store.homes_of(kind, ident, by_token) - {replicas.replica_id}
-        if not homes:
+        elsewhere = await homes() - {replicas.replica_id}
+        if not elsewhere:
             return None
-        for home in sorted(homes):
+        for home in sorted(elsewhere):
             url = await replicas.url_of(home)
             if url and url != unreachable:
                 return url
         if loop.time() > deadline:
-            raise ReplicaUnavailable(f"the replica serving {ident} is gone and no other has taken it over yet; retry")
+            raise ReplicaUnavailable(f"the replica serving {what} is gone and no other has taken it over yet; retry")
         await asyncio.sleep(0.25)
 
 
@@ -97,6 +97,24 @@ async def forward_http(handler: web.RequestHandler, home_url: str, me: str) -> N
         raise
     if not handler._finished:
         handler.finish()
+
+
+async def pass_on(handler: web.RequestHandler, replicas: Replicas, homes: Callable[[], Awaitable[set[str]]],
+                  what: str) -> bool:
+    """Forward `handler`'s request to the live replica `homes()` names; False when this replica
+    should serve it. A home that refuses the connection (it died just now) is waited out until
+    it is taken over, then the request goes to the new home (or is served here)."""
+    unreachable = ""
+    for _ in range(3):
+        url = await locate(replicas, homes, what, unreachable)
+        if url is None:
+            return False
+        try:
+            await forward_http(handler, url, replicas.replica_id)
+            return True
+        except HomeUnreachable as e:
+            unreachable = e.url
+    raise ReplicaUnavailable(f"the replica serving {what} cannot be reached; retry")
 
 
 class HomeUnreachable(Exception):

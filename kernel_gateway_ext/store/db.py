@@ -146,8 +146,22 @@ class Store(EnvConfigurable):
         return {str(r["home"]) for r in rows}
 
     async def move_home(self, gateway: str, old: str, new: str) -> int:
-        """Every record of replica `old` now belongs to `new` (taking over a dead replica)."""
+        """Every record and claim of replica `old` now belongs to `new` (taking over a dead replica)."""
+        await self.execute("UPDATE claims SET home = ? WHERE gateway = ? AND home = ?", new, gateway, old)
         return await self.execute("UPDATE records SET home = ? WHERE gateway = ? AND home = ?", new, gateway, old)
+
+    # ---- claims: one kernel per owner's v2 client token across replicas ---------------------------
+    async def claim(self, gateway: str, owner: str, token: str) -> str:
+        """The replica that makes (or made) the kernel of `owner`'s `token`: this one if it was free."""
+        await self.execute("INSERT INTO claims (gateway, owner, token, home, created) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING", gateway, owner, token, self.home, time.time())
+        row = await self.fetchrow("SELECT home FROM claims WHERE gateway = ? AND owner = ? AND token = ?",
+                                  gateway, owner, token)
+        return str(row["home"]) if row else self.home
+
+    async def unclaim(self, gateway: str, owner: str, token: str) -> None:
+        await self.execute("DELETE FROM claims WHERE gateway = ? AND owner = ? AND token = ? AND home = ?",
+                           gateway, owner, token, self.home)
 
     async def delete_records(self, gateway: str) -> None:
         """Forget this replica's records of `gateway` (a start that adopts nothing)."""

@@ -51,6 +51,17 @@ CREATE TABLE IF NOT EXISTS leases (
     expires DOUBLE PRECISION NOT NULL
 );
 """),
+    (3, "claims: which replica makes the kernel of a v2 client token", """
+-- Two replicas given the same owner's token at once: the first insert wins, the other forwards.
+CREATE TABLE IF NOT EXISTS claims (
+    gateway TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token TEXT NOT NULL,
+    home TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (gateway, owner, token)
+);
+"""),
 ]
 
 

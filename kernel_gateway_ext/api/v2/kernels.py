@@ -10,7 +10,9 @@ from tornado import web
 
 from ...errors import BadRequest, KernelDead, KernelNotFound
 from ...folders import safe_relative_path
+from ...kernels.adoption import gateway_id
 from ...kernels.manager import GatewayKernel
+from ...replicas.forward import FORWARDED, pass_on
 from ...containers.limits import KernelLimits, parse_memory
 from ..base import StreamedBody
 from .base import V2Handler
@@ -80,6 +82,8 @@ class KernelCreateHandler(V2Handler):
         exec_timeout = exec_ms / 1000.0 if exec_ms else None
         mgr.capacity.check_limits(limits, exec_timeout)  # 406 before anything else is touched
         mounts = await gw.folders.mounts(self.identity.user, mounts_in)
+        if await self.forwarded_to_token_home(token):
+            return
         km, created = await mgr.tokens.get_or_start(
             owner=self.identity.user, client_token=token, lang=lang, limits=limits, mounts=mounts,
             user_env=user_env, exec_timeout=exec_timeout, idle_timeout=idle_ms / 1000.0 if idle_ms else None,
@@ -87,6 +91,19 @@ class KernelCreateHandler(V2Handler):
         # The v2-era manager answered its session id, the client token, as kernelId: the id `run` prints
         # is the one `ps` lists. Lookups by the Jupyter kernel id keep working (get_by_id_or_token).
         self.write_json({"kernelId": km.client_token or km.kernel_id, "created": created}, status=201)
+
+
+    async def forwarded_to_token_home(self, token: str) -> bool:
+        """With replicas: the replica that claimed this owner's token makes its kernel (one kernel
+        even when two replicas are asked at once); True when the request went there."""
+        gw = self.gateway
+        if not gw.replicas.enabled or FORWARDED in self.request.headers:
+            return False
+        store, owner, cluster = gw.store, self.identity.user, gateway_id()
+
+        async def homes() -> set[str]:
+            return {await store.claim(cluster, owner, token)}
+        return await pass_on(self, gw.replicas, homes, token)
 
 
 class KernelMixin(V2Handler):
