@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections import Counter
 from typing import Any
 
 from tornado import httpserver, web
@@ -50,6 +51,7 @@ from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
 from .containers.spec import LABEL_REPLICA
 from .replicas import Replicas
+from .replicas.capacity import Limits, Load, SharedCapacity
 from .store import Store
 
 
@@ -223,6 +225,7 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.docker_available:
             engine.replica_id = self.replicas.replica_id
             if self.replicas.enabled:  # the store's replica lease holds the id (replicas share the gateway id)
+                self._share_capacity()
                 await self.replicas.join(self.store, self.url, self.take_over)
             else:
                 await self._take_lease(engine)
@@ -272,6 +275,8 @@ class Gateway(ServerSettings, GatewayApplication):
         # Events missed while the engine was unreachable are made up for by re-reading state.
         backend.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
         await self._adopt(self.replicas.replica_id, fresh_start=True)
+        if self.kernel_manager.shared is not None:
+            await self.kernel_manager.shared.sync()
 
     async def _adopt(self, replica: str, fresh_start: bool = False) -> None:
         """Adopt the kernels and sessions recorded as this replica's, then remove the containers
@@ -295,7 +300,28 @@ class Gateway(ServerSettings, GatewayApplication):
         """Replica `dead` is gone: its kernels and sessions are this replica's now."""
         moved = await self.store.move_home(current_backend().gateway_id, dead, self.replicas.replica_id)
         await self._adopt(dead)
+        if self.kernel_manager.shared is not None:
+            await self.kernel_manager.shared.sync()  # this replica's load now counts what it adopted
+            await self.kernel_manager.shared.forget(dead)
         self.log.warning("Took over replica %s: %d records", dead, moved)
+
+    def _share_capacity(self) -> None:
+        """Capacity limits across the replicas: each one's load in the store, starts admitted against the sum."""
+        mgr = self.kernel_manager
+        cap = mgr.capacity
+
+        def local() -> Load:
+            # Kernels in the store, and pooled ones being made; a user's start under way is not
+            # counted here: it is pending in SharedCapacity from its admission until it is in the store.
+            kms = mgr.list()
+            kms += [km for km in mgr.every_kernel() if not km.owner and km not in kms]
+            return Load(Counter(km.owner for km in kms if km.owner), len(kms), cap.promised_memory(kms))
+
+        def limits() -> Limits:
+            return Limits(mgr.max_kernels_per_owner, mgr.max_kernels, cap.budget_bytes())
+        shared = SharedCapacity(self.store, lambda: current_backend().gateway_id, local, limits, self.log)
+        mgr.shared = self.jobs.shared = shared
+        mgr.on_removal(lambda kernel_id: shared.sync_soon())
 
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests). A start that fails gives

@@ -26,11 +26,12 @@ from ..containers import ContainerBackend, current_backend
 from ..containers.backend import Owned
 from ..containers.fleet import FLEET
 from ..containers.spec import LABEL_KIND, LABEL_OWNER, BindMount, ContainerSpec, FileToPut
+from ..replicas.capacity import SharedCapacity
 from ..store import Store
 from ..tasks import TaskSet
 
 from . import images
-from .request import Offer, parse_job_request
+from .request import JobRequest, Offer, parse_job_request
 from .records import (
     ID_ALPHABET, LABEL_SESSION_ID, LOG_TAIL_LINES, NOTEBOOK_CMD, RECORD_KIND, SEALED,
     STATUS_ALIASES, JobRecord, iso,
@@ -98,6 +99,7 @@ class JobManager(EnvConfigurable):
         super().__init__(**kwargs)
         # The host's one memory budget, shared with kernels: jobs draw on it too.
         self._budget = budget
+        self.shared: SharedCapacity | None = None  # with replicas: capacity across them
         if budget is not None:
             budget.add_claimant(self.promised_memory)
         self._on_expire = on_expire  # (job kind): for metrics
@@ -135,8 +137,17 @@ class JobManager(EnvConfigurable):
     async def create(self, owner: str, params: dict[str, list[str]]) -> JobRecord:
         await FLEET.refresh(self.backend)
         req = parse_job_request(params, self.offer())
+        local_image = images.resolve(self.image_map, await images.local_images(self.backend), req.image, req.kind)
+        # Replicas: the memory budget holds across them (admitted under a lock in the store).
+        pending = await self.shared.admit(None, kernels=0, memory=req.ram * 2**30) if self.shared is not None else None
+        try:
+            return await self._create(owner, req, local_image)
+        finally:
+            if pending is not None and self.shared is not None:
+                self.shared.done(pending)
+
+    async def _create(self, owner: str, req: JobRequest, local_image: str) -> JobRecord:
         kind, image, ram = req.kind, req.image, req.ram
-        local_image = images.resolve(self.image_map, await images.local_images(self.backend), image, kind)
         self._check_owner_limit(owner, kind)  # no await between this and the record going in
         if self._budget is not None:
             self._budget.check_memory(ram * 2**30)  # 429 past the host's memory budget
@@ -278,6 +289,8 @@ class JobManager(EnvConfigurable):
             self.backend.unsubscribe(rec.container_id)
             await self.backend.remove(rec.container_id)
         self.records.pop(rec.id, None)
+        if self.shared is not None:
+            self.shared.sync_soon()
         await self.store.delete_record(RECORD_KIND, rec.id)
         self.log.info("Session %s %s", rec.id, reason)
 

@@ -116,8 +116,11 @@ class Capacity:
             configured = self._default_mem_limit
         return parse_memory(configured)
 
-    def promised_memory(self) -> int:
-        total = sum(km.effective_limits().memory_bytes or 0 for km in self.host.every_kernel() if km.docker is not None)
+    def promised_memory(self, kernels: Iterable[GatewayKernel] | None = None) -> int:
+        """The memory promised to `kernels` (default: every kernel, starting and pooled ones too)
+        and to the other claimants (Skaha jobs)."""
+        kms = self.host.every_kernel() if kernels is None else kernels
+        total = sum(km.effective_limits().memory_bytes or 0 for km in kms if km.docker is not None)
         return total + sum(promised() for promised in self._claimants)
 
     def count(self) -> int:

@@ -30,6 +30,7 @@ from ..containers.spec import BindMount
 from ..errors import Forbidden, GatewayError, KernelDead, KernelNotFound, KernelStartFailed
 from ..provisioners.docker import DockerProvisioner
 from ..provisioners.launch import LAUNCH_REQUEST, LaunchRequest
+from ..replicas.capacity import SharedCapacity
 from ..store import Store
 from ..tasks import Deadlines
 from .adoption import Adopter, KernelRecords
@@ -90,6 +91,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         self.records = KernelRecords(self.store, self.log, in_store=lambda km: self._kernels.get(km.kernel_id) is km)
         self.adopter = Adopter(self, self.records)
         self.capacity = Capacity(self, provisioner_defaults=lambda: DockerProvisioner(parent=self))
+        self.shared: SharedCapacity | None = None  # with replicas: capacity across them
         self.liveness = Liveness(self)
         self.pool = WarmPool(self, self.capacity)
         self.culler = Culler(self, self.deadlines)
@@ -225,6 +227,23 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         extra = capacity.memory_of(name, limits) - capacity.memory_of(name, None)
         if extra > 0 and self.pool.has_ready(name) and self.pool.servable(request):
             self._refuse_unless(lambda: capacity.check_memory(extra), name, "memory_budget")
+        if self.shared is None:
+            return await self._start(request, owner, name, began, lang, client_token, limits, exec_timeout,
+                                     idle_timeout)
+        # Replicas: the limits hold across them (admitted under a lock in the store).
+        pooled = self.pool.has_ready(name) and self.pool.servable(request)
+        pending = await self.shared.admit(owner, kernels=0 if pooled else 1,
+                                          memory=max(extra, 0) if pooled else capacity.memory_of(name, limits))
+        try:
+            return await self._start(request, owner, name, began, lang, client_token, limits, exec_timeout,
+                                     idle_timeout)
+        finally:
+            self.shared.done(pending)
+
+    async def _start(self, request: LaunchRequest, owner: str, name: str, began: float, lang: str,
+                     client_token: str | None, limits: KernelLimits | None, exec_timeout: float | None,
+                     idle_timeout: float | None) -> GatewayKernel:
+        capacity = self.capacity
         km = await self.pool.take(request)
         source = "pooled" if km is not None else "cold"
         if km is None:

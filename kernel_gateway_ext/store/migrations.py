@@ -62,6 +62,18 @@ CREATE TABLE IF NOT EXISTS claims (
     PRIMARY KEY (gateway, owner, token)
 );
 """),
+    (4, "loads: what each replica has promised, for capacity across replicas", """
+-- Each replica's own rows, rewritten from what it runs: kernels per owner, and (owner '') its
+-- kernel total and the memory it promised (kernels, pools, Skaha sessions).
+CREATE TABLE IF NOT EXISTS loads (
+    gateway TEXT NOT NULL,
+    home TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kernels INTEGER NOT NULL,
+    memory BIGINT NOT NULL,
+    PRIMARY KEY (gateway, home, owner)
+);
+"""),
 ]
 
 

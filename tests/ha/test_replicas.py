@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ha-cluster"
 HA_DIR = "/var/lib/kge-ha"
 REPLICAS = 3
+PER_OWNER = 4  # KGE_MAX_KERNELS_PER_OWNER of every replica
 
 
 @dataclass
@@ -92,7 +93,10 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
             pytest.fail("CI requires the HA cluster (root: PostgreSQL and replicas are started as services)")
         pytest.skip("!!! SKIPPED, NEEDS ROOT: scripts/ha-cluster starts PostgreSQL and HAProxy")
     began = time.monotonic()
-    up = subprocess.run([str(SCRIPT), "up", str(REPLICAS)], capture_output=True, text=True, timeout=600)
+    # Every replica gets these (the per-owner limit is checked across them below).
+    settings = {"KGE_MAX_KERNELS_PER_OWNER": str(PER_OWNER), "KGE_POOL_SIZES": "{}"}
+    up = subprocess.run([str(SCRIPT), "up", str(REPLICAS)], capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **settings})
     assert up.returncode == 0, up.stderr[-3000:]
     print(f"\n[ha] PostgreSQL, {REPLICAS} replicas and HAProxy up in {time.monotonic() - began:.1f} s", file=sys.stderr)
     cluster = HA(read_env(up.stdout))
@@ -290,3 +294,19 @@ def test_skaha_client_through_the_balancer(ha: HA) -> None:
     assert all("started" in out["logs"][i] for i in ids)
     assert sorted(out["listed"]) == sorted(ids)
     assert out["destroyed"] == {i: True for i in ids}
+
+
+async def test_the_per_owner_limit_holds_across_replicas_under_concurrent_starts(ha: HA) -> None:
+    """Twice the limit started at once through the balancer (so on every replica): exactly the
+    limit succeeds, the rest get the one-gateway refusal (403)."""
+    carol = ha.keys("carol-" + uuid.uuid4().hex[:6])
+    client = Client(ha.url, carol.token)
+    answers = await asyncio.gather(*(client.fetch("POST", "/api/kernels", {"name": "python3"})
+                                     for _ in range(2 * PER_OWNER)))
+    made = [r.json["id"] for r in answers if r.status == 201]
+    refused = [r for r in answers if r.status != 201]
+    assert len(made) == PER_OWNER, [(r.status, r.body[:120]) for r in answers]
+    assert all(r.status == 403 and "maximum of 4 kernels" in r.json["message"] for r in refused)
+    assert len({await home_of(ha, "kernel", k) for k in made}) >= 2  # made on several replicas
+    for k in made:
+        assert (await client.fetch("DELETE", f"/api/kernels/{k}")).status == 204
