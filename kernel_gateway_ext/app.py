@@ -49,7 +49,9 @@ from .containers.engine import DockerEngine
 from .containers.fleet import FLEET
 from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
-from .containers.spec import LABEL_REPLICA
+from .containers.spec import LABEL_KERNEL_ID, LABEL_REPLICA
+from .jobs.records import LABEL_SESSION_ID, RECORD_KIND as JOB_RECORD
+from .kernels.adoption import RECORD_KIND as KERNEL_RECORD
 from .replicas import Replicas
 from .replicas.capacity import Limits, Load, SharedCapacity
 from .store import Store
@@ -157,6 +159,7 @@ class Gateway(ServerSettings, GatewayApplication):
         self.terminals: dict[str, set[Any]] = {}  # kernel id -> its open terminal handlers
         self.signatures_seen = SeenSignatures()  # v2 replay guard
         self.state_lock: StateLock | None = None
+        self.stopping = False
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -290,9 +293,15 @@ class Gateway(ServerSettings, GatewayApplication):
             await self.jupyter_sessions.load({km.kernel_id for km in self.kernel_manager.list()})
         else:
             await self.store.delete_records(backend.gateway_id)
+        # With replicas, each removes only what `replica` made and no replica's record names (a
+        # kernel it made may be another's now, taken over while it was away).
+        recorded: set[str] = set()
+        if self.replicas.enabled:
+            for kind in (KERNEL_RECORD, JOB_RECORD):
+                recorded |= {r["id"] for r in await self.store.records(kind, backend.gateway_id, any_home=True)}
         for c in containers:
-            # With replicas, each removes only what it made (or took over): the rest is others'.
-            if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica:
+            named = {c.labels.get(LABEL_KERNEL_ID), c.labels.get(LABEL_SESSION_ID)}
+            if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica and not named & recorded:
                 self.log.warning("Removing container %s: nobody owns it any more", c.short_id)
                 await backend.remove(c.id)
 
@@ -373,6 +382,7 @@ class Gateway(ServerSettings, GatewayApplication):
 
     async def stop_server(self) -> None:
         """Stop listening, shut every kernel down (their containers go), release the engine."""
+        self.stopping = True  # requests on connections still open get a 503 (retried elsewhere)
         if self.http_server is not None:
             self.http_server.stop()
         self.bridges.close_all()

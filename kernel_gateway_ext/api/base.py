@@ -14,7 +14,7 @@ from ..auth import Identity, extract_token
 from ..auth.authorizer import Owned
 from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, ReplicaUnavailable, Unauthorized
 from ..kernels.kernel import GatewayKernel
-from ..replicas.forward import FORWARDED, gather_from_peers, locate, pass_on
+from ..replicas.forward import FORWARDED, STOPPING, gather_from_peers, locate, pass_on
 from .context import GatewayContext
 
 T = TypeVar("T", bound=Owned)
@@ -164,6 +164,8 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     passed_on = False  # served by another replica (an override of prepare stops there)
 
     async def prepare(self) -> None:
+        if self.gateway.stopping:  # its kernels are being handed over or shut down: elsewhere, or later
+            raise ReplicaUnavailable("this gateway is stopping; retry")
         if await self.served_elsewhere():
             return
         if self.auth_required:
@@ -177,6 +179,7 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
         if homes is None:
             return False
         replicas, what = self.gateway.replicas, self.request.path
+        await replicas.settled()  # what a takeover here moved over is served once it is adopted
         if isinstance(self, websocket.WebSocketHandler):
             url = await locate(replicas, homes, what)
             self.forward_to = url  # WebSocketForwarding passes the socket on
@@ -238,6 +241,8 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
             kind = "http-error"
         else:
             message, kind = "internal server error", "internal-error"
+        if self.gateway.stopping:  # a forwarding replica sends the request elsewhere
+            self.set_header(STOPPING, "1")
         content_type, body = self.error_response(status_code, message, kind)
         self.set_header("Content-Type", content_type)
         self.finish(body)

@@ -20,6 +20,7 @@ from ..errors import ReplicaUnavailable
 from .membership import Replicas
 
 FORWARDED = "X-KGE-Forwarded-By"  # the replica that forwarded a request (never forwarded again)
+STOPPING = "X-KGE-Stopping"  # on a 503 of a replica that is stopping: the request was not served
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "content-length", "host"}
 WS_HEADERS = {"authorization", "cookie", "origin", "user-agent", "x-xsrftoken", "date", "x-backendai-version",
@@ -63,26 +64,37 @@ def _headers(request: httputil.HTTPServerRequest, me: str, keep: set[str] | None
 
 
 async def forward_http(handler: web.RequestHandler, home_url: str, me: str) -> None:
-    """Pass `handler`'s request to the replica at `home_url` and stream its answer back."""
+    """Pass `handler`'s request to the replica at `home_url` and stream its answer back. Raises
+    HomeUnreachable, having sent nothing back, when the home did not take the request (refused
+    or dropped the connection, or answered that it is stopping)."""
     request = handler.request
-    started = False
+    status: tuple[int, str | None] | None = None
+    headers: list[tuple[str, str]] = []
+    state = {"started": False, "refused": False}
 
     def on_header(line: str) -> None:
-        nonlocal started
+        nonlocal status
         if line.startswith("HTTP/"):
             _, code, *reason = line.strip().split(" ", 2)
-            handler.set_status(int(code), reason[0] if reason else None)
-            handler.clear_header("Content-Type")
-            started = True
-            return
-        if ":" in line:
+            status, headers[:] = (int(code), reason[0] if reason else None), []
+        elif ":" in line:
             name, value = line.split(":", 1)
-            if name.lower() not in HOP_BY_HOP:
-                handler.set_header(name.strip(), value.strip())
+            headers.append((name.strip(), value.strip()))
+        elif not line.strip() and status is not None and status[0] != 100:  # the end of the headers
+            if status[0] == 503 and any(n.lower() == STOPPING.lower() for n, _ in headers):
+                state["refused"] = True
+                return
+            handler.set_status(*status)
+            handler.clear_header("Content-Type")
+            for name, value in headers:
+                if name.lower() not in HOP_BY_HOP:
+                    handler.set_header(name, value)
+            state["started"] = True
 
     def on_chunk(chunk: bytes) -> None:
-        handler.write(chunk)
-        handler.flush()
+        if state["started"]:
+            handler.write(chunk)
+            handler.flush()
 
     req = httpclient.HTTPRequest(
         _target(home_url, request.uri or "/"), method=request.method or "GET",
@@ -91,10 +103,12 @@ async def forward_http(handler: web.RequestHandler, home_url: str, me: str) -> N
         header_callback=on_header, streaming_callback=on_chunk, connect_timeout=5, request_timeout=3600)
     try:
         await httpclient.AsyncHTTPClient().fetch(req, raise_error=False)
-    except OSError as e:  # connection refused or reset: the home died just now
-        if not started:
+    except (OSError, httpclient.HTTPClientError) as e:  # refused, reset or closed: the home died just now
+        if not state["started"]:
             raise HomeUnreachable(home_url) from e
         raise
+    if state["refused"]:
+        raise HomeUnreachable(home_url)
     if not handler._finished:
         handler.finish()
 
@@ -203,25 +217,30 @@ def forwardable(cls: type[Any]) -> type[Any]:
 
 async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Replicas) -> list[Any]:
     """This same request (a list: kernels, sessions) answered by every live peer for its own part,
-    concatenated. A peer that does not answer in time is left out of this one answer."""
-    peers = replicas.peers()
-    if not peers:
-        return []
+    concatenated. A peer that does not answer (it died just now) is waited out until what it
+    served has been taken over, then the live ones are asked again: nothing goes missing."""
     client = httpclient.AsyncHTTPClient()
     headers = _headers(request, replicas.replica_id)
 
-    async def one(url: str) -> list[Any]:
+    async def one(url: str) -> list[Any] | None:
         try:
             r = await client.fetch(_target(url, request.uri or "/"), headers=headers, connect_timeout=2,
                                    request_timeout=10, raise_error=False)
-        except OSError:
-            return []
-        if r.code != 200:
-            return []
+        except (OSError, httpclient.HTTPClientError):
+            return None
+        if r.code == 503 and STOPPING in r.headers:
+            return None
         try:
-            body = json.loads(r.body)
+            body = json.loads(r.body) if r.code == 200 else []
         except ValueError:
             return []
         return body if isinstance(body, list) else []
-    parts = await asyncio.gather(*(one(u) for u in peers.values()))
-    return [item for part in parts for item in part]
+
+    for attempt in range(2):
+        peers = replicas.peers()
+        parts = await asyncio.gather(*(one(u) for u in peers.values()))
+        gone = [rid for rid, part in zip(peers, parts) if part is None]
+        if not gone or attempt:
+            return [item for part in parts if part for item in part]
+        await replicas.taken_over(gone, TAKEOVER_WAIT)
+    return []

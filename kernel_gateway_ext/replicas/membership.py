@@ -22,6 +22,7 @@ from ..store import Store
 from ..tasks import TaskSet
 
 PREFIX = "replica:"
+CHANNEL = "kge_replicas"  # NOTIFY: a replica left
 
 
 class ReplicaIdTaken(SystemExit):
@@ -48,6 +49,10 @@ class Replicas(EnvConfigurable):
         self._task: asyncio.Task[None] | None = None
         self._takeovers = TaskSet(self.log, "takeover")
         self._on_takeover: Callable[[str], Awaitable[None]] | None = None
+        self._leaving = False
+        self._taking_over = 0
+        self._settled = asyncio.Event()  # set while no takeover is under way
+        self._settled.set()
 
     @property
     def enabled(self) -> bool:
@@ -74,6 +79,11 @@ class Replicas(EnvConfigurable):
             await asyncio.sleep(0.5)
         await self._look()
         self._task = asyncio.ensure_future(self._keep())
+        # A replica that stops says so at once (NOTIFY): its kernels are taken over now, not at
+        # the next look. A killed one cannot: its lease runs out.
+        def on_notify() -> None:
+            self._takeovers.spawn(self._look())
+        await store.listen(CHANNEL, on_notify)
 
     async def _keep(self) -> None:
         assert self.store is not None
@@ -93,6 +103,8 @@ class Replicas(EnvConfigurable):
     async def _look(self) -> None:
         """Learn the live peers; take over each dead one (whoever takes its lease first does)."""
         assert self.store is not None
+        if self._leaving:
+            return
         peers: dict[str, str] = {}
         for lease in await self.store.leases(PREFIX):
             rid = lease["name"][len(PREFIX):]
@@ -108,10 +120,37 @@ class Replicas(EnvConfigurable):
     async def _take_over(self, dead: str, lease: str) -> None:
         assert self.store is not None and self._on_takeover is not None
         self.log.warning("replica %s is gone: taking over its kernels and sessions", dead)
+        self._taking_over += 1
+        self._settled.clear()
         try:
             await self._on_takeover(dead)
         finally:
+            self._taking_over -= 1
+            if not self._taking_over:
+                self._settled.set()
             await self.store.release_lease(lease, self.holder)
+
+    async def settled(self, timeout: float = 15.0) -> None:
+        """Until no takeover is under way here (a record moved here may not be adopted yet)."""
+        if not self._settled.is_set():
+            try:
+                await asyncio.wait_for(self._settled.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def taken_over(self, replicas: list[str], timeout: float) -> None:
+        """Until `replicas` hold no record (a live replica took them over), at most `timeout` s."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        marks = ",".join("?" * len(replicas))
+        while loop.time() < deadline:
+            row = await self.store.fetchrow(f"SELECT COUNT(*) AS n FROM records WHERE home IN ({marks})", *replicas)
+            if not row or not row["n"]:
+                await self._look()  # the peers as they are now
+                await self.settled()
+                return
+            await asyncio.sleep(0.25)
 
     def peers(self) -> dict[str, str]:
         """Live other replicas: id → URL."""
@@ -128,6 +167,7 @@ class Replicas(EnvConfigurable):
 
     async def leave(self) -> None:
         """A stop: end the lease at once, so a live replica takes this one's kernels over now."""
+        self._leaving = True
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -135,3 +175,4 @@ class Replicas(EnvConfigurable):
         if self.store is not None:
             await self.store.execute("UPDATE leases SET expires = 0 WHERE name = ? AND holder = ?",
                                      PREFIX + self.replica_id, self.holder)
+            await self.store.notify(CHANNEL)

@@ -28,6 +28,8 @@ class Driver(Statements, Protocol):
     dialect: str
 
     def transaction(self, lock: str | None = None) -> Any: ...  # async context manager → Statements
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None: ...
+    async def notify(self, channel: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -191,6 +193,13 @@ class Store(EnvConfigurable):
     async def leases(self, prefix: str) -> list[dict[str, Any]]:
         rows = await self.fetch("SELECT name, holder, url, expires FROM leases WHERE name LIKE ?", prefix + "%")
         return [{**r, "live": r["expires"] >= time.time()} for r in rows]
+
+    # ---- notifications (PostgreSQL's LISTEN/NOTIFY; nothing with SQLite) --------------------------
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        await self.driver.listen(channel, callback)
+
+    async def notify(self, channel: str) -> None:
+        await self.driver.notify(channel)
 
     # ---- closing ----------------------------------------------------------------------------------
     async def aclose(self) -> None:

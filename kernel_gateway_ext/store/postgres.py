@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +55,7 @@ class PostgresDriver:
         self.url = url
         self.max_connections = max_connections
         self._pool: Any = None
+        self._listeners: list[Any] = []
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
@@ -90,7 +91,22 @@ class PostgresDriver:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(lock))
             yield _Statements(conn)
 
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call `callback()` on each NOTIFY on `channel` (a connection of its own, kept open)."""
+        import asyncpg
+
+        await self._get_pool()
+        conn = await asyncpg.connect(self.url, timeout=10)
+        await conn.add_listener(channel, lambda *_: callback())
+        self._listeners.append(conn)
+
+    async def notify(self, channel: str) -> None:
+        await self.execute("SELECT pg_notify(?, '')", channel)
+
     async def close(self) -> None:
+        for conn in self._listeners:
+            await conn.close()
+        self._listeners.clear()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

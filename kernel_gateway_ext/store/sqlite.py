@@ -77,6 +77,12 @@ class SQLiteDriver:
                 raise
             await self._run(lambda c: c.execute("COMMIT"))
 
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """No notifications in SQLite (one gateway): listeners rely on their own timers."""
+
+    async def notify(self, channel: str) -> None:
+        pass
+
     async def close(self) -> None:
         def _close() -> None:
             if self._conn is not None:

@@ -310,3 +310,89 @@ async def test_the_per_owner_limit_holds_across_replicas_under_concurrent_starts
     assert len({await home_of(ha, "kernel", k) for k in made}) >= 2  # made on several replicas
     for k in made:
         assert (await client.fetch("DELETE", f"/api/kernels/{k}")).status == 204
+
+
+def stop_replica(ha: HA, replica: str) -> None:
+    """SIGTERM: a replica's graceful stop (it keeps its kernels for the others to take over)."""
+    pid = int(ha.env[f"REPLICA_PID_{replica[1:]}"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), f"{replica} did not stop"
+
+
+async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: HA) -> None:
+    """Replicas restarted one by one (SIGTERM, start again) while a client keeps calling: every
+    call succeeds within three tries (what jupyter_server's GatewayClient does), the kernels keep
+    their state, none is lost."""
+    client = Client(ha.url, ha.token)
+    kernels = [(await client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"] for _ in range(REPLICAS)]
+    for i, k in enumerate(kernels):
+        ws = await KernelWS.connect(ha.url, k, ha.token)
+        await ws.execute(f"mark = {i}")
+        ws.close()
+    stats = {"calls": 0, "retried": 0, "failed": 0}
+    stop = asyncio.Event()
+
+    async def call(method: str, path: str) -> None:
+        for attempt in range(3):
+            r = await client.fetch(method, path, timeout=30)
+            if r.status < 500:
+                stats["calls"] += 1
+                stats["retried"] += attempt > 0
+                assert r.status == 200, (path, r.status, r.body[:200])
+                return
+            await asyncio.sleep(1)
+        stats["failed"] += 1
+
+    async def keep_calling() -> None:
+        while not stop.is_set():
+            for k in kernels:
+                await call("GET", f"/api/kernels/{k}")
+            await call("GET", "/api/kernels")
+            await asyncio.sleep(0.05)
+
+    caller = asyncio.ensure_future(keep_calling())
+    began = time.monotonic()
+    for i in range(1, REPLICAS + 1):
+        await asyncio.to_thread(stop_replica, ha, f"r{i}")
+        await asyncio.to_thread(ha.revive, f"r{i}")
+    stop.set()
+    await caller
+    took = time.monotonic() - began
+    print(f"\n[ha] rolling restart of {REPLICAS} replicas in {took:.1f} s: {stats['calls']} calls, "
+          f"{stats['retried']} needed a retry, {stats['failed']} failed", file=sys.stderr)
+    assert stats["failed"] == 0 and stats["calls"] > 8
+    for i, k in enumerate(kernels):  # the same kernel processes, adopted by the replicas left
+        ws = await KernelWS.connect(ha.url, k, ha.token)
+        assert ws.stdout(await ws.execute("print(mark)")).strip() == str(i)
+        ws.close()
+
+
+async def test_culling_is_done_once_by_the_replica_that_took_the_kernel_over(ha: HA) -> None:
+    """A v2 kernel with a short idle timeout; its replica killed: the replica that takes it over
+    culls it, once, and no other replica does."""
+    bob = ha.keys("bob-" + uuid.uuid4().hex[:6])
+    out = run_py("bai-1.4.2", """
+        import json
+        from ai.backend.client.request import Request
+        from ai.backend.client.session import Session
+        with Session() as s:  # the SDK's create has no idle timeout: the API's own field
+            resp = Request(s, 'POST', '/kernel/create', {'lang': 'python3', 'clientSessionToken': 'cull-me',
+                                                         'config': {'idleTimeout': 8000}}).fetch()
+            print(json.dumps(resp.json()))
+    """, ha.url.rstrip("/"), bob)
+    assert out["created"]
+    client = Client(ha.url, ha.token)
+    kernel = next(k for k in (await client.fetch("GET", "/api/kernels")).json)["id"]
+    home = await home_of(ha, "kernel", kernel)
+    ha.kill(home)
+    deadline = time.monotonic() + 60
+    while any(k["id"] == kernel for k in (await client.fetch("GET", "/api/kernels")).json):
+        assert time.monotonic() < deadline, "the kernel was not culled"
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(2)
+    culled = [line for i in range(1, REPLICAS + 1)
+              for line in open(f"{HA_DIR}/replica-{i}.log", errors="replace") if "Culling" in line and kernel in line]
+    assert len(culled) == 1, culled

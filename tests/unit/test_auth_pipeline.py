@@ -19,6 +19,7 @@ GATEWAY_TOKEN = "pipeline-test-token"
 class Gateway:
     allow_origin = ""
     max_upload_body = 2**20
+    stopping = False
 
     class log:
         @staticmethod

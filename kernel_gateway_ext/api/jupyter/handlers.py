@@ -95,8 +95,9 @@ def _env_from_body(body: dict[str, Any]) -> dict[str, str]:
 
 class KernelsHandler(BaseHandler):
     async def get(self) -> None:
+        others = await self.from_peers()  # first: a takeover it waits for may bring kernels here
         kms = self.visible(self.gateway.kernel_manager.list())
-        self.write_json([km.model() for km in kms] + await self.from_peers())
+        self.write_json([km.model() for km in kms] + others)
 
     async def post(self) -> None:
         body = self.json_body()

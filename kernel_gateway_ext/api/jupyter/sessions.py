@@ -68,8 +68,9 @@ class SessionsMixin(BaseHandler):
 
 class SessionsHandler(SessionsMixin):
     async def get(self) -> None:
+        others = await self.from_peers()  # first: a takeover it waits for may bring sessions here
         models = [self.model(s) for s in self.visible(self.sessions.values())]
-        self.write_json([m for m in models if m is not None] + await self.from_peers())
+        self.write_json([m for m in models if m is not None] + others)
 
     async def post(self) -> None:
         body = self.json_body()
