@@ -5,6 +5,7 @@ run; locally they skip with a loud reason. After the suite, no container of ours
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -191,6 +193,32 @@ class ProcessGateway:
     gateway_id: str
     proc: subprocess.Popen
     log_path: str
+
+
+@contextlib.contextmanager
+def jupyter_server_with_gateway(root: Path, gateway_url: str, token: str,
+                                env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real jupyter_server started with --gateway-url (what JupyterLab runs on), without its own
+    token (loopback); its URL. Stopped at the end."""
+    port = free_port()
+    log_path = root / "jupyter_server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser",
+         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--allow-root", f"--gateway-url={gateway_url}",
+         f"--GatewayClient.auth_token={token}", "--GatewayClient.request_timeout=60"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/api", proc, log_path)
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def start_process_gateway(tmp_dir: str, *argv: str, env: dict[str, str] | None = None,

@@ -9,17 +9,13 @@ supplies (--GatewayClient.auth_token) on every request and websocket it relays.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import Client, ProcessGateway, free_port, wait_http
+from tests.conftest import Client, ProcessGateway, jupyter_server_with_gateway
 from tests.wsclient import KernelWS
 
 pytestmark = pytest.mark.clients
@@ -29,23 +25,9 @@ JS_TOKEN = None  # see the module docstring
 @pytest.fixture(scope="module")
 def jupyter_server(process_gateway: ProcessGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("js-root")
-    port = free_port()
-    log = open(root / "jupyter_server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={root}", "--allow-root",
-         f"--gateway-url={process_gateway.url}", f"--GatewayClient.auth_token={process_gateway.token}",
-         "--GatewayClient.request_timeout=60"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KERNEL_USERNAME": "nbuser"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/api", proc, root / "jupyter_server.log")
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with jupyter_server_with_gateway(root, process_gateway.url, process_gateway.token,
+                                     env={"KERNEL_USERNAME": "nbuser"}) as url:
+        yield url
 
 
 async def test_kernelspecs_and_logos_through_jupyter_server(jupyter_server: str) -> None:

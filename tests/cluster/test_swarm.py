@@ -539,3 +539,39 @@ async def test_a_warm_pool_on_the_cluster(cluster: Cluster) -> None:
         assert stop_process_gateway(pooled) == 0
     assert not services(pooled.gateway_id)
     assert not cluster.containers(pooled.gateway_id)
+
+
+async def test_replicas_on_the_cluster_take_over_a_killed_ones_kernels(cluster: Cluster) -> None:
+    """Two gateway replicas (scripts/ha-cluster: PostgreSQL, HAProxy) placing on the Swarm cluster:
+    a kernel's replica killed, the other adopts the kernel where it runs, state intact."""
+    script = ROOT / "scripts" / "ha-cluster"
+    up = subprocess.run([str(script), "up", "2"], capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **cluster.env, "KGE_POOL_SIZES": "{}"})
+    assert up.returncode == 0, up.stderr[-3000:]
+    ha = dict(line.split("=", 1) for line in up.stdout.split() if "=" in line)
+    try:
+        client = Client(ha["BALANCER_URL"], ha["TOKEN"])
+        kernels = [await start_kernel(client) for _ in range(2)]
+        import asyncpg
+
+        conn = await asyncpg.connect(ha["STORE_URL"])
+        homes = {k["id"]: await conn.fetchval("SELECT home FROM records WHERE id = $1", k["id"]) for k in kernels}
+        assert set(homes.values()) == {"r1", "r2"}, homes
+        k = kernels[0]
+        ws = await KernelWS.connect(ha["BALANCER_URL"], k["id"], ha["TOKEN"])
+        await ws.execute("q = 7")
+        ws.close()
+        os.kill(int(ha[f"REPLICA_PID_{homes[k['id']][1:]}"]), signal.SIGKILL)
+        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        assert model["id"] == k["id"] and model["node"] == k["node"] in cluster.engines, model
+        ws = await KernelWS.connect(ha["BALANCER_URL"], k["id"], ha["TOKEN"])
+        assert ws.stdout(await ws.execute("print(q)")).strip() == "7"
+        ws.close()
+        assert await conn.fetchval("SELECT home FROM records WHERE id = $1", k["id"]) != homes[k["id"]]
+        await conn.close()
+        for kern in kernels:
+            assert (await client.fetch("DELETE", f"/api/kernels/{kern['id']}")).status == 204
+    finally:
+        down = subprocess.run([str(script), "down"], capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, down.stderr[-2000:]
+    assert not [s for s in docker.from_env().services.list(filters={"label": "org.kge.gateway=kge-ha"})]

@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from tests.clients.v2util import Keys, run_py
-from tests.conftest import IN_CI, Client, free_port, require_docker, wait_http
+from tests.conftest import IN_CI, Client, jupyter_server_with_gateway, require_docker
 from tests.wsclient import KernelWS
 
 pytestmark = pytest.mark.ha
@@ -187,22 +187,8 @@ async def test_any_replica_serves_any_kernel_and_a_killed_home_loses_nothing(ha:
 
 @pytest.fixture
 def jupyter_server(ha: HA, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / "jupyter_server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={tmp_path}", "--allow-root", f"--gateway-url={ha.url}",
-         f"--GatewayClient.auth_token={ha.token}", "--GatewayClient.request_timeout=60"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/api", proc, log)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with jupyter_server_with_gateway(tmp_path, ha.url, ha.token) as url:
+        yield url
 
 
 async def test_jupyter_server_gateway_url_through_the_balancer_while_a_replica_dies(ha: HA, jupyter_server: str) -> None:
