@@ -324,7 +324,8 @@ class Gateway(ServerSettings, GatewayApplication):
             # counted here: it is pending in SharedCapacity from its admission until it is in the store.
             kms = mgr.list()
             kms += [km for km in mgr.every_kernel() if not km.owner and km not in kms]
-            return Load(Counter(km.owner for km in kms if km.owner), len(kms), cap.promised_memory(kms))
+            per_owner = Counter(km.owner for km in kms if km.owner) + self.jobs.active_per_owner()
+            return Load(per_owner, len(kms), cap.promised_memory(kms))
 
         def limits() -> Limits:
             return Limits(mgr.max_kernels_per_owner, mgr.max_kernels, cap.budget_bytes())

@@ -93,11 +93,12 @@ class GatewayMixin:
         kind, store, by_token = self.record_kind, self.gateway.store, self.by_token
         return lambda: store.homes_of(kind, ident, by_token)
 
-    async def from_peers(self) -> list[Any]:
-        """For a list: the other live replicas' parts of it (nothing with one gateway)."""
+    async def from_peers(self, pick: Callable[[Any], Any] = lambda body: body) -> list[Any]:
+        """For a list: the other live replicas' parts of it (nothing with one gateway); `pick`
+        finds the list in an answer."""
         if not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
             return []
-        return await gather_from_peers(self.request, self.gateway.replicas)
+        return await gather_from_peers(self.request, self.gateway.replicas, pick)
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.

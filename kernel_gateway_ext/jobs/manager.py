@@ -7,6 +7,7 @@ import builtins
 
 import asyncio
 import functools
+from collections import Counter
 import json
 import secrets
 import shlex
@@ -42,6 +43,11 @@ class MemoryBudget(Protocol):
     def add_claimant(self, promised: Callable[[], int]) -> None: ...
 
     def check_memory(self, wanted: int) -> None: ...
+
+
+def session_key(kind: str, owner: str) -> str:
+    """The per-owner count a Skaha session of `kind` falls in (headless jobs apart from the rest)."""
+    return f"session:{'headless' if kind == 'headless' else 'interactive'}:{owner}"
 
 
 class JobManager(EnvConfigurable):
@@ -139,7 +145,11 @@ class JobManager(EnvConfigurable):
         req = parse_job_request(params, self.offer())
         local_image = images.resolve(self.image_map, await images.local_images(self.backend), req.image, req.kind)
         # Replicas: the memory budget holds across them (admitted under a lock in the store).
-        pending = await self.shared.admit(None, kernels=0, memory=req.ram * 2**30) if self.shared is not None else None
+        pending = None
+        if self.shared is not None:
+            limit, what = self._owner_limit(req.kind)
+            pending = await self.shared.admit(session_key(req.kind, owner), kernels=0, memory=req.ram * 2**30,
+                                              owner_limit=(limit, what))
         try:
             return await self._create(owner, req, local_image)
         finally:
@@ -165,13 +175,18 @@ class JobManager(EnvConfigurable):
         self._tasks.spawn(self._start(rec))
         return rec
 
+    def _owner_limit(self, kind: str) -> tuple[int, str]:
+        if kind == "headless":
+            return self.max_headless_sessions, "headless jobs"
+        return self.max_interactive_sessions, "interactive sessions"
+
+    def active_per_owner(self) -> Counter[str]:
+        """Running and pending sessions per `session_key` (what the per-owner limits count)."""
+        return Counter(session_key(r.type, r.owner) for r in self.records.values() if r.status in ("Pending", "Running"))
+
     def _check_owner_limit(self, owner: str, kind: str) -> None:
-        headless = kind == "headless"
-        limit = self.max_headless_sessions if headless else self.max_interactive_sessions
-        active = sum(1 for r in self.records.values() if r.owner == owner and r.status in ("Pending", "Running")
-                     and (r.type == "headless") == headless)
-        if limit and active >= limit:
-            what = "headless jobs" if headless else "interactive sessions"
+        limit, what = self._owner_limit(kind)
+        if limit and self.active_per_owner()[session_key(kind, owner)] >= limit:
             raise Forbidden(f"{owner} already has the maximum of {limit} {what} running; delete one first")
 
     def notebook_path(self, session_id: str) -> str:
@@ -242,6 +257,8 @@ class JobManager(EnvConfigurable):
             rec.exit_code = code
             rec.status = "Succeeded" if code == 0 else "Error"
             rec.event("Normal" if code == 0 else "Warning", "Exited", f"exited with code {code}")
+            if self.shared is not None:  # it no longer counts against its owner or the budget
+                self.shared.sync_soon()
         else:
             return
         asyncio.ensure_future(self._save(rec))

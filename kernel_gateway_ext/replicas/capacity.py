@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import OverCapacity, TooManyKernels
+from ..errors import Forbidden, OverCapacity, TooManyKernels
 from ..store import Store
 from ..store.db import Statements
 
@@ -61,19 +61,26 @@ class SharedCapacity:
     def _lock(self) -> str:
         return f"capacity:{self.gateway()}"
 
-    async def admit(self, owner: str | None, kernels: int = 1, memory: int = 0) -> Load:
-        """Admit a start of `kernels` more kernels for `owner` (None: a Skaha session) promising
-        `memory` more bytes, or refuse it as one gateway would (403, 429). The caller gives the
-        answer back to `done` once its kernel or session is counted in what this replica runs."""
+    async def admit(self, owner: str | None, kernels: int = 1, memory: int = 0,
+                    owner_limit: tuple[int, str] | None = None) -> Load:
+        """Admit a start of `kernels` more kernels for `owner` promising `memory` more bytes, or
+        refuse it as one gateway would (403, 429). `owner` is a key of the per-owner counts (a user
+        for kernels, `session:KIND:USER` for Skaha sessions); `owner_limit` its limit and what it
+        counts (default: the kernels per owner). The caller gives the answer back to `done` once its
+        kernel or session is counted in what this replica runs."""
         async with self.store.transaction(lock=self._lock()) as tx:
             rows = await tx.fetch("SELECT owner, SUM(kernels) AS n, SUM(memory) AS m FROM loads "
                                   "WHERE gateway = ? AND home <> ? GROUP BY owner", self.gateway(), self.store.home)
             others = {r["owner"]: (int(r["n"] or 0), int(r["m"] or 0)) for r in rows}
             load, limits = self._load(), self.limits()
-            if owner is not None and limits.per_owner:
+            most, what = owner_limit or (limits.per_owner, "kernels")
+            if owner is not None and most:
                 has = load.per_owner[owner] + others.get(owner, (0, 0))[0]
-                if has >= limits.per_owner:
-                    raise TooManyKernels(f"{owner} already has the maximum of {limits.per_owner} kernels")
+                if has >= most:
+                    user = owner.rsplit(":", 1)[-1]
+                    if owner_limit is None:
+                        raise TooManyKernels(f"{user} already has the maximum of {most} {what}")
+                    raise Forbidden(f"{user} already has the maximum of {most} {what} running; delete one first")
             total_kernels, total_memory = others.get("", (0, 0))
             if kernels and limits.kernels and load.kernels + total_kernels + kernels > limits.kernels:
                 raise TooManyKernels(f"the gateway runs its maximum of {limits.kernels} kernels")

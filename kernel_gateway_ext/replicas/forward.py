@@ -176,9 +176,9 @@ class WebSocketForwarding:
             if inspect.isawaitable(opened):
                 await opened
             return
-        asyncio.ensure_future(self._pump())
+        asyncio.ensure_future(self._pump_home())
 
-    async def _pump(self) -> None:
+    async def _pump_home(self) -> None:
         upstream = self.home_socket
         while upstream is not None:
             msg = await upstream.read_message()
@@ -215,26 +215,29 @@ def forwardable(cls: type[Any]) -> type[Any]:
     return type(cls.__name__, (WebSocketForwarding, cls), {"__doc__": cls.__doc__, "__module__": cls.__module__})
 
 
-async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Replicas) -> list[Any]:
+async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Replicas,
+                            pick: Callable[[Any], Any] = lambda body: body) -> list[Any]:
     """This same request (a list: kernels, sessions) answered by every live peer for its own part,
-    concatenated. A peer that does not answer (it died just now) is waited out until what it
-    served has been taken over, then the live ones are asked again: nothing goes missing."""
+    concatenated (`pick` finds the list in an answer). A peer that does not answer (it died just
+    now) is waited out until what it served has been taken over, then the live ones are asked
+    again: nothing goes missing."""
     client = httpclient.AsyncHTTPClient()
     headers = _headers(request, replicas.replica_id)
+    body = request.body if request.method in ("POST", "PUT", "PATCH") else None
 
     async def one(url: str) -> list[Any] | None:
         try:
-            r = await client.fetch(_target(url, request.uri or "/"), headers=headers, connect_timeout=2,
-                                   request_timeout=10, raise_error=False)
+            r = await client.fetch(_target(url, request.uri or "/"), method=request.method or "GET", headers=headers,
+                                   body=body, connect_timeout=2, request_timeout=10, raise_error=False)
         except (OSError, httpclient.HTTPClientError):
             return None
         if r.code == 503 and STOPPING in r.headers:
             return None
         try:
-            body = json.loads(r.body) if r.code == 200 else []
-        except ValueError:
+            found = pick(json.loads(r.body)) if r.code == 200 else []
+        except (ValueError, AttributeError, KeyError, TypeError):
             return []
-        return body if isinstance(body, list) else []
+        return found if isinstance(found, list) else []
 
     for attempt in range(2):
         peers = replicas.peers()

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.clients.v2util import Keys, run_py
+from tests.clients.v2util import Keys, run_cli, run_py
 from tests.conftest import IN_CI, Client, jupyter_server_with_gateway, require_docker
 from tests.wsclient import KernelWS
 
@@ -29,6 +29,7 @@ SCRIPT = ROOT / "scripts" / "ha-cluster"
 HA_DIR = "/var/lib/kge-ha"
 REPLICAS = 3
 PER_OWNER = 4  # KGE_MAX_KERNELS_PER_OWNER of every replica
+HEADLESS = 3  # KGE_MAX_HEADLESS_SESSIONS
 
 
 @dataclass
@@ -94,7 +95,8 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
         pytest.skip("!!! SKIPPED, NEEDS ROOT: scripts/ha-cluster starts PostgreSQL and HAProxy")
     began = time.monotonic()
     # Every replica gets these (the per-owner limit is checked across them below).
-    settings = {"KGE_MAX_KERNELS_PER_OWNER": str(PER_OWNER), "KGE_POOL_SIZES": "{}"}
+    settings = {"KGE_MAX_KERNELS_PER_OWNER": str(PER_OWNER), "KGE_MAX_HEADLESS_SESSIONS": str(HEADLESS),
+                "KGE_POOL_SIZES": "{}"}
     up = subprocess.run([str(SCRIPT), "up", str(REPLICAS)], capture_output=True, text=True, timeout=600,
                         env={**os.environ, **settings})
     assert up.returncode == 0, up.stderr[-3000:]
@@ -230,6 +232,8 @@ def test_backendai_client_through_the_balancer(ha: HA) -> None:
     out = run_py("bai-1.4.2", code, ha.url.rstrip("/"), alice)
     assert out["same"] and out["w"]["status"] == "waiting-input" and "hi bob" in out["i"]["console"][0][1]
     assert "".join(item[1] for r in out["runs"] for item in r["console"]) == "0\n1\n2\n3\n"
+    for _ in range(REPLICAS):  # `backend.ai ps` lists it whichever replica answers
+        assert "ha-tok" in run_cli(["ps"], ha.url.rstrip("/"), alice).stdout
     ha.kill(asyncio.run(home_of(ha, "kernel", out["id"])))
     after = run_py("bai-1.4.2", """
         import json
@@ -382,3 +386,18 @@ async def test_culling_is_done_once_by_the_replica_that_took_the_kernel_over(ha:
     culled = [line for i in range(1, REPLICAS + 1)
               for line in open(f"{HA_DIR}/replica-{i}.log", errors="replace") if "Culling" in line and kernel in line]
     assert len(culled) == 1, culled
+
+
+async def test_the_skaha_session_limit_holds_across_replicas(ha: HA) -> None:
+    """Twice the headless-job limit asked at once through the balancer: the limit is made, the
+    rest refused as by one gateway (403), whichever replicas the requests reached."""
+    dana = ha.keys("dana-" + uuid.uuid4().hex[:6])
+    client, headers = Client(ha.url, None), {"Authorization": f"Bearer {dana.token}"}
+    q = "name=lim&image=images.canfar.net/skaha/terminal:1.1.1&cmd=sleep&args=600"
+    answers = await asyncio.gather(*(client.fetch("POST", f"/skaha/v0/session?{q}", headers=headers, token=None)
+                                     for _ in range(2 * HEADLESS)))
+    made = [r.body.decode().strip() for r in answers if r.status == 200]
+    assert len(made) == HEADLESS, [(r.status, r.body[:120]) for r in answers]
+    assert all(r.status == 403 and b"maximum of 3 headless jobs" in r.body for r in answers if r.status != 200)
+    for sid in made:
+        assert (await client.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=headers, token=None)).status == 200

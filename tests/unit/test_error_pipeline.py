@@ -51,7 +51,7 @@ class SkahaRaising(Raising, SkahaHandler):
 @pytest.fixture
 async def base():
     app = web.Application([(r"/j/(\w+)", JupyterRaising), (r"/v2/(\w+)", V2Raising), (r"/s/(\w+)", SkahaRaising)],
-                          gateway=type("G", (), {"log": Log()})())
+                          gateway=type("G", (), {"log": Log(), "stopping": False})())
     sock, port = bind_unused_port()
     server = HTTPServer(app)
     server.add_sockets([sock])

@@ -119,7 +119,10 @@ class NotebookProxyHandler(StreamedBody, ProxyMixin):
             f"http://{host}{self.upstream_uri()}", method=self.request.method, headers=self.upstream_headers(token),
             body=body, follow_redirects=False, request_timeout=300, allow_nonstandard_methods=True, decompress_response=False,
         )
-        resp = await self._client(session_id).fetch(req, raise_error=False)
+        try:
+            resp = await self._client(session_id).fetch(req, raise_error=False)
+        except OSError as e:  # refused: the server in the container is still starting
+            raise GatewayError("the notebook server is not answering yet", status=503) from e
         if resp.code == 599:
             raise GatewayError("the notebook server is not answering yet", status=503)
         self.set_status(resp.code, resp.reason)

@@ -81,6 +81,9 @@ class GraphQLHandler(V2Handler):
         if not isinstance(query, str) or not isinstance(variables, dict):
             raise BadRequest("'query' must be a string and 'variables' an object")
         args, fields = parse_query(query, variables)
+        # With replicas, each answers for the kernels it serves (first: a takeover it waits for
+        # may bring kernels here).
+        others = await self.from_peers(lambda answer: answer["compute_sessions"])
         kms = self.visible(self.gateway.kernel_manager.list())
         access_key = args.get("access_key")
         if access_key:
@@ -89,7 +92,7 @@ class GraphQLHandler(V2Handler):
             # The named key's owner only (this filter used to be dropped: an admin got every key's).
             found = await self.gateway.keypairs.lookup(str(access_key))
             if found is None:
-                self.write_json({"compute_sessions": []})
+                self.write_json({"compute_sessions": others})
                 return
             kms = [km for km in kms if km.owner == found[0].user]
         status = args.get("status")
@@ -99,4 +102,4 @@ class GraphQLHandler(V2Handler):
             if status and STATUS.get(km.execution_state, "RUNNING") != status:
                 continue
             items.append(row)
-        self.write_json({"compute_sessions": items})
+        self.write_json({"compute_sessions": items + others})
