@@ -81,17 +81,12 @@ class GatewayMixin:
             return gw.jobs.find(ident) is not None
         return gw.jupyter_sessions.get(ident) is not None
 
-    def homes(self) -> Callable[[], Awaitable[set[str]]] | None:
-        """With replicas, for a route naming a kernel or session that is not here: how to ask the
-        store which replica serves it (None: this replica serves the request)."""
-        if self.record_kind is None or not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
+    def named(self) -> str | None:
+        """With replicas: the id of the kernel or session this route names, when it is not served here."""
+        if self.record_kind is None or not self.gateway.replicas.enabled:
             return None
-        kwargs = self.path_kwargs
-        ident = kwargs.get("kernel_id") or kwargs.get("session_id")
-        if not ident or self.is_here(ident):
-            return None
-        kind, store, by_token = self.record_kind, self.gateway.store, self.by_token
-        return lambda: store.homes_of(kind, ident, by_token)
+        ident = self.path_kwargs.get("kernel_id") or self.path_kwargs.get("session_id")
+        return ident if ident and not self.is_here(ident) else None
 
     async def from_peers(self, pick: Callable[[Any], Any] = lambda body: body) -> list[Any]:
         """For a list: the other live replicas' parts of it (nothing with one gateway); `pick`
@@ -176,11 +171,17 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
 
     async def served_elsewhere(self) -> bool:
         """With replicas: pass this request to the replica serving what it names, if not this one."""
-        homes = self.homes()
-        if homes is None:
+        ident = self.named()
+        if ident is None:
             return False
         replicas, what = self.gateway.replicas, self.request.path
         await replicas.settled()  # what a takeover here moved over is served once it is adopted
+        if FORWARDED in self.request.headers or self.is_here(ident):
+            return False  # a forwarded request is served here (never forwarded again)
+        kind, store, by_token = self.record_kind or "", self.gateway.store, self.by_token
+
+        def homes() -> Awaitable[set[str]]:
+            return store.homes_of(kind, ident, by_token)
         if isinstance(self, websocket.WebSocketHandler):
             url = await locate(replicas, homes, what)
             self.forward_to = url  # WebSocketForwarding passes the socket on

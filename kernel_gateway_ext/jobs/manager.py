@@ -151,12 +151,17 @@ class JobManager(EnvConfigurable):
             pending = await self.shared.admit(session_key(req.kind, owner), kernels=0, memory=req.ram * 2**30,
                                               owner_limit=(limit, what))
         try:
-            return await self._create(owner, req, local_image)
+            rec = self._new_record(owner, req, local_image)
         finally:
             if pending is not None and self.shared is not None:
-                self.shared.done(pending)
+                self.shared.done(pending)  # the record counts it from now on (no await in between)
+        await self._save(rec)
+        self._schedule_expiry(rec)
+        self._tasks.spawn(self._start(rec))
+        return rec
 
-    async def _create(self, owner: str, req: JobRequest, local_image: str) -> JobRecord:
+    def _new_record(self, owner: str, req: JobRequest, local_image: str) -> JobRecord:
+        """The session's record, in the store's memory at once (the limits count it), or a refusal."""
         kind, image, ram = req.kind, req.image, req.ram
         self._check_owner_limit(owner, kind)  # no await between this and the record going in
         if self._budget is not None:
@@ -170,9 +175,6 @@ class JobManager(EnvConfigurable):
         )
         rec.event("Normal", "Created", f"session {rec.name} created from {image}")
         self.records[rec.id] = rec
-        await self._save(rec)
-        self._schedule_expiry(rec)
-        self._tasks.spawn(self._start(rec))
         return rec
 
     def _owner_limit(self, kind: str) -> tuple[int, str]:

@@ -234,15 +234,16 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         pooled = self.pool.has_ready(name) and self.pool.servable(request)
         pending = await self.shared.admit(owner, kernels=0 if pooled else 1,
                                           memory=max(extra, 0) if pooled else capacity.memory_of(name, limits))
+        shared = self.shared
         try:
             return await self._start(request, owner, name, began, lang, client_token, limits, exec_timeout,
-                                     idle_timeout)
+                                     idle_timeout, counted=lambda: shared.done(pending))
         finally:
-            self.shared.done(pending)
+            shared.done(pending)  # a start that failed (once counted, nothing happens)
 
     async def _start(self, request: LaunchRequest, owner: str, name: str, began: float, lang: str,
                      client_token: str | None, limits: KernelLimits | None, exec_timeout: float | None,
-                     idle_timeout: float | None) -> GatewayKernel:
+                     idle_timeout: float | None, counted: Callable[[], None] | None = None) -> GatewayKernel:
         capacity = self.capacity
         km = await self.pool.take(request)
         source = "pooled" if km is not None else "cold"
@@ -266,6 +267,8 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
             km.docker.owner = owner
         km.execution_state = "idle"
         self.admit(km)
+        if counted is not None:  # in the store now: what was pending for it is not counted twice
+            counted()
         self.watch(km)
         self.arm_cull(km)
         try:

@@ -102,9 +102,9 @@ class SharedCapacity:
 
     def done(self, pending: Load) -> None:
         """An admitted start has ended (its kernel now counts, or it failed)."""
-        if pending in self._pending:
-            self._pending.remove(pending)
-        self.sync_soon()
+        if any(p is pending for p in self._pending):
+            self._pending = [p for p in self._pending if p is not pending]
+            self.sync_soon()
 
     async def sync(self) -> None:
         """Rewrite this replica's rows from what it runs now."""

@@ -325,9 +325,9 @@ async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: H
     stats = {"calls": 0, "retried": 0, "failed": 0}
     stop = asyncio.Event()
 
-    async def call(method: str, path: str) -> None:
+    async def call(method: str, path: str, body: dict | None = None) -> None:
         for attempt in range(3):
-            r = await client.fetch(method, path, timeout=30)
+            r = await client.fetch(method, path, body, timeout=30, headers={"Content-Type": "application/json"})
             if r.status < 500:
                 stats["calls"] += 1
                 stats["retried"] += attempt > 0
@@ -338,8 +338,8 @@ async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: H
 
     async def keep_calling() -> None:
         while not stop.is_set():
-            for k in kernels:
-                await call("GET", f"/api/kernels/{k}")
+            for k in kernels:  # an execute (v2 REST) on each kernel, and the list
+                await call("POST", f"/v2/kernel/{k}", {"mode": "query", "code": "1"})
             await call("GET", "/api/kernels")
             await asyncio.sleep(0.05)
 
@@ -353,7 +353,7 @@ async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: H
     took = time.monotonic() - began
     print(f"\n[ha] rolling restart of {REPLICAS} replicas in {took:.1f} s: {stats['calls']} calls, "
           f"{stats['retried']} needed a retry, {stats['failed']} failed", file=sys.stderr)
-    assert stats["failed"] == 0 and stats["calls"] > 8
+    assert stats["failed"] == 0 and stats["calls"] > 30
     for i, k in enumerate(kernels):  # the same kernel processes, adopted by the replicas left
         ws = await KernelWS.connect(ha.url, k, ha.token)
         assert ws.stdout(await ws.execute("print(mark)")).strip() == str(i)
@@ -397,7 +397,10 @@ async def test_the_skaha_session_limit_holds_across_replicas(ha: HA) -> None:
     answers = await asyncio.gather(*(client.fetch("POST", f"/skaha/v0/session?{q}", headers=headers, token=None)
                                      for _ in range(2 * HEADLESS)))
     made = [r.body.decode().strip() for r in answers if r.status == 200]
-    assert len(made) == HEADLESS, [(r.status, r.body[:120]) for r in answers]
-    assert all(r.status == 403 and b"maximum of 3 headless jobs" in r.body for r in answers if r.status != 200)
-    for sid in made:
-        assert (await client.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=headers, token=None)).status == 200
+    try:
+        assert len(made) == HEADLESS, [(r.status, r.body[:120]) for r in answers]
+        assert all(r.status == 403 and b"maximum of 3 headless jobs" in r.body for r in answers if r.status != 200)
+    finally:
+        for sid in made:
+            r = await client.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=headers, token=None)
+            assert r.status == 200, r.body
