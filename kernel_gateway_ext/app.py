@@ -14,7 +14,6 @@ import signal
 import socket
 import ssl
 import sys
-from collections import Counter
 from typing import Any
 
 from tornado import httpserver, web
@@ -49,11 +48,8 @@ from .containers.engine import DockerEngine
 from .containers.fleet import FLEET
 from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
-from .containers.spec import LABEL_KERNEL_ID, LABEL_REPLICA
-from .jobs.records import LABEL_SESSION_ID, RECORD_KIND as JOB_RECORD
-from .kernels.adoption import RECORD_KIND as KERNEL_RECORD
+from .reconcile import Reconciler
 from .replicas import Replicas
-from .replicas.capacity import Limits, Load, SharedCapacity
 from .store import Store
 
 
@@ -189,6 +185,7 @@ class Gateway(ServerSettings, GatewayApplication):
             connection_dir=runtime_dir, derive_secret=self.keypairs.derive, observer=self.metrics.observe_kernel,
         )
         # One memory budget for the host: kernels and jobs draw from it.
+        self.reconciler = Reconciler(self)
         self.jobs = JobManager(parent=self, log=self.log, store=self.store, folders=self.folders,
                                keypairs=self.keypairs, base_url=self.base_url, budget=self.kernel_manager.capacity,
                                on_expire=self.metrics.observe_job_expiry)
@@ -228,8 +225,8 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.docker_available:
             engine.replica_id = self.replicas.replica_id
             if self.replicas.enabled:  # the store's replica lease holds the id (replicas share the gateway id)
-                self._share_capacity()
-                await self.replicas.join(self.store, self.url, self.take_over)
+                self.reconciler.share_capacity()
+                await self.replicas.join(self.store, self.url, self.reconciler.take_over)
             else:
                 await self._take_lease(engine)
             await FLEET.refresh(current_backend(), force=True)
@@ -277,61 +274,9 @@ class Gateway(ServerSettings, GatewayApplication):
         backend = current_backend()
         # Events missed while the engine was unreachable are made up for by re-reading state.
         backend.on_reconnect(lambda: asyncio.ensure_future(self.jobs.refresh()))
-        await self._adopt(self.replicas.replica_id, fresh_start=True)
+        await self.reconciler.adopt(self.replicas.replica_id, fresh_start=True)
         if self.kernel_manager.shared is not None:
             await self.kernel_manager.shared.sync()
-
-    async def _adopt(self, replica: str, fresh_start: bool = False) -> None:
-        """Adopt the kernels and sessions recorded as this replica's, then remove the containers
-        `replica` made that nobody owns any more (its pooled kernels, half-made starts)."""
-        backend = current_backend()
-        containers = await backend.list_ours()
-        adopted: set[str] = set()
-        if self.adopt or not fresh_start:
-            adopted |= await self.kernel_manager.adopter.adopt(containers)
-            adopted |= await self.jobs.adopt(containers)
-            await self.jupyter_sessions.load({km.kernel_id for km in self.kernel_manager.list()})
-        else:
-            await self.store.delete_records(backend.gateway_id)
-        # With replicas, each removes only what `replica` made and no replica's record names (a
-        # kernel it made may be another's now, taken over while it was away).
-        recorded: set[str] = set()
-        if self.replicas.enabled:
-            for kind in (KERNEL_RECORD, JOB_RECORD):
-                recorded |= {r["id"] for r in await self.store.records(kind, backend.gateway_id, any_home=True)}
-        for c in containers:
-            named = {c.labels.get(LABEL_KERNEL_ID), c.labels.get(LABEL_SESSION_ID)}
-            if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica and not named & recorded:
-                self.log.warning("Removing container %s: nobody owns it any more", c.short_id)
-                await backend.remove(c.id)
-
-    async def take_over(self, dead: str) -> None:
-        """Replica `dead` is gone: its kernels and sessions are this replica's now."""
-        moved = await self.store.move_home(current_backend().gateway_id, dead, self.replicas.replica_id)
-        await self._adopt(dead)
-        if self.kernel_manager.shared is not None:
-            await self.kernel_manager.shared.sync()  # this replica's load now counts what it adopted
-            await self.kernel_manager.shared.forget(dead)
-        self.log.warning("Took over replica %s: %d records", dead, moved)
-
-    def _share_capacity(self) -> None:
-        """Capacity limits across the replicas: each one's load in the store, starts admitted against the sum."""
-        mgr = self.kernel_manager
-        cap = mgr.capacity
-
-        def local() -> Load:
-            # Kernels in the store, and pooled ones being made; a user's start under way is not
-            # counted here: it is pending in SharedCapacity from its admission until it is in the store.
-            kms = mgr.list()
-            kms += [km for km in mgr.every_kernel() if not km.owner and km not in kms]
-            per_owner = Counter(km.owner for km in kms if km.owner) + self.jobs.active_per_owner()
-            return Load(per_owner, len(kms), cap.promised_memory(kms))
-
-        def limits() -> Limits:
-            return Limits(mgr.max_kernels_per_owner, mgr.max_kernels, cap.budget_bytes())
-        shared = SharedCapacity(self.store, lambda: current_backend().gateway_id, local, limits, self.log)
-        mgr.shared = self.jobs.shared = shared
-        mgr.on_removal(lambda kernel_id: shared.sync_soon())
 
     async def start_server(self) -> None:
         """Start listening (used by `start` and by in-process tests). A start that fails gives
