@@ -404,3 +404,20 @@ async def test_the_skaha_session_limit_holds_across_replicas(ha: HA) -> None:
         for sid in made:
             r = await client.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=headers, token=None)
             assert r.status == 200, r.body
+
+
+async def test_one_kernel_for_a_client_token_asked_of_every_replica_at_once(ha: HA) -> None:
+    """v2 get-or-create with one client token, six times at once through the balancer (so on
+    every replica): one kernel, and every caller gets it."""
+    erin = ha.keys("erin-" + uuid.uuid4().hex[:6])
+    client = Client(ha.url, erin.token)
+    body = {"lang": "python3", "clientSessionToken": "same-tok"}
+    answers = await asyncio.gather(*(client.fetch("POST", "/v2/kernel/create", body,
+                                                  headers={"Content-Type": "application/json"})
+                                     for _ in range(6)))
+    assert all(r.status == 201 for r in answers), [(r.status, r.body[:120]) for r in answers]
+    assert {r.json["kernelId"] for r in answers} == {"same-tok"}
+    assert sum(r.json["created"] for r in answers) == 1
+    mine = [k for k in (await client.fetch("GET", "/api/kernels")).json]
+    assert len(mine) == 1, mine
+    assert (await client.fetch("DELETE", f"/api/kernels/{mine[0]['id']}")).status == 204
