@@ -144,7 +144,8 @@ class JobManager(EnvConfigurable):
         await FLEET.refresh(self.backend)
         req = parse_job_request(params, self.offer())
         local_image = images.resolve(self.image_map, await images.local_images(self.backend), req.image, req.kind)
-        # Replicas: the memory budget holds across them (admitted under a lock in the store).
+        # Replicas: the per-owner limits and the memory budget hold across them (admitted under a
+        # lock in the store).
         pending = None
         if self.shared is not None:
             limit, what = self._owner_limit(req.kind)

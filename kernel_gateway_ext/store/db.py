@@ -169,12 +169,6 @@ class Store(EnvConfigurable):
         """Forget this replica's records of `gateway` (a start that adopts nothing)."""
         await self.execute("DELETE FROM records WHERE gateway = ? AND home = ?", gateway, self.home)
 
-    async def count_records(self, gateway: str | None = None) -> int:
-        sql, args = ("SELECT COUNT(*) AS n FROM records", ()) if gateway is None else \
-            ("SELECT COUNT(*) AS n FROM records WHERE gateway = ?", (gateway,))
-        row = await self.fetchrow(sql, *args)
-        return int(row["n"]) if row else 0
-
     # ---- leases -----------------------------------------------------------------------------------
     async def take_lease(self, name: str, holder: str, ttl: float, url: str = "") -> bool:
         """Take or renew lease `name` for `ttl` seconds: True if `holder` has it now (it was

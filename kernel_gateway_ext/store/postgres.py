@@ -2,6 +2,7 @@
 placeholders (as for SQLite) and numbered here."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import zlib
@@ -55,21 +56,27 @@ class PostgresDriver:
         self.url = url
         self.max_connections = max_connections
         self._pool: Any = None
+        self._opening = asyncio.Lock()
         self._listeners: list[Any] = []
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
-            import asyncpg  # optional dependency: pip install kernel_gateway_ext[postgres]
-
-            try:
-                pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.max_connections,
-                                                 command_timeout=30, timeout=10)
-            except (OSError, asyncpg.PostgresError) as e:
-                raise RuntimeError(f"cannot reach the store at {redacted(self.url)}: {e}") from None
-            async with pool.acquire() as conn, conn.transaction():
-                await _migrate(conn)
-            self._pool = pool
+            async with self._opening:  # two first calls at once must not open two pools
+                if self._pool is None:
+                    self._pool = await self._open()
         return self._pool
+
+    async def _open(self) -> Any:
+        import asyncpg  # optional dependency: pip install kernel_gateway_ext[postgres]
+
+        try:
+            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.max_connections,
+                                             command_timeout=30, timeout=10)
+        except (OSError, asyncpg.PostgresError) as e:
+            raise RuntimeError(f"cannot reach the store at {redacted(self.url)}: {e}") from None
+        async with pool.acquire() as conn, conn.transaction():
+            await _migrate(conn)
+        return pool
 
     async def execute(self, sql: str, *args: Any) -> int:
         pool = await self._get_pool()

@@ -92,7 +92,6 @@ class KernelCreateHandler(V2Handler):
         # is the one `ps` lists. Lookups by the Jupyter kernel id keep working (get_by_id_or_token).
         self.write_json({"kernelId": km.client_token or km.kernel_id, "created": created}, status=201)
 
-
     async def forwarded_to_token_home(self, token: str) -> bool:
         """With replicas: the replica that claimed this owner's token makes its kernel (one kernel
         even when two replicas are asked at once); True when the request went there."""
