@@ -12,6 +12,6 @@ setup(
     packages=find_packages(include=["kernel_gateway_ext", "kernel_gateway_ext.*"]) + list(SHARED),
     package_dir=SHARED,
     # every file of the shared folders, but never downloaded wheels or caches
-    package_data={name: ["**/*"] for name in SHARED},
+    package_data={**{name: ["**/*"] for name in SHARED}, "kernel_gateway_ext.api.page": ["static/*"]},
     exclude_package_data={"kernel_gateway_ext.share.docker": ["kernel/wheels/*", "**/__pycache__/*"]},
 )

@@ -26,6 +26,8 @@ from .api.access_log import AccessLog
 from .api.base import NotFoundHandler
 from .api.jupyter import routes as jupyter_routes
 from .api.jupyter.bridge import Bridges
+from .api.page import routes as page_routes
+from .api.page.live import LiveHub
 from .api.server import BoundedHTTPServer, ServerSettings
 from .api.skaha import routes as skaha_routes
 from .api.v2 import routes as v2_routes
@@ -194,9 +196,9 @@ class Gateway(ServerSettings, GatewayApplication):
     def make_app(self) -> web.Application:
         b = self.base_url
         # Each dialect declares its own routes (jupyter_server's default_handlers pattern).
-        routes: list[tuple[str, type[Any]]] = [
+        routes: list[Any] = [
             *jupyter_routes.default_handlers(b), *operations.default_handlers(b), *v2_routes.default_handlers(b),
-            *skaha_routes.default_handlers(b),
+            *skaha_routes.default_handlers(b), *page_routes.default_handlers(b),
         ]
         return web.Application(
             routes,
@@ -206,6 +208,7 @@ class Gateway(ServerSettings, GatewayApplication):
             websocket_max_message_size=64 * 1024 * 1024,
             log_function=AccessLog(self.log, self.metrics, routes, b),
             cookie_secret=self.keypairs.derive("tornado-cookies", "kge"),
+            page_hub=LiveHub(self, self.page_sample_seconds),
         )
 
     def status_model(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ authorize through the authorizer, JSON in and out) and the one place errors beco
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 from tornado import httputil, iostream, web, websocket
 
 from ..auth import Identity, extract_token
+from ..auth.page import CSRF_HEADER, PAGE_COOKIE
 from ..auth.authorizer import Owned
 from ..errors import BadRequest, Forbidden, GatewayError, KernelNotFound, ReplicaUnavailable, Unauthorized
 from ..kernels.kernel import GatewayKernel
@@ -23,8 +25,10 @@ T = TypeVar("T", bound=Owned)
 TOKEN = "token"  # the gateway token or a key pair's ACCESS:SECRET (Authorization: token|Bearer, ?token=)
 CERTIFICATE = "certificate"  # a verified X.509 client certificate
 COOKIE = "cookie"  # a signed cookie (the notebook proxy's)
+PAGE = "page"  # the web page's sign-in cookie (auth/page.py); changes also need its CSRF header
 SIGNATURE = "signature"  # a Backend.AI HMAC signature (v2), which may cover a body still to come
-BROWSER_SENT = {CERTIFICATE, COOKIE}  # a browser sends these to any site's form: cross-site guarded
+BROWSER_SENT = {CERTIFICATE, COOKIE, PAGE}  # a browser sends these to any site's form: cross-site guarded
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class BodyFirst:
@@ -121,6 +125,8 @@ class GatewayMixin:
             if identity is not None:
                 if scheme in BROWSER_SENT:
                     self.refuse_cross_site()
+                if scheme == PAGE:
+                    self.check_csrf()
                 self.auth_scheme = scheme
                 return identity
         raise Unauthorized("authentication required")
@@ -133,13 +139,32 @@ class GatewayMixin:
             return await authenticator.identify(extract_token(self.request))
         if scheme == CERTIFICATE:
             return authenticator.identify_certificate(self.peer_certificate())
+        if scheme == PAGE:
+            value = self.page_cookie()
+            if not value:
+                return None
+            return await authenticator.page.identify(value, authenticator.identify_certificate(self.peer_certificate()))
         raise NotImplementedError(f"{type(self).__name__} declares the {scheme!r} scheme but does not read it")
+
+    def page_cookie(self) -> str | None:
+        """The web page's sign-in cookie, if it is one we signed and not too old."""
+        raw = self.get_signed_cookie(PAGE_COOKIE, max_age_days=self.gateway.authenticator.page_session_hours / 24)  # type: ignore[attr-defined]  # a RequestHandler's
+        return raw.decode(errors="replace") if raw else None
+
+    def check_csrf(self) -> None:
+        """A change made with the page's cookie must carry the cookie's CSRF token, which only the
+        gateway's own page can read."""
+        if self.request.method in SAFE_METHODS:
+            return
+        value, sent = self.page_cookie() or "", self.request.headers.get(CSRF_HEADER, "")
+        if not sent or not hmac.compare_digest(sent, self.gateway.authenticator.page.csrf(value)):
+            raise Forbidden(f"a change made from the page needs its {CSRF_HEADER} header; reload the page")
 
     def refuse_cross_site(self) -> None:
         """CSRF guard for credentials a browser sends by itself (client certificates, cookies): a
         state-changing request must come from our own origin. A cross-site form cannot hide its
         Origin (or Sec-Fetch-Site); command-line clients send neither and pass."""
-        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+        if self.request.method in SAFE_METHODS:
             return
         origin = self.request.headers.get("Origin")
         site = self.request.headers.get("Sec-Fetch-Site", "")
@@ -155,6 +180,9 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     """JSON handler; subclasses set `auth_required` and implement verbs."""
 
     auth_required = True
+    # The web page's cookie too: the page acts through the dialects' own routes (websockets do not
+    # take it: a cross-site websocket has no preflight to stop it).
+    auth_schemes: tuple[str, ...] = (TOKEN, CERTIFICATE, PAGE)
     identity: Identity
 
     passed_on = False  # served by another replica (an override of prepare stops there)

@@ -44,6 +44,7 @@ class GatewayContext(Protocol):
     max_upload_body: int
     max_terminals: int
     ws_max_unsent_bytes: int
+    docker_available: bool
     stopping: bool  # a stop is under way: requests are refused (503), so clients and balancers retry
 
     def status_model(self) -> dict[str, Any]: ...

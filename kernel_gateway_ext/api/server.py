@@ -72,6 +72,10 @@ class ServerSettings(HasTraits):
                       "its address: raise it or set 0). 0: no limit."),
         "KGE_MAX_CONNECTIONS_PER_ADDRESS",
     )
+    page_sample_seconds = env(
+        Float(3.0, help="Seconds between the web page's readings of memory and CPU (only while a page is open)."),
+        "KGE_PAGE_SAMPLE_SECONDS",
+    )
     max_terminals = env(
         Int(8, help="Terminals (v2 pty streams) open on one kernel at once; more are refused. 0: no limit."),
         "KGE_MAX_TERMINALS",

@@ -1,16 +1,18 @@
 """Token authentication shared by the dialects."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
-from traitlets import Instance, List, Unicode, default
+from traitlets import Float, Instance, List, Unicode, default
 
 from ..config import EnvConfigurable, env
 from .identity import ADMIN_USER, Identity
 from .keypairs import USER_RE
+from .page import PageCookies
 
 DN = tuple  # a distinguished name as ssl decodes it: ((("commonName", "x"),), …)
 
@@ -58,6 +60,11 @@ class Authenticator(EnvConfigurable):
         "KGE_CLIENT_CERT_ISSUERS",
     )
 
+    page_session_hours = env(
+        Float(12.0, help="Hours a sign-in on the web page lasts (its cookie); revoking the key pair ends it sooner."),
+        "KGE_PAGE_SESSION_HOURS",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.generated_token = False
@@ -65,6 +72,20 @@ class Authenticator(EnvConfigurable):
             self.auth_token = secrets.token_urlsafe(32)
             self.generated_token = True
         self.trusted_issuers: set[DN] = set()
+        self.page = PageCookies(self)  # the web page's sign-in cookies
+
+    def token_binding(self) -> str:
+        """A hash that ties a browser's cookie to the gateway token of the day: a new token ends it."""
+        return hmac.new(self.auth_token.encode(), b"kge-proxy-cookie", hashlib.sha256).hexdigest()[:32]
+
+    def token_identity(self) -> Identity:
+        return Identity(ADMIN_USER, admin=True)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for `purpose` from the master key (or, without key pairs, the gateway token)."""
+        if self.keypairs is not None:
+            return self.keypairs.derive(purpose, "kge").encode()
+        return hmac.new(self.auth_token.encode(), purpose.encode(), hashlib.sha256).digest()
 
     def trust_issuers(self, ca_subjects: list[DN]) -> None:
         """Which of the verified chain's CAs may issue identities (from the loaded CA bundle)."""
@@ -97,7 +118,7 @@ class Authenticator(EnvConfigurable):
         if not token:
             return None
         if hmac.compare_digest(token.encode(), self.auth_token.encode()):
-            return Identity(ADMIN_USER, admin=True)
+            return self.token_identity()
         if self.keypairs is not None:
             return await self.keypairs.identify_token(token)
         return None

@@ -84,28 +84,37 @@ class KeyPairs(EnvConfigurable):
         mac = hmac.new(self.master, f"{purpose}:{nonce}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
-    # ---- management (CLI) -----------------------------------------------------------------------
-    def create(self, user: str, admin: bool = False) -> tuple[str, str]:
+    # ---- management (the CLI, and the page's admin view) ------------------------------------------
+    async def add(self, user: str, admin: bool = False) -> tuple[str, str]:
+        """A new key pair for `user`: (access key, secret key). The secret is shown this once."""
         if not USER_RE.match(user):
             raise BadRequest("user names are 1-64 letters, digits and _.@-")
         if user == ADMIN_USER:  # the gateway token's user: a key pair named so would own its kernels
             raise BadRequest(f"{ADMIN_USER!r} is the gateway token's user; name another (--admin makes an admin key pair)")
         access_key = "AKKGE" + secrets.token_hex(8).upper()
         nonce = secrets.token_hex(16)
-        self.store.run_sync(lambda: self.store.execute(
-            'INSERT INTO keypairs (access_key, "user", is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)',
-            access_key, user, int(admin), nonce, time.time()))
+        await self.store.execute('INSERT INTO keypairs (access_key, "user", is_admin, nonce, created) VALUES (?, ?, ?, ?, ?)',
+                                 access_key, user, int(admin), nonce, time.time())
         return access_key, self.derive(access_key, nonce)
 
-    def list(self) -> list[KeyPair]:
-        rows = self.store.run_sync(lambda: self.store.fetch("SELECT * FROM keypairs ORDER BY created"))
-        return [self._row(r) for r in rows]
+    async def all(self) -> list[KeyPair]:
+        return [self._row(r) for r in await self.store.fetch("SELECT * FROM keypairs ORDER BY created")]
 
-    def revoke(self, access_key: str) -> None:
-        changed = self.store.run_sync(lambda: self.store.execute(
-            "UPDATE keypairs SET revoked = ? WHERE access_key = ? AND revoked IS NULL", time.time(), access_key))
+    async def withdraw(self, access_key: str) -> None:
+        """Revoke a key pair: every request, cookie and session signed with it fails from now on."""
+        changed = await self.store.execute(
+            "UPDATE keypairs SET revoked = ? WHERE access_key = ? AND revoked IS NULL", time.time(), access_key)
         if changed == 0:
             raise NotFound(f"no active key pair {access_key}")
+
+    def create(self, user: str, admin: bool = False) -> tuple[str, str]:
+        return self.store.run_sync(lambda: self.add(user, admin))
+
+    def list(self) -> list[KeyPair]:
+        return self.store.run_sync(self.all)
+
+    def revoke(self, access_key: str) -> None:
+        self.store.run_sync(lambda: self.withdraw(access_key))
 
     @staticmethod
     def _row(r: dict[str, Any]) -> KeyPair:

@@ -110,6 +110,8 @@ class ContainerBackend(Protocol):
 
     async def logs(self, container_id: str, tail: int) -> str: ...
 
+    async def follow_logs(self, container_id: str, tail: int) -> Any: ...  # a runtime.LogStream: its output as it comes
+
     async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]: ...
 
     # ---- inside the container -----------------------------------------------------------------

@@ -25,6 +25,61 @@ from .mounter import MountHelper, supported as mounter_supported
 from .spec import LABEL_KIND, BindMount, ContainerSpec
 
 
+class LogStream:
+    """A container's log as it comes, read in a thread of the engine's long pool into a bounded
+    queue (a reader too slow for the container loses the excess, and is told how much).
+    `close()` ends it; so does the container's end."""
+
+    LIMIT = 256  # chunks waiting for the reader
+
+    def __init__(self, engine: DockerEngine, raw: Any) -> None:
+        self.raw = raw
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(self.LIMIT)
+        self.dropped = 0
+        self.ended = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def put(chunk: bytes) -> None:
+            try:
+                self.queue.put_nowait(chunk)
+            except asyncio.QueueFull:
+                self.dropped += len(chunk)
+
+        def pump() -> None:
+            try:
+                for chunk in raw:
+                    loop.call_soon_threadsafe(put, bytes(chunk))
+            except Exception:  # noqa: BLE001 - closed by us, or the engine went away: the end either way
+                pass
+            finally:
+                loop.call_soon_threadsafe(self.ended.set)
+
+        self.reading = asyncio.ensure_future(engine.run_long(pump))
+
+    async def next(self) -> bytes | None:
+        """The next chunk (several joined when they wait), or None at the end."""
+        if self.queue.empty():
+            getting = asyncio.ensure_future(self.queue.get())
+            ending = asyncio.ensure_future(self.ended.wait())
+            await asyncio.wait((getting, ending), return_when=asyncio.FIRST_COMPLETED)
+            ending.cancel()
+            if not getting.done():
+                getting.cancel()
+                return None
+            chunks = [getting.result()]
+        else:
+            chunks = []
+        while not self.queue.empty():
+            chunks.append(self.queue.get_nowait())
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+
+
 class Tty:
     """An interactive process with a terminal in a container: a non-blocking socket to read and
     write (the loop watches it; no thread waits on it), resized through the engine."""
@@ -312,6 +367,11 @@ class ContainerRuntime:
         cores = (delta / sys_delta) * (cpu.get("online_cpus") or host_cores) if sys_delta > 0 else 0.0
         return Usage(memory=max(0, int(mem.get("usage", 0)) - cache), memory_max=int(mem.get("max_usage", 0)),
                      cpu_ns=total, cores=cores)
+
+    async def follow_logs(self, container_id: str, tail: int) -> LogStream:
+        """Its output from the last `tail` lines on, as it comes (`docker logs --follow`)."""
+        raw = await self.engine.api("logs", container_id, stdout=True, stderr=True, tail=tail, stream=True, follow=True)
+        return LogStream(self.engine, raw)
 
     async def logs(self, container_id: str, tail: int) -> str:
         """The container's last `tail` lines of output ('' once it is gone)."""

@@ -29,7 +29,7 @@ import docker.types
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable
 from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
-from .runtime import ContainerRuntime
+from .runtime import ContainerRuntime, LogStream
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
 from .swarm_events import NodeWatch
 from .swarm_spec import SwarmSettings, service_spec
@@ -272,6 +272,10 @@ class SwarmBackend:
         except (ContainerMissing, EngineUnavailable):
             return Usage()
         return await runtime.usage(cid, host_cores)
+
+    async def follow_logs(self, container_id: str, tail: int) -> LogStream:
+        runtime, cid = await self.locate(container_id)
+        return await runtime.follow_logs(cid, tail)
 
     async def logs(self, container_id: str, tail: int) -> str:
         try:

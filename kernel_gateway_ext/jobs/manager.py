@@ -112,6 +112,15 @@ class JobManager(EnvConfigurable):
         self.records: dict[str, JobRecord] = {}
         self.deadlines = Deadlines(self.log)  # expiryTime: the same mechanism as kernel culling
         self._tasks = TaskSet(self.log, "session start")
+        self._change_callbacks: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever a session comes, goes or changes (status, events, expiry)."""
+        self._change_callbacks.append(callback)
+
+    def changed(self) -> None:
+        for cb in self._change_callbacks:
+            cb()
 
     @property
     def backend(self) -> ContainerBackend:
@@ -309,6 +318,7 @@ class JobManager(EnvConfigurable):
             self.backend.unsubscribe(rec.container_id)
             await self.backend.remove(rec.container_id)
         self.records.pop(rec.id, None)
+        self.changed()
         if self.shared is not None:
             self.shared.sync_soon()
         await self.store.delete_record(RECORD_KIND, rec.id)
@@ -335,6 +345,7 @@ class JobManager(EnvConfigurable):
     async def _save(self, rec: JobRecord) -> None:
         if rec.id not in self.records:
             return
+        self.changed()
         data = {k: v for k, v in asdict(rec).items() if k not in ("id", "owner")}
         # The job's env (often tokens) is kept sealed: a dump of the store reveals no value.
         data["env"] = {SEALED: self._env_sealer.seal(rec.env)} if rec.env else {}

@@ -32,6 +32,19 @@ def isoformat(dt: datetime) -> str:
 class GatewayKernel(AsyncKernelManager):
     """One kernel of the store."""
 
+    state_observer: Callable[[], None] | None = None  # told when execution_state changes (the page's live list)
+
+    @property
+    def execution_state(self) -> str:
+        return self._execution_state
+
+    @execution_state.setter
+    def execution_state(self, state: str) -> None:
+        changed = state != getattr(self, "_execution_state", None)
+        self._execution_state = state
+        if changed and self.state_observer is not None:
+            self.state_observer()
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.owner = ""

@@ -86,6 +86,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         self._starting: dict[str, GatewayKernel] = {}
         self._closing = False
         self._removal_callbacks: list[Callable[[str], None]] = []
+        self._change_callbacks: list[Callable[[], None]] = []
         # Collaborators: each reaches the store through its own small protocol.
         self.deadlines = Deadlines(self.log)
         self.records = KernelRecords(self.store, self.log, in_store=lambda km: self._kernels.get(km.kernel_id) is km)
@@ -101,6 +102,14 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         """Call `callback(kernel_id)` whenever a kernel leaves the store."""
         self._removal_callbacks.append(callback)
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever a kernel comes, goes or changes its execution state."""
+        self._change_callbacks.append(callback)
+
+    def changed(self) -> None:
+        for cb in self._change_callbacks:
+            cb()
+
     def _removed(self, kernel_id: str) -> None:
         self.deadlines.cancel(kernel_id)
         km = self._kernels.pop(kernel_id, None)
@@ -108,6 +117,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
             self.records.delete_later(km)
         for cb in self._removal_callbacks:
             cb(kernel_id)
+        self.changed()
 
     # ---- lookup (who may see what is the authorizer's to say) ---------------------------------
     def find(self, kernel_id: str) -> GatewayKernel | None:
@@ -155,6 +165,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         km, _, _ = self.pre_start_kernel(kernel_name, {"kernel_id": kernel_id})
         assert isinstance(km, GatewayKernel)
         km.kernel_id = kernel_id
+        km.state_observer = self.changed
         return km
 
     def derive_key(self, km: GatewayKernel) -> None:
@@ -175,6 +186,8 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
 
     def admit(self, km: GatewayKernel) -> None:
         self._kernels[km.kernel_id] = km
+        km.state_observer = self.changed
+        self.changed()
 
     def forget(self, kernel_id: str) -> None:
         self._kernels.pop(kernel_id, None)

@@ -97,14 +97,13 @@ class LabServer:
             self.proc.wait()
 
 
-class Lab:
-    """One Chromium window on a LabServer."""
+class Browser:
+    """One headless Chromium window (selenium), screenshots into `shots`."""
 
-    def __init__(self, server: LabServer, shots: Path) -> None:
+    def __init__(self, shots: Path) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
-        self.server = server
         self.shots = shots
         shots.mkdir(parents=True, exist_ok=True)
         self.profile = tempfile.mkdtemp(prefix="kge-chromium-")
@@ -145,6 +144,20 @@ class Lab:
         self.driver.save_screenshot(str(path))
         return path
 
+    def _find(self, selector: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        found = [e for e in self.driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()]
+        return found[0] if found else None
+
+
+class Lab(Browser):
+    """One Chromium window on a LabServer."""
+
+    def __init__(self, server: LabServer, shots: Path) -> None:
+        super().__init__(shots)
+        self.server = server
+
     # ---- pages and launcher -------------------------------------------------------------------
     def open(self) -> None:
         self.driver.get(f"{self.server.url}lab?token={self.server.token}")
@@ -167,12 +180,6 @@ class Lab:
         clicked = time.monotonic()
         card.click()
         return clicked
-
-    def _find(self, selector: str) -> Any:
-        from selenium.webdriver.common.by import By
-
-        found = [e for e in self.driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()]
-        return found[0] if found else None
 
     # ---- the current notebook -----------------------------------------------------------------
     CURRENT = ".jp-NotebookPanel:not(.lm-mod-hidden)"

@@ -12,7 +12,6 @@ scripts never see the token.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 
 from urllib.parse import urlencode
@@ -22,7 +21,7 @@ from tornado.httputil import HTTPHeaders
 
 from ...auth import Identity
 from ...errors import GatewayError, NotFound
-from ..base import CERTIFICATE, TOKEN, BodyFirst, StreamedBody
+from ..base import CERTIFICATE, PAGE, TOKEN, BodyFirst, StreamedBody
 from ..base import COOKIE as COOKIE_SCHEME
 from .handlers import SkahaHandler
 
@@ -35,13 +34,19 @@ WS_PATHS = r"(?P<path>api/kernels/[^/]+/channels|api/events/subscribe|terminals/
 class ProxyMixin(SkahaHandler):
     record_kind = "skaha-session"
     redirect_token_visit = True
-    # The token, then what a browser sends by itself: the session's cookie, a client certificate.
-    auth_schemes = (TOKEN, COOKIE_SCHEME, CERTIFICATE)
+    # The token, then what a browser sends by itself: the session's cookie, a client certificate,
+    # the web page's cookie (its owner's only: an operator's page cookie never opens another
+    # user's pages, whose scripts run on the gateway's origin).
+    auth_schemes = (TOKEN, COOKIE_SCHEME, CERTIFICATE, PAGE)
 
     async def identify(self, scheme: str) -> Identity | BodyFirst | None:
         if scheme == COOKIE_SCHEME:
             return await self._cookie_identity(self.path_kwargs["session_id"])
-        return await super().identify(scheme)
+        identity = await super().identify(scheme)
+        if scheme == PAGE and isinstance(identity, Identity):
+            rec = self.jobs.find(self.path_kwargs["session_id"])
+            return identity if rec is not None and rec.owner == identity.user else None
+        return identity
 
     async def prepare(self) -> None:
         await super().prepare()  # the one authentication step
@@ -49,23 +54,19 @@ class ProxyMixin(SkahaHandler):
             return
         session_id = self.path_kwargs["session_id"]
         identity = self.identity
-        if self.auth_scheme == TOKEN and self.get_query_argument("token", None):
-            # A browser that came with ?token= keeps its identity in a signed cookie for this session.
+        if (self.auth_scheme == TOKEN and self.get_query_argument("token", None)) or self.auth_scheme == PAGE:
+            # A browser that came with ?token= (or from the web page) keeps its identity in a signed
+            # cookie for this session.
             self.set_signed_cookie(COOKIE, self._cookie_value(session_id, identity), httponly=True, samesite="Strict",
                                    secure=self.request.protocol == "https", path=self._session_path(session_id))
-            if self.redirect_token_visit and self.request.method == "GET":
+            if self.redirect_token_visit and self.request.method == "GET" and self.auth_scheme == TOKEN:
                 self.redirect(self.upstream_uri())
 
     def _session_path(self, session_id: str) -> str:
         return f"{self.gateway.base_url}skaha/session/{session_id}/"
 
-    def _admin_binding(self) -> str:
-        """Ties an admin cookie to the gateway token of the day: a new token ends it."""
-        key = self.gateway.authenticator.auth_token.encode()
-        return hmac.new(key, b"kge-proxy-cookie", hashlib.sha256).hexdigest()[:32]
-
     def _cookie_value(self, session_id: str, identity: Identity) -> str:
-        binding = identity.access_key or (self._admin_binding() if identity.admin else "")
+        binding = identity.access_key or (self.gateway.authenticator.token_binding() if identity.admin else "")
         return "|".join((session_id, binding, identity.user, str(int(identity.admin))))
 
     async def _cookie_identity(self, session_id: str) -> Identity | None:
@@ -75,7 +76,7 @@ class ProxyMixin(SkahaHandler):
         sid, binding, user, admin = (raw.decode(errors="replace").split("|") + ["", "", "", ""])[:4]
         if sid != session_id or not binding:
             return None  # a cookie opens the one session it was made for
-        if admin == "1" and hmac.compare_digest(binding, self._admin_binding()):
+        if admin == "1" and hmac.compare_digest(binding, self.gateway.authenticator.token_binding()):
             return Identity(user, admin=True)
         found = await self.gateway.keypairs.lookup(binding)  # None once revoked
         if found is None or found[0].user != user:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ...auth import Identity, hmac_v2
 from ...errors import BadRequest
-from ..base import BODY_FIRST, CERTIFICATE, SIGNATURE, TOKEN, BaseHandler, BodyFirst
+from ..base import BODY_FIRST, CERTIFICATE, PAGE, SIGNATURE, TOKEN, BaseHandler, BodyFirst
 
 API_VERSION = "v2.20170315"
 PROBLEM_BASE = "https://api.backend.ai/probs/"
@@ -18,8 +18,11 @@ class V2Handler(BaseHandler):
     def schemes(self) -> tuple[str, ...]:
         # `Authorization: token|Bearer` (a key pair's AK:SK or the gateway's token, as the other dialects
         # accept) or else Backend.AI's own signature, as its clients send.
+        # No Authorization at all: the web page's cookie.
         header = self.request.headers.get("Authorization", "").strip().split(" ", 1)[0].lower()
-        return (TOKEN, CERTIFICATE) if header in ("token", "bearer") else (SIGNATURE,)
+        if header in ("token", "bearer"):
+            return (TOKEN, CERTIFICATE)
+        return (PAGE, SIGNATURE) if not header else (SIGNATURE,)
 
     async def identify(self, scheme: str) -> Identity | BodyFirst | None:
         if scheme != SIGNATURE:

@@ -64,6 +64,10 @@ class FolderDownloadHandler(V2Handler):
     Streamed a chunk at a time, each written out before the next is read."""
 
     async def get(self, name: str) -> None:
+        single = self.get_query_argument("file", None)
+        if single is not None:  # a browser's download (a GET has no body there): the one file, as it is
+            await self.send_file(name, single)
+            return
         files = self.body_object().get("files")
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
             raise BadRequest("'files' must be a non-empty list of paths")
@@ -88,3 +92,17 @@ class FolderDownloadHandler(V2Handler):
         finally:
             for _, fd, _ in opened:
                 os.close(fd)
+
+    async def send_file(self, name: str, path: str) -> None:
+        [(rel, fd, size)] = await self.gateway.folders.open_files(self.owner_scope(), name, [path])
+        try:
+            filename = os.path.basename(rel).replace("\\", "_").replace('"', "_") or "download"
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            self.set_header("Content-Length", str(size))
+            while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+        finally:
+            os.close(fd)

@@ -1,0 +1,243 @@
+"""The page's live list: a websocket that pushes the caller's kernels and sessions when they
+change, their figures every few seconds, and a session's log as it is written.
+
+Changes are pushed, not looked for: the kernel store and the Skaha jobs tell the hub when
+something comes, goes or changes state, and the hub sends each open page its view at most
+every `PUSH_DELAY` seconds. Figures (memory, CPU) have to be sampled: one sampler, only while a
+page is open, reads the containers the open pages show, a few at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from tornado import websocket
+
+from ...auth import Identity
+from ...errors import GatewayError, NotFound
+from ..base import CERTIFICATE, PAGE, TOKEN, GatewayMixin
+from ..context import GatewayContext
+from .overview import FigureBook, items_for
+
+PUSH_DELAY = 0.1  # seconds changes are gathered before a push
+SAMPLE_CONCURRENCY = 8  # containers read at once
+LOG_TAIL = 500  # lines a followed log starts with
+MAX_FOLLOWS = 32  # logs followed at once, gateway-wide (each holds a thread of the engine's long pool)
+MAX_UNSENT = 4 * 2**20  # bytes a slow page may leave unread before its pushes wait
+
+
+class LiveHub:
+    """The open pages, and what tells them about changes."""
+
+    def __init__(self, gw: GatewayContext, sample_seconds: float) -> None:
+        self.gw = gw
+        self.sample_seconds = sample_seconds
+        self.pages: set[LiveSocket] = set()
+        self.book = FigureBook()
+        self.follows = 0
+        self._push: asyncio.TimerHandle | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        gw.kernel_manager.on_change(self.changed)
+        gw.jobs.on_change(self.changed)
+
+    def join(self, page: LiveSocket) -> None:
+        self.pages.add(page)
+        if self._sampler is None or self._sampler.done():
+            self._sampler = asyncio.ensure_future(self._sample_while_watched())
+
+    def leave(self, page: LiveSocket) -> None:
+        self.pages.discard(page)
+        if not self.pages and self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+
+    async def recheck_all(self) -> None:
+        """Close the pages whose sign-in has ended."""
+        await asyncio.gather(*(page.recheck() for page in list(self.pages)))
+
+    def changed(self) -> None:
+        """Something a page may show changed: push soon (several changes, one push)."""
+        if self.pages and self._push is None:
+            self._push = asyncio.get_running_loop().call_later(PUSH_DELAY, self._push_all)
+
+    def _push_all(self) -> None:
+        self._push = None
+        for page in list(self.pages):
+            page.push()
+
+    async def _sample_while_watched(self) -> None:
+        gw, gate = self.gw, asyncio.Semaphore(SAMPLE_CONCURRENCY)
+
+        async def sample(ident: str, read: Any) -> None:
+            async with gate:
+                try:
+                    memory, cpu_ns = await read()
+                except GatewayError:
+                    return
+            self.book.add(ident, memory, cpu_ns)
+
+        while self.pages:
+            await self.recheck_all()
+            watchers = [p.identity for p in self.pages]
+            wanted: list[tuple[str, Any]] = []
+            everyone = any(i.admin for i in watchers)
+            users = {i.user for i in watchers}
+            for km in gw.kernel_manager.list():
+                if (everyone or km.owner in users) and km.docker is not None:
+                    wanted.append((km.kernel_id, _kernel_reader(km)))
+            for rec in gw.jobs.list():
+                if (everyone or rec.owner in users) and rec.status == "Running" and rec.container_id:
+                    wanted.append((rec.id, _session_reader(gw, rec.container_id)))
+            self.book.keep_only({ident for ident, _ in wanted})
+            await asyncio.gather(*(sample(ident, read) for ident, read in wanted))
+            self._push_all()
+            await asyncio.sleep(self.sample_seconds)
+
+
+def _kernel_reader(km: Any) -> Any:
+    async def read() -> tuple[int, int]:
+        stats = await km.docker.container.stats()
+        return stats["memory"], stats["cpu_ns"]
+    return read
+
+
+def _session_reader(gw: GatewayContext, container_id: str) -> Any:
+    async def read() -> tuple[int, int]:
+        use = await gw.jobs.backend.usage(container_id, gw.jobs.host_cores())
+        return use.memory, use.cpu_ns
+    return read
+
+
+class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
+    """GET /ui/api/live: {"type": "items", "items": [...]} on every change and sample; a session's
+    log with {"follow": ID} ({"type": "log", "id", "data"} ... {"type": "log-end", "id"})."""
+
+    auth_schemes = (PAGE, TOKEN, CERTIFICATE)
+    identity: Identity
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        # A websocket has no preflight: a page of another site could open one with our cookie.
+        # Only the gateway's own page may (the cookie is SameSite=Strict too).
+        origin = self.request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != self.request.host.lower() and not self.check_origin(origin):
+            self.set_status(403)
+            self.finish("cross-origin websocket refused")
+            return
+        try:
+            identity = await self.authenticate()
+        except GatewayError as e:
+            self.set_status(e.status)
+            self.finish(e.message)
+            return
+        assert identity is not None
+        self.identity = identity
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        """Another origin: only the one the operator allowed by name (never "*" for a cookie)."""
+        allowed = self.gateway.allow_origin
+        return allowed not in ("", "*") and origin == allowed
+
+    @property
+    def hub(self) -> LiveHub:
+        return self.settings["page_hub"]
+
+    unsent = 0  # bytes written that the page has not taken yet
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.following: dict[str, asyncio.Task[None]] = {}
+        self.hub.join(self)
+        self.push(series=True)
+
+    def on_close(self) -> None:
+        self.hub.leave(self)
+        for task in self.following.values():
+            task.cancel()
+
+    async def recheck(self) -> None:
+        """A page's sign-in still holds (a revoked key pair, a new gateway token end it): else the
+        socket closes with 4001, and the page shows the sign-in form."""
+        if self.auth_scheme != PAGE:
+            return
+        try:
+            still = await self.identify(PAGE)
+        except GatewayError:
+            still = None
+        if still != self.identity:
+            self.close(4001, "Your sign-in has ended (the key pair was revoked): sign in again.")
+
+    def push(self, series: bool = False) -> None:
+        if self.unsent > MAX_UNSENT:
+            return  # a page that reads nothing: the next push carries the news
+        items = items_for(self.gateway, self.identity, self.hub.book, series=series)
+        self.send(type="items", series=series, items=items)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            msg = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        if isinstance(msg.get("follow"), str):
+            self.follow(msg["follow"])
+        elif isinstance(msg.get("unfollow"), str):
+            task = self.following.pop(msg["unfollow"], None)
+            if task is not None:
+                task.cancel()
+
+    def follow(self, session_id: str) -> None:
+        if session_id in self.following:
+            return
+        self.following[session_id] = asyncio.ensure_future(self._follow(session_id))
+
+    def send(self, **msg: Any) -> bool:
+        """Write one message; False when the page has not taken MAX_UNSENT bytes yet (nothing sent)."""
+        if self.ws_connection is None or self.ws_connection.is_closing() or self.unsent > MAX_UNSENT:
+            return False
+        data = json.dumps(msg)
+        sent = self.write_message(data)
+        if not sent.done():
+            self.unsent += len(data)
+
+            def taken(_: Any, size: int = len(data)) -> None:
+                self.unsent -= size
+            sent.add_done_callback(taken)
+        return True
+
+    async def _follow(self, session_id: str) -> None:
+        gw, hub = self.gateway, self.hub
+        stream = None
+        try:
+            rec = gw.authorizer.check(self.identity, gw.jobs.find(session_id),
+                                      lambda: NotFound(f"session {session_id!r} not found"))
+            if rec.container_id is None:
+                raise NotFound(f"session {session_id} has no container (yet)")
+            if hub.follows >= MAX_FOLLOWS:
+                raise GatewayError("too many logs are followed on this gateway now; try again later", status=503)
+            hub.follows += 1
+            try:
+                stream = await gw.jobs.backend.follow_logs(rec.container_id, LOG_TAIL)
+                while (chunk := await stream.next()) is not None:
+                    if not self.send(type="log", id=session_id, data=chunk.decode(errors="replace")):
+                        stream.dropped += len(chunk)
+                        continue
+                    if stream.dropped:
+                        self.send(type="log", id=session_id, data=f"\n[{stream.dropped} bytes of log skipped]\n")
+                        stream.dropped = 0
+            finally:
+                hub.follows -= 1
+                if stream is not None:
+                    stream.close()
+            self.send(type="log-end", id=session_id, reason="the session's container ended")
+        except GatewayError as e:
+            self.send(type="log-end", id=session_id, reason=e.message)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            with contextlib.suppress(KeyError):
+                if self.following.get(session_id) is asyncio.current_task():
+                    del self.following[session_id]

@@ -1,0 +1,62 @@
+"""The web page's sign-in: a key pair, the gateway token or a verified client certificate,
+exchanged for a signed cookie.
+
+The cookie holds no secret: "binding|user|admin", signed with Tornado's cookie secret (derived
+from the master key) and dated by its signature. It is checked again on every request, so that
+taking the credential away ends the page's session too:
+- a key pair's cookie names its access key, which must still be active (revocation ends it);
+- the gateway token's names a hash of the token of the day (a new token ends it);
+- a certificate's must come with a certificate that still names the same user.
+Changes also need the cookie's CSRF token (an HMAC of its value) in a header, which only the
+gateway's own page can read (GET /ui/api/me, same origin).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING
+
+from .identity import Identity
+
+if TYPE_CHECKING:
+    from .authenticator import Authenticator
+
+PAGE_COOKIE = "kge_page"
+CSRF_HEADER = "X-KGE-CSRF"
+CERTIFICATE_BINDING = "x509"
+
+
+class PageCookies:
+    def __init__(self, authenticator: "Authenticator") -> None:
+        self.authenticator = authenticator
+
+    def value(self, identity: Identity, by_certificate: bool = False) -> str:
+        """What the cookie holds for this caller."""
+        if by_certificate:
+            binding = CERTIFICATE_BINDING
+        elif identity.access_key:
+            binding = identity.access_key
+        else:
+            binding = self.authenticator.token_binding()
+        return "|".join((binding, identity.user, "1" if identity.admin else "0"))
+
+    async def identify(self, value: str, certificate: Identity | None) -> Identity | None:
+        """The caller a cookie still names, or None (revoked, a new gateway token, no certificate)."""
+        parts = value.split("|")
+        if len(parts) != 3 or not all(parts):
+            return None
+        binding, user, admin = parts
+        if binding == CERTIFICATE_BINDING:
+            return certificate if certificate is not None and certificate.user == user else None
+        if admin == "1" and hmac.compare_digest(binding, self.authenticator.token_binding()):
+            return self.authenticator.token_identity()
+        keypairs = self.authenticator.keypairs
+        found = await keypairs.lookup(binding) if keypairs is not None else None  # None once revoked
+        if found is None or found[0].user != user:
+            return None
+        kp = found[0]
+        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)
+
+    def csrf(self, value: str) -> str:
+        key = self.authenticator.derived_key("page-csrf")
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:40]
