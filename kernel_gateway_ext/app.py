@@ -379,6 +379,7 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.authenticator.generated_token:
             print(f"    auth token (generated): {self.authenticator.auth_token}", flush=True)
         print(f"    JupyterLab: jupyter lab --gateway-url={self.url} --GatewayClient.auth_token=<token>", flush=True)
+        print(f"    web page:   {self.url} (sign in with a key pair, or the token as the secret key)", flush=True)
         sig = await stop
         self.log.info("Received %s: shutting down kernels", signal.Signals(sig).name)
         await self.stop_server()

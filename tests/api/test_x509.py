@@ -168,3 +168,33 @@ async def test_a_certificate_opens_its_own_notebook_session_through_the_proxy(ma
         finally:
             await client.fetch(HTTPRequest(f"{gw.url}skaha/v0/session/{sid}", method="DELETE", **mine),
                                raise_error=False)
+
+
+async def test_the_page_signs_in_with_a_client_certificate(make_gateway, tmp_path) -> None:
+    """Over TLS the page's sign-in takes the browser's certificate: the cookie it sets counts only
+    while the same certificate comes with it."""
+    pki = make_pki(tmp_path)
+    async with make_gateway(f"--Gateway.certfile={pki['cert']}", f"--Gateway.keyfile={pki['key']}",
+                            f"--Gateway.client_ca={pki['ca']}") as gw:
+        client = AsyncHTTPClient()
+        origin = gw.url.rstrip("/")
+
+        async def call(method: str, path: str, cookie: str = "", cert: bool = True, body: bytes | None = None,
+                       csrf: str = "") -> tuple[int, dict[str, str], bytes]:
+            headers = {"Cookie": cookie, "Origin": origin, "Content-Type": "application/json"}
+            if csrf:
+                headers["X-KGE-CSRF"] = csrf
+            kw = {"client_cert": pki["ccert"], "client_key": pki["ckey"]} if cert else {}
+            r = await client.fetch(HTTPRequest(gw.url + path, method=method, body=body, headers=headers, ca_certs=pki["ca"],
+                                               **kw), raise_error=False)
+            return r.code, dict(r.headers), r.body or b""
+
+        assert (await call("POST", "ui/api/signin", body=b'{"certificate": true}', cert=False))[0] == 401
+        code, headers, body = await call("POST", "ui/api/signin", body=b'{"certificate": true}')
+        assert code == 200 and json.loads(body)["user"].startswith("x509-")
+        assert "secure" in headers["Set-Cookie"].lower(), "over TLS the cookie is Secure"
+        cookie, csrf = headers["Set-Cookie"].split(";")[0], json.loads(body)["csrf"]
+        assert (await call("GET", "ui/api/me", cookie))[0] == 200
+        assert (await call("POST", "v2/folders", cookie, body=b'{"name": "certs"}', csrf=csrf))[0] == 201
+        # The cookie alone, without the certificate it was made for, is no one.
+        assert (await call("GET", "ui/api/me", cookie, cert=False))[0] == 401

@@ -46,10 +46,11 @@ class Page(Browser):
 
     def sign_in(self, keys: Keys) -> None:
         self.open()
-        self.wait("the sign-in form", lambda: self._find("#access-key"))
-        self.type("#access-key", keys.access_key)
-        self.type("#secret-key", keys.secret_key)
-        self.click("#signin-form button[type=submit]")
+        from selenium.webdriver.common.keys import Keys as Key
+
+        # By keyboard alone: the form takes the focus, Tab moves on, Enter signs in.
+        self.wait("the sign-in form with the focus", lambda: self.js("return document.activeElement.id") == "access-key")
+        self.driver.switch_to.active_element.send_keys(keys.access_key, Key.TAB, keys.secret_key, Key.ENTER)
         self.wait("the signed-in page", lambda: self.js("return !document.getElementById('app').hidden"), 20)
         self.wait("the live list", lambda: self.js("return document.getElementById('live-state').textContent === 'live'"), 20)
 
@@ -157,6 +158,17 @@ def test_sign_in(alice_page: Page, alice: Keys) -> None:
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert page.js("return document.cookie").find("kge_page") < 0, "the sign-in cookie is not readable by scripts"
     page.step("02-signed-in")
+
+
+def test_a_start_the_api_refuses_shows_the_dialects_own_message(alice_page: Page) -> None:
+    page = alice_page
+    page.click("#start summary")
+    page.type("#k-ram", "lots")
+    page.click("#start-kernel button[type=submit]")
+    message = page.wait("the refusal", lambda: page.js("return document.querySelector('#start-kernel .error').textContent"))
+    assert "lots" in message or "memory" in message.lower(), message
+    page.type("#k-ram", "")
+    page.click("#start summary")  # folded again
 
 
 def test_kernels_of_each_dialect_appear_live(gw: ProcessGateway, alice_page: Page, alice: Keys, seen: dict[str, str],
@@ -283,6 +295,17 @@ def test_restart_and_delete_from_the_page(gw: ProcessGateway, alice_page: Page, 
     # A change without the CSRF header is refused, even from the page's own origin.
     refused = page.fetch("DELETE", f"api/kernels/{seen['v2']}", csrf=False)
     assert refused["status"] == 403 and "X-KGE-CSRF" in refused["text"]
+
+
+def test_a_narrow_screen(alice_page: Page) -> None:
+    page = alice_page
+    page.driver.set_window_size(390, 844)
+    try:
+        time.sleep(0.3)
+        assert page.js("return document.documentElement.scrollWidth <= window.innerWidth + 1"), "nothing runs off the side"
+        page.step("13-narrow-screen")
+    finally:
+        page.driver.set_window_size(1400, 900)
 
 
 def test_a_second_user_sees_none_of_it(gw: ProcessGateway, bob: Keys, seen: dict[str, str]) -> None:

@@ -349,10 +349,11 @@ $("start-kernel").addEventListener("submit", async (ev) => {
   showError(err, null);
   const config = {};
   if ($("k-cores").value.trim()) config.instanceCores = $("k-cores").value.trim();
-  if ($("k-ram").value.trim()) config.instanceMemory = `${$("k-ram").value.trim()}g`;
+  const ram = $("k-ram").value.trim();  // GiB; a size with its unit ("512m") is sent as it is
+  if (ram) config.instanceMemory = /^\d+(\.\d+)?$/.test(ram) ? `${ram}g` : ram;
   const token = `page-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
   form.querySelector("button").disabled = true;
-  try { await api("POST", "v2/kernel/create", { json: { lang: $("k-spec").value, clientSessionToken: token, config } }); }
+  try { await api("POST", "v2/kernel/create", { json: { lang: $("k-spec").value, clientSessionToken: token, config } }); form.reset(); }
   catch (e) { showError(err, e); }
   finally { form.querySelector("button").disabled = false; }
 });
