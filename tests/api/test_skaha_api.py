@@ -1,6 +1,8 @@
 """Skaha API in-process: bad parameters, owners, folders in jobs, expiry, VOSI."""
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import json
 import os
@@ -172,6 +174,18 @@ async def test_notebook_session_through_the_proxy(gateway, docker_client) -> Non
                    capture_output=True)
     assert await with_cookie("api/kernels") == 401
     assert (await c.fetch("GET", "/api", headers=bearer, token=None)).status == 200
+    # The web page's cookie opens the owner's notebook (its "Open notebook" link) and no one else's:
+    # the first visit leaves the session's own cookie; another user's page cookie gets nothing.
+    async def page_cookie(keys: Any) -> str:
+        r = await Client(gateway.url, None).fetch("POST", "/ui/api/signin", {"access_key": keys.access_key, "secret_key": keys.secret_key},
+                          token=None, headers={"Content-Type": "application/json"})
+        assert r.status == 200, r.body
+        return r.headers["Set-Cookie"].split(";")[0]
+    owners, others = await page_cookie(owner), await page_cookie(other)
+    opened = await AsyncHTTPClient().fetch(HTTPRequest(url + "api", headers={"Cookie": owners}), raise_error=False)
+    assert opened.code == 200 and "kge_user=" in opened.headers.get("Set-Cookie", "")
+    refused = await AsyncHTTPClient().fetch(HTTPRequest(url + "api", headers={"Cookie": others}), raise_error=False)
+    assert refused.code in (401, 404)
     c2, h = skaha(gateway, owner)
     assert (await c2.fetch("DELETE", f"/skaha/v0/session/{sid}", headers=h, token=None)).status == 200
     assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.session.id={sid}"})

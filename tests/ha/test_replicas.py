@@ -421,3 +421,40 @@ async def test_one_kernel_for_a_client_token_asked_of_every_replica_at_once(ha: 
     mine = [k for k in (await client.fetch("GET", "/api/kernels")).json]
     assert len(mine) == 1, mine
     assert (await client.fetch("DELETE", f"/api/kernels/{mine[0]['id']}")).status == 204
+
+
+async def test_the_web_page_shows_what_every_replica_serves(ha: HA) -> None:
+    """The page signs in on one replica and lists (and pushes) kernels homed on the others: each
+    replica answers its part for the same cookie (the cookie key comes from the shared master key)."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    keys = ha.keys(f"page-{uuid.uuid4().hex[:6]}")
+    first = Client(ha.replica_url(1), token=None)
+    signed = await first.fetch("POST", "/ui/api/signin", {"access_key": keys.access_key, "secret_key": keys.secret_key},
+                               headers={"Content-Type": "application/json"})
+    assert signed.status == 200, signed.body
+    cookie = signed.headers["Set-Cookie"].split(";")[0]
+    started = []
+    for i in (2, 3):
+        r = await Client(ha.replica_url(i), keys.token).fetch("POST", "/api/kernels", {"name": "python3"})
+        assert r.status == 201, r.body
+        started.append(r.json["id"])
+    listed = await first.fetch("GET", "/ui/api/items", headers={"Cookie": cookie})
+    assert {item["id"] for item in listed.json["items"]} == set(started)
+    ws = await websocket_connect(HTTPRequest(ha.replica_url(1).replace("http://", "ws://").rstrip("/") + "/ui/api/live",
+                                             headers={"Cookie": cookie}))
+    try:
+        deadline = time.monotonic() + 15
+        seen: set[str] = set()
+        while seen != set(started) and time.monotonic() < deadline:
+            msg = json.loads(await asyncio.wait_for(ws.read_message(), 15))
+            seen = {item["id"] for item in msg["items"]}
+        assert seen == set(started), "the live list carries the other replicas' kernels"
+    finally:
+        ws.close()
+    # The page's actions reach a kernel homed elsewhere (the dialect's route forwards them).
+    me = (await first.fetch("GET", "/ui/api/me", headers={"Cookie": cookie})).json
+    gone = await first.fetch("DELETE", f"/api/kernels/{started[0]}", headers={"Cookie": cookie, "X-KGE-CSRF": me["csrf"],
+                                                                             "Origin": ha.replica_url(1).rstrip("/")})
+    assert gone.status == 204, gone.body

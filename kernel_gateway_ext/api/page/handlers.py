@@ -126,8 +126,10 @@ class MeHandler(PageApiHandler):
 class ItemsHandler(PageApiHandler):
     """GET /ui/api/items: the list the live socket pushes, once (scripts, and a page without websockets)."""
 
-    def get(self) -> None:
-        self.write_json({"items": items_for(self.gateway, self.identity, self.settings["page_hub"].book, series=True)})
+    async def get(self) -> None:
+        others = await self.from_peers(lambda body: body["items"])  # with replicas: theirs too
+        items = items_for(self.gateway, self.identity, self.settings["page_hub"].book, series=True)
+        self.write_json({"items": items + others})
 
 
 class AdminHandler(PageApiHandler):

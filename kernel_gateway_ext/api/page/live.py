@@ -14,10 +14,11 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado import websocket
+from tornado import httputil, websocket
 
 from ...auth import Identity
 from ...errors import GatewayError, NotFound
+from ...replicas.forward import gather_from_peers
 from ..base import CERTIFICATE, PAGE, TOKEN, GatewayMixin
 from ..context import GatewayContext
 from .overview import FigureBook, items_for
@@ -60,8 +61,13 @@ class LiveHub:
 
     def changed(self) -> None:
         """Something a page may show changed: push soon (several changes, one push)."""
-        if self.pages and self._push is None:
-            self._push = asyncio.get_running_loop().call_later(PUSH_DELAY, self._push_all)
+        if not self.pages or self._push is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # told from outside the loop: the next sample carries it
+            return
+        self._push = loop.call_later(PUSH_DELAY, self._push_all)
 
     def _push_all(self) -> None:
         self._push = None
@@ -92,9 +98,23 @@ class LiveHub:
                 if (everyone or rec.owner in users) and rec.status == "Running" and rec.container_id:
                     wanted.append((rec.id, _session_reader(gw, rec.container_id)))
             self.book.keep_only({ident for ident, _ in wanted})
-            await asyncio.gather(*(sample(ident, read) for ident, read in wanted))
+            await asyncio.gather(*(sample(ident, read) for ident, read in wanted),
+                                 *(self._from_peers(page) for page in list(self.pages)))
             self._push_all()
             await asyncio.sleep(self.sample_seconds)
+
+
+    async def _from_peers(self, page: LiveSocket) -> None:
+        """With replicas: what the other replicas serve of this page's view (their items route,
+        with the page's own cookie: each replica authorizes it itself)."""
+        gw = self.gw
+        if not gw.replicas.enabled:
+            return
+        creds = httputil.HTTPHeaders({k: v for k, v in page.request.headers.get_all()
+                                      if k.lower() in ("cookie", "authorization")})
+        request = httputil.HTTPServerRequest(method="GET", uri=f"{gw.base_url}ui/api/items", headers=creds,
+                                             host=page.request.host)
+        page.peer_items = await gather_from_peers(request, gw.replicas, pick=lambda body: body["items"])
 
 
 def _kernel_reader(km: Any) -> Any:
@@ -146,6 +166,7 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
         return self.settings["page_hub"]
 
     unsent = 0  # bytes written that the page has not taken yet
+    peer_items: list[dict[str, Any]] = []  # with replicas: the others' part of the view (each sample)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.following: dict[str, asyncio.Task[None]] = {}
@@ -173,6 +194,8 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
         if self.unsent > MAX_UNSENT:
             return  # a page that reads nothing: the next push carries the news
         items = items_for(self.gateway, self.identity, self.hub.book, series=series)
+        here = {item["id"] for item in items}
+        items += [item for item in self.peer_items if item.get("id") not in here]
         self.send(type="items", series=series, items=items)
 
     def on_message(self, message: str | bytes) -> None:

@@ -187,9 +187,10 @@ class NotebookWebSocketProxy(ProxyMixin, websocket.WebSocketHandler):
         asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
-        assert self.upstream is not None
+        upstream = self.upstream  # on_close clears the attribute while a read may be waiting
+        assert upstream is not None
         while True:
-            msg = await self.upstream.read_message()
+            msg = await upstream.read_message()
             if msg is None:
                 self.close()
                 return
