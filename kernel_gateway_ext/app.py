@@ -151,6 +151,7 @@ class Gateway(ServerSettings, GatewayApplication):
         self.docker_available = False
         self.warnings: list[str] = []
         self.bridges = Bridges(self)
+        self.page_hub: LiveHub | None = None  # the web page's open pages (made with the web app)
         self.jupyter_sessions = JupyterSessions(None, "")
         self._stopping: asyncio.Future[None] | None = None
         self.lease: EngineLease | None = None
@@ -195,6 +196,7 @@ class Gateway(ServerSettings, GatewayApplication):
     # ---- the web app ----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         b = self.base_url
+        self.page_hub = LiveHub(self, self.page_sample_seconds)
         # Each dialect declares its own routes (jupyter_server's default_handlers pattern).
         routes: list[Any] = [
             *jupyter_routes.default_handlers(b), *operations.default_handlers(b), *v2_routes.default_handlers(b),
@@ -208,7 +210,7 @@ class Gateway(ServerSettings, GatewayApplication):
             websocket_max_message_size=64 * 1024 * 1024,
             log_function=AccessLog(self.log, self.metrics, routes, b),
             cookie_secret=self.keypairs.derive("tornado-cookies", "kge"),
-            page_hub=LiveHub(self, self.page_sample_seconds),
+            page_hub=self.page_hub,
         )
 
     def status_model(self) -> dict[str, Any]:
@@ -335,6 +337,8 @@ class Gateway(ServerSettings, GatewayApplication):
         if self.http_server is not None:
             self.http_server.stop()
         self.bridges.close_all()
+        if self.page_hub is not None:
+            self.page_hub.close()
         # A replica's kernels outlive it: a live replica takes them over (leave()).
         keep = (self.keep_on_exit or self.replicas.enabled) and self.docker_available
         await self.kernel_manager.shutdown_everything(keep=keep)

@@ -14,20 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .identity import Identity
-
-if TYPE_CHECKING:
-    from .authenticator import Authenticator
 
 PAGE_COOKIE = "kge_page"
 CSRF_HEADER = "X-KGE-CSRF"
 CERTIFICATE_BINDING = "x509"
 
 
+class TokenHolder(Protocol):
+    """What the cookies need of the authenticator."""
+
+    keypairs: Any  # KeyPairs, or None
+
+    def token_binding(self) -> str: ...
+
+    def token_identity(self) -> Identity: ...
+
+    def derived_key(self, purpose: str) -> bytes: ...
+
+
 class PageCookies:
-    def __init__(self, authenticator: "Authenticator") -> None:
+    def __init__(self, authenticator: TokenHolder) -> None:
         self.authenticator = authenticator
 
     def value(self, identity: Identity, by_certificate: bool = False) -> str:

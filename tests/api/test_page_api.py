@@ -4,6 +4,7 @@ revoked cookies, the operator-only routes, and the page's assets with their Cont
 (What a person sees is tested in Chromium: tests/browser/test_page.py.)"""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -151,3 +152,41 @@ async def test_revocation_ends_the_cookie_and_signs_the_live_page_out(gateway: A
         await ws.write_message("{}")
     assert (await alice.fetch("GET", "/ui/api/me")).status == 401
     assert (await alice.fetch("GET", "/api/kernels")).status == 401
+
+
+async def test_a_gateway_stops_at_once_while_a_page_follows_a_log(tmp_path: Any) -> None:
+    """A followed log holds a thread on a stream that only ends with the container; a gateway that
+    stops and keeps its containers (keep_on_exit) must close it, or its exit would wait for ever."""
+    import time
+
+    import docker
+
+    from tests.conftest import require_docker, start_process_gateway, stop_process_gateway
+
+    require_docker()
+    gw = start_process_gateway(str(tmp_path), env={"KGE_KEEP_ON_EXIT": "1", "KGE_POOL_SIZES": "{}"})
+    try:
+        client = Client(gw.url, gw.token)
+        made = await client.fetch("POST", "/skaha/v0/session?name=tail&image=images.canfar.net/skaha/terminal:1.1.1"
+                                          "&cmd=sleep&args=600&type=headless")
+        assert made.status == 200, made.body
+        sid = made.body.decode().strip()
+        for _ in range(100):
+            if (await client.fetch("GET", f"/skaha/v0/session/{sid}")).json["status"] == "Running":
+                break
+            await asyncio.sleep(0.2)
+        ws = await websocket_connect(HTTPRequest(gw.url.replace("http://", "ws://") + "ui/api/live",
+                                                 headers={"Authorization": f"token {gw.token}"}))
+        await ws.read_message()
+        ws.write_message(json.dumps({"follow": sid}))
+        await asyncio.sleep(1.0)  # the stream is open, waiting for output that never comes
+        began = time.monotonic()
+        assert stop_process_gateway(gw) == 0
+        assert time.monotonic() - began < 20
+        while (msg := await ws.read_message()) is not None:  # pushes sent before the stop, then the close
+            assert json.loads(msg)["type"] in ("items", "log", "log-end")
+    finally:
+        if gw.proc.poll() is None:
+            gw.proc.kill()
+        for c in docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gw.gateway_id}"}):
+            c.remove(force=True)

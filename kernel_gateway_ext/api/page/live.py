@@ -55,6 +55,14 @@ class LiveHub:
             self._sampler.cancel()
             self._sampler = None
 
+    def close(self) -> None:
+        """The gateway stops: every page's socket closes, and no log is followed any more."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+        for page in list(self.pages):
+            page.stop_following()
+            page.close(1001, "the gateway is stopping")
+
     async def recheck_all(self) -> None:
         """Close the pages whose sign-in has ended."""
         await asyncio.gather(*(page.recheck() for page in list(self.pages)))
@@ -170,11 +178,18 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.following: dict[str, asyncio.Task[None]] = {}
+        self.streams: dict[str, Any] = {}  # session id -> its open runtime.LogStream
         self.hub.join(self)
         self.push(series=True)
 
     def on_close(self) -> None:
         self.hub.leave(self)
+        self.stop_following()
+
+    def stop_following(self) -> None:
+        """End every followed log now: its reading thread ends when its stream is closed."""
+        for stream in list(self.streams.values()):
+            stream.close()
         for task in self.following.values():
             task.cancel()
 
@@ -243,7 +258,7 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
                 raise GatewayError("too many logs are followed on this gateway now; try again later", status=503)
             hub.follows += 1
             try:
-                stream = await gw.jobs.backend.follow_logs(rec.container_id, LOG_TAIL)
+                stream = self.streams[session_id] = await gw.jobs.backend.follow_logs(rec.container_id, LOG_TAIL)
                 while (chunk := await stream.next()) is not None:
                     if not self.send(type="log", id=session_id, data=chunk.decode(errors="replace")):
                         stream.dropped += len(chunk)
@@ -253,6 +268,7 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
                         stream.dropped = 0
             finally:
                 hub.follows -= 1
+                self.streams.pop(session_id, None)
                 if stream is not None:
                     stream.close()
             self.send(type="log-end", id=session_id, reason="the session's container ended")
