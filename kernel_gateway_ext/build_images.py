@@ -13,6 +13,7 @@ kernel image, and tagged with the image its kernel.json names.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,8 @@ from .kernels.specs import GatewayKernelSpecManager
 from .resources import resource, resource_path
 
 BASH_KERNEL_WHEEL = "bash_kernel==0.10.0"
+# The notebook sessions' front end (Debian has no JupyterLab 4): wheels for the image's own Python.
+JUPYTERLAB = ("jupyterlab==4.6.6", "ipykernel==7.4.0")
 
 DESCRIPTION = """Build the images kernels and sessions run in, without a container registry.
 
@@ -76,7 +79,9 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         builder.build(root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
         kernel_id = builder.image_id(self.tag) or ""
         # Images built on the kernel image are rebuilt whenever it changes.
-        builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id)
+        lab = self.ensure_lab_wheels(builder.python_version(self.tag))
+        builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id,
+                      extra_files=[(f"wheels/{w.name}", w) for w in lab])
         for name, folder, image in self.kernelspec_images():
             print(f"build-images: kernelspec {name} has a Dockerfile: building {image}", flush=True)
             builder.build(folder, image, self.tag, extra=kernel_id)
@@ -104,6 +109,27 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         print(f"build-images: making {BASE_LOCAL} with debootstrap (1-2 minutes)", flush=True)
         script = resource_path("docker") / "base" / "make-base.sh"
         subprocess.run(["bash", str(script), BASE_LOCAL], check=True)
+
+    def ensure_lab_wheels(self, python: str) -> list[Path]:
+        """JupyterLab and what it needs, as wheels for the kernel image's Python (e.g. 3.11.2),
+        downloaded once per Python version and pin set into the user's cache (through this
+        machine's package index: the image build itself reaches no index)."""
+        cache = wheel_cache() / f"jupyterlab-py{python}"
+        marker, pins = cache / "PINS", " ".join(JUPYTERLAB)
+        if marker.is_file() and marker.read_text() == pins:
+            return sorted(cache.glob("*.whl"))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        print(f"build-images: downloading {pins} and their dependencies for Python {python}", flush=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent))
+        try:  # whole or not at all
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", *JUPYTERLAB, "--python-version", python,
+                            "--only-binary=:all:", "-d", str(tmp)], check=True)
+            (tmp / "PINS").write_text(pins)
+            shutil.rmtree(cache, ignore_errors=True)
+            tmp.rename(cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return sorted(cache.glob("*.whl"))
 
     def ensure_wheels(self) -> list[Path]:
         """bash_kernel's wheel (Debian has no package): downloaded once into the user's cache."""

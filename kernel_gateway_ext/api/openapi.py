@@ -1,4 +1,4 @@
-"""OpenAPI 3.0 descriptions of the three dialects, served at /openapi/{jupyter,v2,skaha}.json.
+"""OpenAPI 3.0 descriptions of the three dialects and the web page's API, served at /openapi/{jupyter,v2,skaha,page}.json.
 
 A test keeps them in sync with the routes (every route described, every described operation
 served) and schemathesis fuzzes the gateway against them.
@@ -296,7 +296,60 @@ def skaha() -> dict[str, Any]:
                 paths, {}, security)
 
 
-SPECS = {"jupyter": jupyter, "v2": v2, "skaha": skaha}
+def page() -> dict[str, Any]:
+    """The web page's own routes (the page acts through the dialects' routes for everything else)."""
+    errs = {"401": _error("Not signed in"), "403": _error("Refused: cross-site, no CSRF header, or not an operator")}
+    html = {"200": _resp("The page (its script signs in or lists what is mine)", {"type": "string"}, "text/html")}
+    item = {"type": "object", "properties": {
+        "kind": {"type": "string", "enum": ["kernel", "session"]}, "dialect": {"type": "string"},
+        "id": {"type": "string"}, "name": {"type": "string"}, "owner": {"type": "string"}, "state": {"type": "string"},
+        "usage": {"type": "array", "nullable": True, "description": "[time, memory bytes, CPU cores] sampled last"}}}
+    paths: dict[str, Any] = {
+        "/": {"get": {"summary": "The web page", "security": [], "responses": html}},
+        "/ui/": {"get": {"summary": "The web page", "security": [], "responses": html}},
+        "/ui/static/{asset}": {"get": {"summary": "The page's script, style and icon", "security": [],
+                                       "parameters": [_path_param("asset", {"type": "string",
+                                                                            "enum": ["app.js", "app.css", "logo.svg"]})],
+                                       "responses": {"200": _resp("The asset"), "404": _resp("No such asset")}}},
+        "/ui/api/signin": {"post": {
+            "summary": "Sign in: a key pair (or the gateway token as secret_key), or {certificate: true} over TLS",
+            "security": [], "requestBody": _json({"type": "object", "properties": {
+                "access_key": {"type": "string"}, "secret_key": {"type": "string"}, "certificate": {"type": "boolean"}}}),
+            "responses": {"200": _resp("Signed in: the cookie is set; me, with the CSRF token", {"type": "object"}),
+                          "400": _error("Nothing to sign in with"), **errs}}},
+        "/ui/api/signout": {"post": {"summary": "Sign out (the cookie is cleared)", "security": [],
+                                     "responses": {"204": _resp("Signed out"), "403": errs["403"]}}},
+        "/ui/api/me": {"get": {"summary": "Who I am, and the CSRF token changes need (X-KGE-CSRF)",
+                               "responses": {"200": _resp("Me", {"type": "object"}), **errs}}},
+        "/ui/api/items": {"get": {"summary": "My kernels and sessions, every dialect's, with their figures",
+                                  "responses": {"200": _resp("Items", {"type": "object", "properties": {
+                                      "items": {"type": "array", "items": item}}}), **errs}}},
+        "/ui/api/live": {"get": {"summary": "The same list, pushed on every change (a websocket); {follow: ID} follows "
+                                            "a session's log", "responses": {"101": _resp("Switching protocols"),
+                                                                             "400": _resp("Not a websocket request"), **errs}}},
+        "/ui/api/admin/capacity": {"get": {"summary": "Memory promised against the budget, per node; the pools (operators)",
+                                           "responses": {"200": _resp("Capacity", {"type": "object"}), **errs}}},
+        "/ui/api/admin/keypairs": {
+            "get": {"summary": "Every key pair (operators)",
+                    "responses": {"200": _resp("Key pairs", {"type": "object"}), **errs}},
+            "post": {"summary": "Make a key pair (operators); its secret key is shown this once",
+                     "requestBody": _json({"type": "object", "required": ["user"], "properties": {
+                         "user": {"type": "string"}, "admin": {"type": "boolean"}}}),
+                     "responses": {"201": _resp("The key pair", {"type": "object"}), "400": _error("Bad user name"), **errs}}},
+        "/ui/api/admin/keypairs/{access_key}": {"delete": {
+            "summary": "Revoke a key pair (operators): its requests, cookies and open pages end",
+            "parameters": [_path_param("access_key", {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$",
+                                                      "example": "AKKGE0000000000000000"})],
+            "responses": {"204": _resp("Revoked"), "404": _error("No active key pair"), **errs}}},
+    }
+    security = {**TOKEN_AUTH, "cookie": {"type": "apiKey", "in": "cookie", "name": "kge_page",
+                                         "description": "The page's sign-in cookie (changes also need X-KGE-CSRF)"}}
+    return _doc("kernel_gateway_ext: the web page's API", "Sign-in, my things across dialects, the operator's view.",
+                paths, {"Error": {"type": "object", "properties": {"message": {"type": "string"}, "reason": {"type": "string"}}}},
+                security)
+
+
+SPECS = {"jupyter": jupyter, "v2": v2, "skaha": skaha, "page": page}
 
 
 class OpenAPIHandler(BaseHandler):

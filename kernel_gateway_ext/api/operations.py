@@ -22,5 +22,5 @@ class MetricsHandler(BaseHandler):
 def default_handlers(b: str) -> list[tuple[str, type[Any]]]:
     return [
         (rf"{b}metrics", MetricsHandler),
-        (rf"{b}openapi/(?P<dialect>jupyter|v2|skaha)\.json", openapi.OpenAPIHandler),
+        (rf"{b}openapi/(?P<dialect>jupyter|v2|skaha|page)\.json", openapi.OpenAPIHandler),
     ]

@@ -67,6 +67,12 @@ class ImageBuilder:
         except docker.errors.ImageNotFound:
             return None
 
+    def python_version(self, tag: str) -> str:
+        """The Python version of image `tag` (wheels installed into an image must fit it)."""
+        out = self.client.containers.run(tag, ["python3", "-c", "import platform; print(platform.python_version())"],
+                                         remove=True, network_disabled=True)
+        return bytes(out).decode().strip()
+
     def build(self, context: Traversable | Path, tag: str, base: str, extra: str = "",
               extra_files: list[tuple[str, Path]] | None = None) -> None:
         files = read_context(context, extra_files or [])

@@ -209,7 +209,9 @@ class JobManager(EnvConfigurable):
         return self.keypairs.derive(f"notebook-{session_id}", "jupyter-server")
 
     def _notebook_config(self, rec: JobRecord) -> FileToPut:
-        data = json.dumps({"ServerApp": {"token": self.notebook_token(rec.id)}}).encode()
+        # The token stays out of the command line (docker inspect shows it); terminals run bash.
+        data = json.dumps({"ServerApp": {"token": self.notebook_token(rec.id),
+                                         "terminado_settings": {"shell_command": ["/bin/bash", "-l"]}}}).encode()
         return FileToPut("/run/kge", "jupyter_server_config.json", data, 0o400)
 
     def lifetime(self, kind: str) -> float:

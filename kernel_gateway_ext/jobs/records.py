@@ -18,9 +18,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ID_ALPHABET = string.ascii_lowercase + string.digits
 NOTEBOOK_PORT = 8888
-NOTEBOOK_CMD = ["python3", "-m", "jupyter_server", "--config=/run/kge/jupyter_server_config.json",
+# JupyterLab 4 from the notebook image's own venv (docker/notebook); it asks nothing of the internet.
+NOTEBOOK_CMD = ["/opt/jupyter/bin/python", "-m", "jupyterlab", "--config=/run/kge/jupyter_server_config.json",
                 "--ServerApp.ip=0.0.0.0", f"--ServerApp.port={NOTEBOOK_PORT}", "--ServerApp.open_browser=False",
-                "--ServerApp.allow_remote_access=True", "--ServerApp.root_dir=/home/work"]
+                "--ServerApp.allow_remote_access=True", "--ServerApp.root_dir=/home/work", "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
 
 
 def iso(ts: float | None) -> str | None:

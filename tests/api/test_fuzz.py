@@ -18,7 +18,7 @@ from tests.conftest import TOKEN, require_docker, start_process_gateway, stop_pr
 
 MIN_REQUESTS = 1000
 # One worker per process: hypothesis in several threads trips a CPython 3.11 ast bug (gh-106905).
-EXAMPLES = {"jupyter": 130, "v2": 80, "skaha": 100}  # per operation; chosen so each dialect passes 1000 requests
+EXAMPLES = {"jupyter": 130, "v2": 80, "skaha": 100, "page": 100}  # per operation; chosen so each dialect passes 1000 requests
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -38,9 +38,9 @@ def fuzz_gateway(tmp_path_factory):
 
 
 def test_fuzz_every_dialect(fuzz_gateway, tmp_path) -> None:
-    # The three dialects are fuzzed at once, each by its own single-worker schemathesis process.
+    # The dialects (and the page's API) are fuzzed at once, each by its own single-worker schemathesis process.
     procs = {}
-    for dialect in ("jupyter", "v2", "skaha"):
+    for dialect in ("jupyter", "v2", "skaha", "page"):
         keys = create_keys(f"fuzz-{dialect}")
         auth = f"Bearer {keys.token}" if dialect == "skaha" else f"token {keys.token}"
         har = tmp_path / f"{dialect}.har"

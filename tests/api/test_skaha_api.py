@@ -138,6 +138,14 @@ async def test_notebook_session_through_the_proxy(gateway, docker_client) -> Non
     out = await ws.execute("import os\nprint(os.getuid(), os.getcwd())")
     assert ws.stdout(out) == "1000 /home/work\n"
     ws.close()
+    # What JupyterLab's upload and download do, with a file far above the server's small body limit.
+    import base64
+    big = os.urandom(12 * 2**20)
+    put = await c.fetch("PUT", "/api/contents/big.bin", {"type": "file", "format": "base64",
+                                                          "content": base64.b64encode(big).decode()}, headers=bearer, token=None)
+    assert put.status in (200, 201), put.body[:300]
+    got = await c.fetch("GET", "/files/big.bin", headers=bearer, token=None)
+    assert got.status == 200 and got.body == big
     # a browser visits with ?token= once and then rides on the signed cookie; the visit is redirected
     # away from the token, so the page's scripts (on the gateway's origin) never see it
     second = create_keys(owner.user)  # a second key pair of the same user, revoked below

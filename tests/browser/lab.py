@@ -264,6 +264,11 @@ class Lab(Browser):
                          lambda: self._find(f'.lm-Menu-item[data-command="{command}"]:not(.lm-mod-disabled)'))
         item.click()
 
+    def click_accept(self, timeout: float = 10) -> None:
+        """The dialog's accepting button (Save, Rename, OK), then wait until it has closed."""
+        self.wait("the dialog's accept button", lambda: self._find(".jp-Dialog .jp-Dialog-button.jp-mod-accept"), timeout).click()
+        self.wait("the dialog to close", lambda: not self.dialog(), timeout)
+
     def dialog(self) -> str:
         return str(self.js("const d = document.querySelector('.jp-Dialog'); return d ? d.innerText : '';"))
 

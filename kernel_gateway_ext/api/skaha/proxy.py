@@ -12,6 +12,7 @@ scripts never see the token.
 from __future__ import annotations
 
 import asyncio
+import time
 import hmac
 
 from urllib.parse import urlencode
@@ -120,10 +121,19 @@ class NotebookProxyHandler(StreamedBody, ProxyMixin):
             f"http://{host}{self.upstream_uri()}", method=self.request.method, headers=self.upstream_headers(token),
             body=body, follow_redirects=False, request_timeout=300, allow_nonstandard_methods=True, decompress_response=False,
         )
-        try:
-            resp = await self._client(session_id).fetch(req, raise_error=False)
-        except OSError as e:  # refused: the server in the container is still starting
-            raise GatewayError("the notebook server is not answering yet", status=503) from e
+        began = time.monotonic()
+        while True:
+            try:
+                resp = await self._client(session_id).fetch(req, raise_error=False)
+                break
+            except OSError as e:
+                # Refused: the server in the container is still starting (a session is Running as soon
+                # as its container is, JupyterLab listens a few seconds later). The click on the
+                # connectURL waits for it rather than showing an error page.
+                if time.monotonic() - began > STARTING_WAIT:
+                    raise GatewayError("the notebook server is not answering yet", status=503) from e
+                await asyncio.sleep(0.25)
+                self.target(session_id)  # still there and running, or its own error
         if resp.code == 599:
             raise GatewayError("the notebook server is not answering yet", status=503)
         self.set_status(resp.code, resp.reason)
@@ -151,6 +161,7 @@ class NotebookProxyHandler(StreamedBody, ProxyMixin):
 
 
 SLOTS_PER_SESSION = 16
+STARTING_WAIT = 30.0  # seconds a request waits for a session's notebook server to start listening
 _CLIENTS: dict[str, httpclient.AsyncHTTPClient] = {}  # session id -> its client; pruned as sessions go
 
 
