@@ -18,7 +18,7 @@ from tests.conftest import TOKEN, require_docker, start_process_gateway, stop_pr
 
 MIN_REQUESTS = 1000
 # One worker per process: hypothesis in several threads trips a CPython 3.11 ast bug (gh-106905).
-EXAMPLES = {"jupyter": 130, "v2": 80, "skaha": 100, "page": 100}  # per operation; chosen so each dialect passes 1000 requests
+EXAMPLES = {"jupyter": 130, "v2": 80, "skaha": 100, "page": 150}  # per operation; chosen so each dialect passes 1000 requests
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
