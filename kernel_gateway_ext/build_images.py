@@ -46,6 +46,29 @@ def wheel_cache() -> Path:
     return Path(base) / "kernel_gateway_ext" / "wheels"
 
 
+def lab_wheels(python: str, root: Path | None = None) -> list[Path]:
+    """JupyterLab and what it needs, as wheels for the kernel image's Python (e.g. 3.11.2),
+    downloaded once per Python version and pin set into `root` (the user's wheel cache) through
+    this machine's package index: the image build itself reaches no index. deploy/prepare-wheels
+    calls it too, for the gateway's own image."""
+    cache = (root or wheel_cache()) / f"jupyterlab-py{python}"
+    marker, pins = cache / "PINS", " ".join(JUPYTERLAB)
+    if marker.is_file() and marker.read_text() == pins:
+        return sorted(cache.glob("*.whl"))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    print(f"build-images: downloading {pins} and their dependencies for Python {python}", flush=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent))
+    try:  # whole or not at all
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", *JUPYTERLAB, "--python-version", python,
+                        "--only-binary=:all:", "-d", str(tmp)], check=True)
+        (tmp / "PINS").write_text(pins)
+        shutil.rmtree(cache, ignore_errors=True)
+        tmp.rename(cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(cache.glob("*.whl"))
+
+
 class BuildImagesApp(GatewayApplication):
     """Build the kernel images (no registry needed)."""
 
@@ -79,9 +102,11 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         builder.build(root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
         kernel_id = builder.image_id(self.tag) or ""
         # Images built on the kernel image are rebuilt whenever it changes.
-        lab = self.ensure_lab_wheels(builder.python_version(self.tag))
-        builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=kernel_id,
-                      extra_files=[(f"wheels/{w.name}", w) for w in lab])
+        # JupyterLab's wheels are pinned: the pins and the Python they are for stand for them in the
+        # context hash, so they are downloaded only when the notebook image has to be built.
+        python = builder.python_version(self.tag)
+        builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=f"{kernel_id} {' '.join(JUPYTERLAB)} {python}",
+                      fetch_files=lambda: [(f"wheels/{w.name}", w) for w in self.ensure_lab_wheels(python)])
         for name, folder, image in self.kernelspec_images():
             print(f"build-images: kernelspec {name} has a Dockerfile: building {image}", flush=True)
             builder.build(folder, image, self.tag, extra=kernel_id)
@@ -111,25 +136,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         subprocess.run(["bash", str(script), BASE_LOCAL], check=True)
 
     def ensure_lab_wheels(self, python: str) -> list[Path]:
-        """JupyterLab and what it needs, as wheels for the kernel image's Python (e.g. 3.11.2),
-        downloaded once per Python version and pin set into the user's cache (through this
-        machine's package index: the image build itself reaches no index)."""
-        cache = wheel_cache() / f"jupyterlab-py{python}"
-        marker, pins = cache / "PINS", " ".join(JUPYTERLAB)
-        if marker.is_file() and marker.read_text() == pins:
-            return sorted(cache.glob("*.whl"))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        print(f"build-images: downloading {pins} and their dependencies for Python {python}", flush=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent))
-        try:  # whole or not at all
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", *JUPYTERLAB, "--python-version", python,
-                            "--only-binary=:all:", "-d", str(tmp)], check=True)
-            (tmp / "PINS").write_text(pins)
-            shutil.rmtree(cache, ignore_errors=True)
-            tmp.rename(cache)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return sorted(cache.glob("*.whl"))
+        return lab_wheels(python)
 
     def ensure_wheels(self) -> list[Path]:
         """bash_kernel's wheel (Debian has no package): downloaded once into the user's cache."""

@@ -12,6 +12,7 @@ import sys
 import tarfile
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -74,7 +75,11 @@ class ImageBuilder:
         return bytes(out).decode().strip()
 
     def build(self, context: Traversable | Path, tag: str, base: str, extra: str = "",
-              extra_files: list[tuple[str, Path]] | None = None) -> None:
+              extra_files: list[tuple[str, Path]] | None = None,
+              fetch_files: Callable[[], list[tuple[str, Path]]] | None = None) -> None:
+        """Build `tag` unless an image of the same context exists. `fetch_files` are added only
+        when a build is due: files `extra` already names (pinned downloads), never fetched for
+        an up-to-date image."""
         files = read_context(context, extra_files or [])
         digest = context_hash(files, base + extra)
         try:
@@ -84,6 +89,8 @@ class ImageBuilder:
         if image is not None and not self.force and image.labels.get(CONTEXT_LABEL) == digest:
             print(f"build-images: {tag} is up to date", flush=True)
             return
+        if fetch_files is not None:
+            files = read_context(context, [*(extra_files or []), *fetch_files()])
         print(f"build-images: building {tag} from {base}", flush=True)
         stream = self.client.api.build(
             fileobj=tar_context(files), custom_context=True, tag=tag, buildargs={"BASE": base},

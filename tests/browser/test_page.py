@@ -60,7 +60,10 @@ class Page(Browser):
         el.send_keys(text)
 
     def click(self, selector: str) -> None:
-        self.wait(selector, lambda: self._find(selector)).click()
+        def clicked() -> bool:  # found and clicked (a stale element is looked up again)
+            self._find(selector).click()
+            return True
+        self.wait(selector, clicked)
 
     def card(self, ident: str) -> Any:
         return self._find(f'article.item[data-id="{ident}"]')
@@ -212,6 +215,13 @@ def test_kernels_of_each_dialect_appear_live(gw: ProcessGateway, alice_page: Pag
     page.wait("memory figures", lambda: "Memory —" not in page.card(seen["jupyter"]).text, 20)
     page.wait("a chart", lambda: page.js(
         f"return document.querySelector('article.item[data-id=\"{seen['jupyter']}\"] .fig.mem polyline') !== null"), 20)
+    # Pushes keep the card's buttons (a click or the focus is never lost to one).
+    button = page.card(seen["jupyter"]).find_element("css selector", 'button[aria-label^="Restart "]')
+    chart = f"article.item[data-id=\"{seen['jupyter']}\"] .fig.mem polyline"
+    points = page.js(f"return document.querySelector('{chart}').getAttribute('points')")
+    page.wait("a push with a new sample", lambda: page.js(
+        f"return document.querySelector('{chart}').getAttribute('points')") != points, 10)
+    assert button.is_displayed(), "the same button element is still on the page"
     page.step("03-three-dialects")
     FIGURES.append("page     a card appears after the client's answer (Jupyter / v2 / Skaha): "
                    + " / ".join(f"{appear[k] * 1000:.0f} ms" for k in ("jupyter", "v2", "skaha")))
@@ -331,7 +341,7 @@ def test_an_operator_sees_all_and_revocation_signs_out(gw: ProcessGateway, opera
         page.sign_in(operator)
         for ident in (seen["v2"], seen["canfar"], seen["page-session"]):
             page.wait(f"alice's {ident}", lambda ident=ident: page.card(ident), 10)
-        assert "owner page-alice" in page.card(seen["v2"]).text
+        page.wait("the owner on the card", lambda: "owner page-alice" in page.card(seen["v2"]).text)
         page.step("10-operator-sees-all")
         page.click("#tab-admin")
         page.wait("the key pairs", lambda: page._find(f'tr[data-access-key="{alice.access_key}"]'), 10)

@@ -85,6 +85,17 @@ def open_lab(lab: Lab, connect_url: str, token: str, where: str = "") -> float:
 
 
 def test_a_notebook_session_opens_jupyterlab(gw: ProcessGateway, tmp_path: Path) -> None:
+    try:
+        drive_a_notebook_session(gw, tmp_path)
+    except Exception as e:
+        # What the session's JupyterLab said, beside the screenshot the failing step left.
+        logs = [c.logs(tail=40).decode(errors="replace") for c in docker.from_env().containers.list(
+            all=True, filters={"label": f"org.kge.gateway={gw.gateway_id}"})]
+        raise AssertionError(f"{e}\n--- session containers' logs:\n" + "\n---\n".join(logs)
+                             + "\n--- gateway log:\n" + open(gw.log_path).read()[-3000:]) from e
+
+
+def drive_a_notebook_session(gw: ProcessGateway, tmp_path: Path) -> None:
     keys = create_keys("canfar-" + uuid.uuid4().hex[:6])
     assert call(gw, "POST", "v2/folders", keys, {"name": "work1"})[0] == 201
     sid, url = new_session(gw, keys, tmp_path)
@@ -145,6 +156,9 @@ def test_a_notebook_session_opens_jupyterlab(gw: ProcessGateway, tmp_path: Path)
             "return document.querySelector('.jp-NotebookPanel, .jp-Terminal, .jp-Launcher') !== null"), 90)
         assert "token=" not in lab.driver.current_url
         lab.shot("05-reloaded")
+    except Exception:
+        lab.shot("FAILED")
+        raise
     finally:
         lab.close()
 

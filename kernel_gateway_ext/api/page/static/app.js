@@ -175,13 +175,32 @@ function received(msg) {
   renderItems();
 }
 
+// A push re-renders every card, but the page keeps each card's element and every part of it that
+// did not change (its buttons, above all): a click or the focus is never lost to a push.
 function renderItems() {
   const box = $("items");
   const focused = document.activeElement && document.activeElement.dataset.key;
   const items = [...state.items.values()];
-  box.replaceChildren(...items.map(renderItem));
+  const old = new Map([...box.children].map((el) => [el.dataset.id, el]));
+  const cards = items.map((it) => {
+    const fresh = renderItem(it), kept = old.get(it.id);
+    if (!kept) return fresh;
+    patchCard(kept, fresh);
+    return kept;
+  });
+  const sameOrder = cards.length === box.children.length && cards.every((c, i) => box.children[i] === c);
+  if (!sameOrder) box.replaceChildren(...cards);
   $("items-empty").hidden = items.length > 0;
-  if (focused) { const again = box.querySelector(`[data-key="${CSS.escape(focused)}"]`); if (again) again.focus(); }
+  if (focused && document.activeElement === document.body) {
+    const again = box.querySelector(`[data-key="${CSS.escape(focused)}"]`); if (again) again.focus();
+  }
+}
+
+function patchCard(kept, fresh) {
+  for (const name of ["class", "data-restarts", "aria-label"]) kept.setAttribute(name, fresh.getAttribute(name));
+  const was = [...kept.children], now = [...fresh.children];
+  if (was.length !== now.length) { kept.replaceChildren(...now); return; }
+  now.forEach((part, i) => { if (!was[i].isEqualNode(part)) kept.replaceChild(part, was[i]); });
 }
 
 function sparkline(values, max) {
