@@ -8,19 +8,17 @@ Each step leaves a screenshot in test-output/skaha-notebook/ (one is in the READ
 """
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 
 from tests.browser.lab import Lab
+from tests.browser.test_page import api
 from tests.browser.test_jupyterlab import require_browser
 from tests.clients.v2util import Keys, create_keys, run_canfar
 from tests.conftest import FIGURES, ProcessGateway, require_docker, start_process_gateway, stop_process_gateway
@@ -37,18 +35,6 @@ class SessionPage:
 
     url: str
     token: str
-
-
-def call(gw: ProcessGateway, method: str, path: str, keys: Keys, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(gw.url + path, data=data, method=method,
-                                 headers={"Authorization": f"token {keys.token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +54,7 @@ def new_session(gw: ProcessGateway, keys: Keys, home: Path) -> tuple[str, str]:
     sid = created.stdout.split("ID: ")[1].split(")")[0]
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        info = call(gw, "GET", f"skaha/v1/session/{sid}", keys)[1]
+        info = api(gw, "GET", f"skaha/v1/session/{sid}", keys.token)[1]
         if info["status"] == "Running":
             return sid, info["connectURL"]
         time.sleep(0.5)
@@ -97,7 +83,7 @@ def test_a_notebook_session_opens_jupyterlab(gw: ProcessGateway, tmp_path: Path)
 
 def drive_a_notebook_session(gw: ProcessGateway, tmp_path: Path) -> None:
     keys = create_keys("canfar-" + uuid.uuid4().hex[:6])
-    assert call(gw, "POST", "v2/folders", keys, {"name": "work1"})[0] == 201
+    assert api(gw, "POST", "v2/folders", keys.token, {"name": "work1"})[0] == 201
     sid, url = new_session(gw, keys, tmp_path)
     lab = Lab(SessionPage(url, keys.token), SHOTS)  # type: ignore[arg-type]
     timings: dict[str, float] = {}
@@ -135,7 +121,7 @@ def drive_a_notebook_session(gw: ProcessGateway, tmp_path: Path) -> None:
         lab.click_accept()
         name = "saved-by-lab.ipynb"
         lab.wait("the notebook saved into the folder", lambda: any(
-            f["filename"] == name for f in call(gw, "GET", "v2/folders/work1/files", keys)[1]["files"]), 30)
+            f["filename"] == name for f in api(gw, "GET", "v2/folders/work1/files", keys.token)[1]["files"]), 30)
 
         # A terminal, through the proxy's websocket: its command writes into the folder.
         lab.new_launcher()
@@ -147,7 +133,7 @@ def drive_a_notebook_session(gw: ProcessGateway, tmp_path: Path) -> None:
         screen.click()
         ActionChains(lab.driver).send_keys("echo from-the-terminal-$((6*7)) > /home/work/work1/term.txt\n").perform()
         lab.wait("the terminal's file", lambda: any(
-            f["filename"] == "term.txt" for f in call(gw, "GET", "v2/folders/work1/files", keys)[1]["files"]), 30)
+            f["filename"] == "term.txt" for f in api(gw, "GET", "v2/folders/work1/files", keys.token)[1]["files"]), 30)
         lab.shot("04-terminal")
 
         # A reload keeps the session (the cookie the token visit left).
