@@ -453,6 +453,28 @@ async def test_the_web_page_shows_what_every_replica_serves(ha: HA) -> None:
         assert seen == set(started), "the live list carries the other replicas' kernels"
     finally:
         ws.close()
+    # A session's log, followed from the page on replica 1 while replica 3 runs it.
+    made = await Client(ha.replica_url(3), keys.token).fetch(
+        "POST", "/skaha/v0/session?name=far&image=images.canfar.net/skaha/terminal:1.1.1&type=headless&cmd=sh"
+                "&args=-c%20echo${IFS}far-first;sleep${IFS}3;echo${IFS}far-second;sleep${IFS}60")
+    assert made.status == 200, made.body
+    sid = made.body.decode().strip()
+    assert await home_of(ha, "skaha-session", sid) == "r3"
+    ws = await websocket_connect(HTTPRequest(ha.replica_url(1).replace("http://", "ws://").rstrip("/") + "/ui/api/live",
+                                             headers={"Cookie": cookie}))
+    try:
+        await asyncio.sleep(2)  # running by now
+        await ws.write_message(json.dumps({"follow": sid}))
+        log, deadline = "", time.monotonic() + 30
+        while "far-second" not in log and time.monotonic() < deadline:
+            msg = json.loads(await asyncio.wait_for(ws.read_message(), 30))
+            if msg["type"] == "log" and msg["id"] == sid:
+                log += msg["data"]
+            assert msg["type"] != "log-end", msg
+        assert log.split() == ["far-first", "far-second"], log
+    finally:
+        ws.close()
+    await Client(ha.replica_url(1), keys.token).fetch("DELETE", f"/skaha/v0/session/{sid}")
     # The page's actions reach a kernel homed elsewhere (the dialect's route forwards them).
     me = (await first.fetch("GET", "/ui/api/me", headers={"Cookie": cookie})).json
     gone = await first.fetch("DELETE", f"/api/kernels/{started[0]}", headers={"Cookie": cookie, "X-KGE-CSRF": me["csrf"],

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado import httputil, websocket
+from tornado import httpclient, httputil, websocket
 
 from ...auth import Identity
 from ...errors import GatewayError, NotFound
-from ...replicas.forward import gather_from_peers
+from ...jobs.records import RECORD_KIND
+from ...replicas.forward import FORWARDED, gather_from_peers, locate
 from ..base import CERTIFICATE, PAGE, TOKEN, GatewayMixin
 from ..context import GatewayContext
 from .overview import FigureBook, items_for
@@ -116,7 +118,7 @@ class LiveHub:
         """With replicas: what the other replicas serve of this page's view (their items route,
         with the page's own cookie: each replica authorizes it itself)."""
         gw = self.gw
-        if not gw.replicas.enabled:
+        if not gw.replicas.enabled or FORWARDED in page.request.headers:  # a peer's follow: its own part only
             return
         creds = httputil.HTTPHeaders({k: v for k, v in page.request.headers.get_all()
                                       if k.lower() in ("cookie", "authorization")})
@@ -246,10 +248,43 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
             sent.add_done_callback(taken)
         return True
 
+    async def _follow_elsewhere(self, session_id: str) -> bool:
+        """With replicas: a session another replica serves is followed there, through its page
+        socket with this page's own credentials (it authorizes them itself); False when no other
+        replica serves it."""
+        gw = self.gateway
+        if not gw.replicas.enabled or FORWARDED in self.request.headers:
+            return False
+        store = gw.store
+
+        def homes() -> Awaitable[set[str]]:
+            return store.homes_of(RECORD_KIND, session_id, False)
+        url = await locate(gw.replicas, homes, f"session {session_id}")
+        if url is None:
+            return False
+        headers = {k: v for k, v in self.request.headers.get_all() if k.lower() in ("cookie", "authorization")}
+        headers[FORWARDED] = gw.replicas.replica_id
+        target = f"{urlsplit(url).scheme.replace('http', 'ws', 1)}://{urlsplit(url).netloc}{gw.base_url}ui/api/live"
+        peer = await websocket.websocket_connect(httpclient.HTTPRequest(target, headers=headers))
+        try:
+            await peer.write_message(json.dumps({"follow": session_id}))
+            while (raw := await peer.read_message()) is not None:
+                msg = json.loads(raw)
+                if msg.get("type") in ("log", "log-end") and msg.get("id") == session_id:
+                    self.send(**msg)
+                    if msg["type"] == "log-end":
+                        return True
+            self.send(type="log-end", id=session_id, reason="the replica serving the session went away")
+        finally:
+            peer.close()
+        return True
+
     async def _follow(self, session_id: str) -> None:
         gw, hub = self.gateway, self.hub
         stream = None
         try:
+            if gw.jobs.find(session_id) is None and await self._follow_elsewhere(session_id):
+                return
             rec = gw.authorizer.check(self.identity, gw.jobs.find(session_id),
                                       lambda: NotFound(f"session {session_id!r} not found"))
             if rec.container_id is None:
@@ -274,6 +309,8 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
             self.send(type="log-end", id=session_id, reason="the session's container ended")
         except GatewayError as e:
             self.send(type="log-end", id=session_id, reason=e.message)
+        except (OSError, httpclient.HTTPClientError, websocket.WebSocketClosedError) as e:
+            self.send(type="log-end", id=session_id, reason=f"the replica serving the session is not reachable: {e}")
         except asyncio.CancelledError:
             raise
         finally:
