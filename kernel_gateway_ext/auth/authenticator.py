@@ -81,6 +81,22 @@ class Authenticator(EnvConfigurable):
     def token_identity(self) -> Identity:
         return Identity(ADMIN_USER, admin=True)
 
+    def binding_of(self, identity: Identity) -> str:
+        """What a browser's cookie names for `identity` so that it can be checked again: its key
+        pair, or the gateway token of the day ('' for neither: no cookie can stand for it)."""
+        return identity.access_key or (self.token_binding() if identity.admin else "")
+
+    async def identify_binding(self, binding: str, user: str, admin: bool) -> Identity | None:
+        """Who a cookie's binding still names: the gateway token's user while the token is the
+        same, a key pair's user while it is active and still that user's; else None."""
+        if admin and hmac.compare_digest(binding, self.token_binding()):
+            return self.token_identity()
+        found = await self.keypairs.lookup(binding) if self.keypairs is not None and binding else None
+        if found is None or found[0].user != user:
+            return None
+        kp = found[0]
+        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)
+
     def derived_key(self, purpose: str) -> bytes:
         """A key for `purpose` from the master key (or, without key pairs, the gateway token)."""
         if self.keypairs is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any, Protocol
+from typing import Protocol
 
 from .identity import Identity
 
@@ -26,11 +26,9 @@ CERTIFICATE_BINDING = "x509"
 class TokenHolder(Protocol):
     """What the cookies need of the authenticator."""
 
-    keypairs: Any  # KeyPairs, or None
+    def binding_of(self, identity: Identity) -> str: ...
 
-    def token_binding(self) -> str: ...
-
-    def token_identity(self) -> Identity: ...
+    async def identify_binding(self, binding: str, user: str, admin: bool) -> Identity | None: ...
 
     def derived_key(self, purpose: str) -> bytes: ...
 
@@ -41,12 +39,7 @@ class PageCookies:
 
     def value(self, identity: Identity, by_certificate: bool = False) -> str:
         """What the cookie holds for this caller."""
-        if by_certificate:
-            binding = CERTIFICATE_BINDING
-        elif identity.access_key:
-            binding = identity.access_key
-        else:
-            binding = self.authenticator.token_binding()
+        binding = CERTIFICATE_BINDING if by_certificate else self.authenticator.binding_of(identity)
         return "|".join((binding, identity.user, "1" if identity.admin else "0"))
 
     async def identify(self, value: str, certificate: Identity | None) -> Identity | None:
@@ -57,14 +50,7 @@ class PageCookies:
         binding, user, admin = parts
         if binding == CERTIFICATE_BINDING:
             return certificate if certificate is not None and certificate.user == user else None
-        if admin == "1" and hmac.compare_digest(binding, self.authenticator.token_binding()):
-            return self.authenticator.token_identity()
-        keypairs = self.authenticator.keypairs
-        found = await keypairs.lookup(binding) if keypairs is not None else None  # None once revoked
-        if found is None or found[0].user != user:
-            return None
-        kp = found[0]
-        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)
+        return await self.authenticator.identify_binding(binding, user, admin == "1")
 
     def csrf(self, value: str) -> str:
         key = self.authenticator.derived_key("page-csrf")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import hmac
 
 from urllib.parse import urlencode
 
@@ -67,7 +66,7 @@ class ProxyMixin(SkahaHandler):
         return f"{self.gateway.base_url}skaha/session/{session_id}/"
 
     def _cookie_value(self, session_id: str, identity: Identity) -> str:
-        binding = identity.access_key or (self.gateway.authenticator.token_binding() if identity.admin else "")
+        binding = self.gateway.authenticator.binding_of(identity)
         return "|".join((session_id, binding, identity.user, str(int(identity.admin))))
 
     async def _cookie_identity(self, session_id: str) -> Identity | None:
@@ -77,13 +76,7 @@ class ProxyMixin(SkahaHandler):
         sid, binding, user, admin = (raw.decode(errors="replace").split("|") + ["", "", "", ""])[:4]
         if sid != session_id or not binding:
             return None  # a cookie opens the one session it was made for
-        if admin == "1" and hmac.compare_digest(binding, self.gateway.authenticator.token_binding()):
-            return Identity(user, admin=True)
-        found = await self.gateway.keypairs.lookup(binding)  # None once revoked
-        if found is None or found[0].user != user:
-            return None
-        kp = found[0]
-        return Identity(kp.user, admin=kp.admin, access_key=kp.access_key)
+        return await self.gateway.authenticator.identify_binding(binding, user, admin == "1")  # None once revoked
 
     def target(self, session_id: str) -> tuple[str, str]:
         """(upstream base like host:8888, the server's token) for the caller's notebook session."""
