@@ -106,7 +106,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         # context hash, so they are downloaded only when the notebook image has to be built.
         python = builder.python_version(self.tag)
         builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=f"{kernel_id} {' '.join(JUPYTERLAB)} {python}",
-                      fetch_files=lambda: [(f"wheels/{w.name}", w) for w in self.ensure_lab_wheels(python)])
+                      fetch_files=lambda: [(f"wheels/{w.name}", w) for w in lab_wheels(python)])
         for name, folder, image in self.kernelspec_images():
             print(f"build-images: kernelspec {name} has a Dockerfile: building {image}", flush=True)
             builder.build(folder, image, self.tag, extra=kernel_id)
@@ -134,9 +134,6 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         print(f"build-images: making {BASE_LOCAL} with debootstrap (1-2 minutes)", flush=True)
         script = resource_path("docker") / "base" / "make-base.sh"
         subprocess.run(["bash", str(script), BASE_LOCAL], check=True)
-
-    def ensure_lab_wheels(self, python: str) -> list[Path]:
-        return lab_wheels(python)
 
     def ensure_wheels(self) -> list[Path]:
         """bash_kernel's wheel (Debian has no package): downloaded once into the user's cache."""

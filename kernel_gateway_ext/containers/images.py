@@ -10,9 +10,9 @@ import hashlib
 import io
 import sys
 import tarfile
+from collections.abc import Callable
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import docker

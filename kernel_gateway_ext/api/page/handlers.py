@@ -63,12 +63,14 @@ class PageApiHandler(BaseHandler):
 
     auth_schemes = (PAGE, TOKEN, CERTIFICATE)
 
-    def me(self) -> dict[str, Any]:
+    def me(self, cookie: str | None = None) -> dict[str, Any]:
+        """Who the caller is; with the page's cookie (this request's, or `cookie` just set), its CSRF token."""
         identity, gw = self.identity, self.gateway
-        cookie = self.page_cookie() if self.auth_scheme == PAGE else None
+        cookie = cookie or (self.page_cookie() if self.auth_scheme == PAGE else None)
         return {
             "user": identity.user, "admin": identity.admin, "access_key": identity.access_key,
-            "signed_in_by": self.auth_scheme, "csrf": gw.authenticator.page.csrf(cookie) if cookie else None,
+            "signed_in_by": PAGE if cookie else self.auth_scheme,
+            "csrf": gw.authenticator.page.csrf(cookie) if cookie else None,
             "csrf_header": CSRF_HEADER, "base_url": gw.base_url, "docker": gw.docker_available,
             "cull_idle_timeout": gw.kernel_manager.cull_idle_timeout,
         }
@@ -88,7 +90,7 @@ class SignInHandler(PageApiHandler):
             identity = authenticator.identify_certificate(self.peer_certificate())
             if identity is None:
                 raise Unauthorized("no client certificate this gateway trusts came with the request")
-            value, scheme = authenticator.page.value(identity, by_certificate=True), CERTIFICATE
+            value = authenticator.page.value(identity, by_certificate=True)
         else:
             access_key, secret = body.get("access_key") or "", body.get("secret_key") or ""
             if not isinstance(access_key, str) or not isinstance(secret, str) or not secret.strip():
@@ -98,14 +100,12 @@ class SignInHandler(PageApiHandler):
             if found is None:
                 self.gateway.log.warning("page sign-in refused for access key %r", access_key.strip()[:64])
                 raise Unauthorized("wrong access key or secret key (or the key pair was revoked)")
-            identity, value, scheme = found, authenticator.page.value(found), TOKEN
+            identity, value = found, authenticator.page.value(found)
         self.set_signed_cookie(PAGE_COOKIE, value, expires_days=None, httponly=True, samesite="Strict",
                                secure=self.request.protocol == "https", path=self.gateway.base_url)
         self.gateway.log.info("page sign-in: %s%s", identity.user, " (admin)" if identity.admin else "")
-        self.identity, self.auth_scheme = identity, scheme
-        model = self.me()
-        model["csrf"], model["signed_in_by"] = authenticator.page.csrf(value), PAGE
-        self.write_json(model)
+        self.identity = identity
+        self.write_json(self.me(value))
 
 
 class SignOutHandler(PageApiHandler):

@@ -86,33 +86,30 @@ class LiveHub:
 
     async def _sample_while_watched(self) -> None:
         gw, gate = self.gw, asyncio.Semaphore(SAMPLE_CONCURRENCY)
+        backend = gw.jobs.backend  # kernels' and sessions' containers alike
 
-        async def sample(ident: str, read: Any) -> None:
+        async def sample(ident: str, container_id: str) -> None:
             async with gate:
                 try:
-                    memory, cpu_ns = await read()
+                    use = await backend.usage(container_id, gw.jobs.host_cores())
                 except GatewayError:
                     return
-            self.book.add(ident, memory, cpu_ns)
+            self.book.add(ident, use.memory, use.cpu_ns)
 
         while self.pages:
             await self.recheck_all()
             watchers = [p.identity for p in self.pages]
-            wanted: list[tuple[str, Any]] = []
             everyone = any(i.admin for i in watchers)
             users = {i.user for i in watchers}
-            for km in gw.kernel_manager.list():
-                if (everyone or km.owner in users) and km.docker is not None:
-                    wanted.append((km.kernel_id, _kernel_reader(km)))
-            for rec in gw.jobs.list():
-                if (everyone or rec.owner in users) and rec.status == "Running" and rec.container_id:
-                    wanted.append((rec.id, _session_reader(gw, rec.container_id)))
+            wanted = [(km.kernel_id, km.docker.container_id) for km in gw.kernel_manager.list()
+                      if (everyone or km.owner in users) and km.docker is not None and km.docker.container_id]
+            wanted += [(rec.id, rec.container_id) for rec in gw.jobs.list()
+                       if (everyone or rec.owner in users) and rec.status == "Running" and rec.container_id]
             self.book.keep_only({ident for ident, _ in wanted})
-            await asyncio.gather(*(sample(ident, read) for ident, read in wanted),
+            await asyncio.gather(*(sample(ident, cid) for ident, cid in wanted),
                                  *(self._from_peers(page) for page in list(self.pages)))
             self._push_all()
             await asyncio.sleep(self.sample_seconds)
-
 
     async def _from_peers(self, page: LiveSocket) -> None:
         """With replicas: what the other replicas serve of this page's view (their items route,
@@ -125,20 +122,6 @@ class LiveHub:
         request = httputil.HTTPServerRequest(method="GET", uri=f"{gw.base_url}ui/api/items", headers=creds,
                                              host=page.request.host)
         page.peer_items = await gather_from_peers(request, gw.replicas, pick=lambda body: body["items"])
-
-
-def _kernel_reader(km: Any) -> Any:
-    async def read() -> tuple[int, int]:
-        stats = await km.docker.container.stats()
-        return stats["memory"], stats["cpu_ns"]
-    return read
-
-
-def _session_reader(gw: GatewayContext, container_id: str) -> Any:
-    async def read() -> tuple[int, int]:
-        use = await gw.jobs.backend.usage(container_id, gw.jobs.host_cores())
-        return use.memory, use.cpu_ns
-    return read
 
 
 class LiveSocket(GatewayMixin, websocket.WebSocketHandler):

@@ -92,7 +92,7 @@ def session_item(gw: GatewayContext, rec: JobRecord) -> dict[str, Any]:
         "limits": {"memory": rec.ram * 2**30, "cpus": rec.cores, "gpus": rec.gpus},
         "ends_at": rec.expiry, "ends_why": "expires", "exit_code": rec.exit_code,
         "connect_path": jobs.notebook_path(rec.id) if rec.type == "notebook" else None,
-        "events": [[kind, reason, message, first, last] for kind, reason, message, first, last in rec.events[-10:]],
+        "events": [list(event) for event in rec.events[-10:]],
     }
 
 
