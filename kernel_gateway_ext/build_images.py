@@ -27,8 +27,13 @@ from .containers.images import BASE_LOCAL, KERNEL_IMAGE, NOTEBOOK_IMAGE, ImageBu
 from .kernels.specs import GatewayKernelSpecManager
 from .resources import resource, resource_path
 
-BASH_KERNEL_WHEEL = "bash_kernel==0.10.0"
-# The notebook sessions' front end (Debian has no JupyterLab 4): wheels for the image's own Python.
+# The kernels' own stack, the same releases a local Jupyter install gets from PyPI (Debian's
+# IPython 8.5 / ipykernel 6.17 import 40 MiB and take twice as long to start), and bash_kernel,
+# which Debian does not package: wheels for the kernel image's Python, in a venv of their own.
+# matplotlib-inline 0.2 needs matplotlib 3.9; 0.1.7 also works with the Debian matplotlib (3.6) that a
+# kernelspec image such as python3-datascience installs beside the venv.
+KERNEL_STACK = ("ipykernel==7.4.0", "ipython==9.18.1", "matplotlib-inline==0.1.7", "bash_kernel==0.10.0")
+# The notebook sessions' front end (Debian has no JupyterLab 4).
 JUPYTERLAB = ("jupyterlab==4.6.6", "ipykernel==7.4.0")
 
 DESCRIPTION = """Build the images kernels and sessions run in, without a container registry.
@@ -46,27 +51,35 @@ def wheel_cache() -> Path:
     return Path(base) / "kernel_gateway_ext" / "wheels"
 
 
-def lab_wheels(python: str, root: Path | None = None) -> list[Path]:
-    """JupyterLab and what it needs, as wheels for the kernel image's Python (e.g. 3.11.2),
-    downloaded once per Python version and pin set into `root` (the user's wheel cache) through
-    this machine's package index: the image build itself reaches no index. deploy/prepare-wheels
-    calls it too, for the gateway's own image."""
-    cache = (root or wheel_cache()) / f"jupyterlab-py{python}"
-    marker, pins = cache / "PINS", " ".join(JUPYTERLAB)
-    if marker.is_file() and marker.read_text() == pins:
+def pinned_wheels(kind: str, pins: tuple[str, ...], python: str, root: Path | None = None) -> list[Path]:
+    """`pins` and what they need, as wheels for an image's Python (e.g. 3.11.2), downloaded once
+    per Python version and pin set into `root`/KIND-pyVERSION (the user's wheel cache) through this
+    machine's package index: the image build itself reaches no index. deploy/prepare-wheels calls
+    it too, for the gateway's own image."""
+    cache = (root or wheel_cache()) / f"{kind}-py{python}"
+    marker, pinned = cache / "PINS", " ".join(pins)
+    if marker.is_file() and marker.read_text() == pinned:
         return sorted(cache.glob("*.whl"))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    print(f"build-images: downloading {pins} and their dependencies for Python {python}", flush=True)
+    print(f"build-images: downloading {pinned} and their dependencies for Python {python}", flush=True)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent))
     try:  # whole or not at all
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", *JUPYTERLAB, "--python-version", python,
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", *pins, "--python-version", python,
                         "--only-binary=:all:", "-d", str(tmp)], check=True)
-        (tmp / "PINS").write_text(pins)
+        (tmp / "PINS").write_text(pinned)
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sorted(cache.glob("*.whl"))
+
+
+def kernel_wheels(python: str, root: Path | None = None) -> list[Path]:
+    return pinned_wheels("kernel", KERNEL_STACK, python, root)
+
+
+def lab_wheels(python: str, root: Path | None = None) -> list[Path]:
+    return pinned_wheels("jupyterlab", JUPYTERLAB, python, root)
 
 
 class BuildImagesApp(GatewayApplication):
@@ -98,13 +111,13 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         base = self.base or BASE_LOCAL
         if not self.base:
             self.ensure_local_base(builder)
-        wheels = self.ensure_wheels()
-        builder.build(root / "kernel", self.tag, base, extra_files=[(f"wheels/{w.name}", w) for w in wheels])
+        # Wheels are pinned: the pins and the Python they are for stand for them in the context
+        # hash, so they are downloaded only when an image has to be built.
+        python = builder.python_version(base, fallback=(root / "kernel", "os"))
+        builder.build(root / "kernel", self.tag, base, extra=f"{' '.join(KERNEL_STACK)} {python}",
+                      fetch_files=lambda: [(f"wheels/{w.name}", w) for w in kernel_wheels(python)])
         kernel_id = builder.image_id(self.tag) or ""
         # Images built on the kernel image are rebuilt whenever it changes.
-        # JupyterLab's wheels are pinned: the pins and the Python they are for stand for them in the
-        # context hash, so they are downloaded only when the notebook image has to be built.
-        python = builder.python_version(self.tag)
         builder.build(root / "notebook", NOTEBOOK_IMAGE, self.tag, extra=f"{kernel_id} {' '.join(JUPYTERLAB)} {python}",
                       fetch_files=lambda: [(f"wheels/{w.name}", w) for w in lab_wheels(python)])
         for name, folder, image in self.kernelspec_images():
@@ -134,18 +147,3 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         print(f"build-images: making {BASE_LOCAL} with debootstrap (1-2 minutes)", flush=True)
         script = resource_path("docker") / "base" / "make-base.sh"
         subprocess.run(["bash", str(script), BASE_LOCAL], check=True)
-
-    def ensure_wheels(self) -> list[Path]:
-        """bash_kernel's wheel (Debian has no package): downloaded once into the user's cache."""
-        cache = wheel_cache()
-        found = sorted(cache.glob("bash_kernel-*.whl"))
-        if found:
-            return found
-        cache.mkdir(parents=True, exist_ok=True)
-        print(f"build-images: downloading {BASH_KERNEL_WHEEL}", flush=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # whole or not at all
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", BASH_KERNEL_WHEEL, "-d", tmp],
-                           check=True)
-            for w in Path(tmp).glob("*.whl"):
-                w.rename(cache / w.name)
-        return sorted(cache.glob("bash_kernel-*.whl"))

@@ -21,10 +21,10 @@ fi
 
 command -v debootstrap >/dev/null || { echo "make-base: installing debootstrap"; apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
 
-# Packages the kernels need. They are installed by apt inside the chroot with
-# --no-install-recommends: debootstrap's own resolver pulls in gdb (a recommend of pydevd),
-# which fails to configure in a minbase chroot, and does not resolve virtual packages.
-pkgs="python3 python3-ipykernel python3-cffi-backend python3-pexpect python3-filetype procps ca-certificates"
+# Packages the kernels need (their Python stack comes as wheels: docker/kernel/Dockerfile). They are
+# installed by apt inside the chroot with --no-install-recommends: debootstrap's own resolver pulls in
+# recommends that fail to configure in a minbase chroot, and does not resolve virtual packages.
+pkgs="python3 python3-venv python3-pexpect procps ca-certificates"
 
 rootfs=$(mktemp -d /tmp/kge-rootfs.XXXXXX)
 cleanup() { if mountpoint -q "$rootfs/proc"; then umount "$rootfs/proc" || true; fi; rm -rf "$rootfs" || true; }

@@ -68,10 +68,20 @@ class ImageBuilder:
         except docker.errors.ImageNotFound:
             return None
 
-    def python_version(self, tag: str) -> str:
-        """The Python version of image `tag` (wheels installed into an image must fit it)."""
-        out = self.client.containers.run(tag, ["python3", "-c", "import platform; print(platform.python_version())"],
-                                         remove=True, network_disabled=True)
+    def python_version(self, tag: str, fallback: tuple[Traversable | Path, str] | None = None) -> str:
+        """The Python version of image `tag` (wheels installed into an image must fit it). A base
+        without Python (a registry's slim image) is asked after building `fallback`'s stage
+        (context, target): the stage of the Dockerfile that installs the packages."""
+        argv = ["python3", "-c", "import platform; print(platform.python_version())"]
+        try:
+            out = self.client.containers.run(tag, argv, remove=True, network_disabled=True)
+        except (docker.errors.ContainerError, docker.errors.APIError):
+            if fallback is None:
+                raise
+            context, target = fallback
+            stage = f"kge-{target}-stage:python"
+            self.run_build(read_context(context), stage, tag, labels={}, target=target)
+            out = self.client.containers.run(stage, argv, remove=True, network_disabled=True)
         return bytes(out).decode().strip()
 
     def build(self, context: Traversable | Path, tag: str, base: str, extra: str = "",
@@ -92,9 +102,14 @@ class ImageBuilder:
         if fetch_files is not None:
             files = read_context(context, [*(extra_files or []), *fetch_files()])
         print(f"build-images: building {tag} from {base}", flush=True)
+        self.run_build(files, tag, base, labels={CONTEXT_LABEL: digest})
+        print(f"build-images: built {tag}", flush=True)
+
+    def run_build(self, files: list[tuple[str, bytes]], tag: str, base: str, labels: dict[str, str],
+                  target: str | None = None) -> None:
         stream = self.client.api.build(
             fileobj=tar_context(files), custom_context=True, tag=tag, buildargs={"BASE": base},
-            labels={CONTEXT_LABEL: digest}, rm=True, forcerm=True, decode=True,
+            labels=labels, rm=True, forcerm=True, decode=True, target=target,
         )
         for chunk in stream:
             if "stream" in chunk:
@@ -102,4 +117,3 @@ class ImageBuilder:
                 sys.stdout.flush()
             elif "error" in chunk:
                 raise SystemExit(f"build-images: {tag} failed: {chunk['error']}")
-        print(f"build-images: built {tag}", flush=True)

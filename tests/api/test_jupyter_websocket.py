@@ -130,3 +130,26 @@ async def test_bash_kernel(gateway) -> None:
     assert ws.stdout(r).strip() == "hello from work in /home/work"
     ws.close()
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
+
+
+async def test_the_kernel_runs_the_pinned_stack_lightly(gateway) -> None:
+    """The image's kernel is the ipykernel/IPython build-images pins (not Debian's older ones),
+    debugpy stays blocked (the kernelspec has no debugger), and the nanny holds no preloaded copy:
+    one small nanny and the kernel process, nothing else."""
+    from kernel_gateway_ext.build_images import KERNEL_STACK
+
+    pins = dict(p.split("==") for p in KERNEL_STACK)
+    kid = await start(gateway)
+    ws = await KernelWS.connect(gateway.url, kid, TOKEN)
+    r = await ws.execute(
+        "import IPython, ipykernel, os, sys\n"
+        "try:\n    import debugpy; blocked = False\nexcept ImportError:\n    blocked = True\n"
+        "procs = sorted(open(f'/proc/{p}/cmdline').read().split('\\0')[1][:40] for p in os.listdir('/proc')\n"
+        "               if p.isdigit() and open(f'/proc/{p}/cmdline').read().startswith('python'))\n"
+        "print(IPython.__version__, ipykernel.__version__, blocked, sys.prefix)\nprint(procs)")
+    assert r["reply"]["status"] == "ok", r
+    first, second = ws.stdout(r).splitlines()
+    assert first == f"{pins['ipython']} {pins['ipykernel']} True /opt/kernel"
+    assert second == "['-c', '/usr/local/bin/kge-nanny']", second
+    ws.close()
+    await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
