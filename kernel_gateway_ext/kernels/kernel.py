@@ -135,6 +135,14 @@ class GatewayKernel(AsyncKernelManager):
     def docker(self) -> DockerProvisioner | None:
         return self.provisioner if isinstance(self.provisioner, DockerProvisioner) else None
 
+    async def _async_post_start_kernel(self, **kw: Any) -> None:
+        """jupyter_client's, less the control socket it connects for every kernel: a shutdown
+        request and a message-mode interrupt connect it when they are sent (both call
+        _connect_control_socket first), so an idle kernel holds no ZMQ connection for it."""
+        self.start_restarter()
+        assert self.provisioner is not None
+        await self.provisioner.post_launch(**kw)
+
     async def _async_wait(self, pollinterval: float = 0.1) -> None:
         """Until the kernel process has ended: for a container kernel, on the engine's own event
         (jupyter_client asks every 100 ms, which made every shutdown wait 100-200 ms for nothing)."""

@@ -94,11 +94,10 @@ class Liveness:
         """Follow the kernel's iopub for busy/idle and its container for exit."""
         self.unwatch(km)
         stream = kernel_stream(km, "iopub")
-        session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
 
         def on_iopub(frames: list[Any]) -> None:
             km.touch()
-            state = status_of(frames, session)
+            state = status_of(frames, km.session)  # signing is stateless: no Session of its own per kernel
             if state is None or km.restarting:
                 return
             km.execution_state = state

@@ -151,5 +151,7 @@ async def test_the_kernel_runs_the_pinned_stack_lightly(gateway) -> None:
     first, second = ws.stdout(r).splitlines()
     assert first == f"{pins['ipython']} {pins['ipykernel']} True /opt/kernel"
     assert second == "['-c', '/usr/local/bin/kge-nanny']", second
+    # The gateway keeps no control socket open for an idle kernel; a shutdown request opens one.
+    assert gateway.app.kernel_manager.get_kernel(kid)._control_socket is None
     ws.close()
     await gateway.client.fetch("DELETE", f"/api/kernels/{kid}")
