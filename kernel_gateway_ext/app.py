@@ -310,6 +310,7 @@ class Gateway(ServerSettings, GatewayApplication):
             idle_connection_timeout=self.header_timeout, body_timeout=self.body_timeout,
             max_connections=self.max_connections, max_per_address=self.max_connections_per_address)
         self.http_server.add_sockets(sockets)
+        self.metrics.loop_lag.start()
         self.log.info("kernel_gateway_ext %s serving at %s", __version__, self.url)
         if self.docker_available:
             self.kernel_manager.pool.fill()
@@ -334,6 +335,7 @@ class Gateway(ServerSettings, GatewayApplication):
     async def stop_server(self) -> None:
         """Stop listening, shut every kernel down (their containers go), release the engine."""
         self.stopping = True  # requests on connections still open get a 503 (retried elsewhere)
+        self.metrics.loop_lag.stop()
         if self.http_server is not None:
             self.http_server.stop()
         self.bridges.close_all()

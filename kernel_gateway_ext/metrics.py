@@ -2,7 +2,9 @@
 store at scrape time; events (starts, failures, executes, Docker calls) are counted as they happen."""
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -39,11 +41,16 @@ class Metrics:
             "kge_http_request_duration_seconds", "HTTP requests by method, route template and status, seconds",
             ["method", "route", "status"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
+        self.loop_lag = LoopLag(Histogram(
+            "kge_event_loop_lag_seconds", "How late the event loop ran a timer due every 50 ms: what any request "
+            "waited before the loop could reach it", buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=self.registry))
         # The standard process_* (CPU, RSS, open fds), python_info and python_gc_* series.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(_Live(gateway))
+        self.registry.register(self.loop_lag)
 
     def observe_kernel(self, event: str, kernelspec: str, source: str = "", seconds: float = 0.0) -> None:
         """What the kernel store reports: starts (cold or pooled), failures, culls, refusals."""
@@ -100,3 +107,48 @@ class _Live:
         budget = GaugeMetricFamily("kge_memory_budget_bytes", "The host's memory budget (0: none)")
         budget.add_metric([], mgr.capacity.budget_bytes())
         yield budget
+
+
+class LoopLag:
+    """The event loop's stalls, measured from inside: a timer due every INTERVAL seconds notes how
+    late it ran (a blocking call, or a process starved of CPU or of the GIL, both delay every
+    request alike). Each delay goes to the histogram; the worst of the last WINDOW seconds is the
+    gauge kge_event_loop_lag_max_seconds. Runs between start() and stop()."""
+
+    INTERVAL = 0.05
+    WINDOW = 60.0
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._recent: deque[tuple[float, float]] = deque(maxlen=int(self.WINDOW / self.INTERVAL))
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.INTERVAL
+        self._handle = loop.call_at(self._due, self._tick, loop)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        lag = max(0.0, now - self._due)
+        self.histogram.observe(lag)
+        self._recent.append((time.monotonic(), lag))
+        self._due = now + self.INTERVAL
+        self._handle = loop.call_at(self._due, self._tick, loop)
+
+    def worst(self) -> float:
+        since = time.monotonic() - self.WINDOW
+        return max((lag for t, lag in self._recent if t >= since), default=0.0)
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("kge_event_loop_lag_max_seconds",
+                                f"The event loop's worst lag over the last {self.WINDOW:.0f} s", value=self.worst())

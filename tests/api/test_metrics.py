@@ -43,3 +43,20 @@ async def test_unknown_kernelspec_names_grow_no_series_and_echo_little(gateway) 
     assert r.status == 404
     after = (await c.fetch("GET", "/metrics")).body
     assert b"no-such" not in after and len(after) < before + 2048, (before, len(after))
+
+
+async def test_the_event_loops_stalls_are_measured_from_inside(gateway) -> None:
+    """A callback that blocks the loop (here on purpose: the in-process gateway shares the test's
+    loop) shows as the loop's lag: the worst of the last minute, and in the histogram."""
+    import asyncio
+    import time
+
+    await asyncio.sleep(0.2)  # the timer has ticked on an idle loop
+    before = samples((await gateway.client.fetch("GET", "/metrics")).body.decode())
+    time.sleep(0.3)  # noqa: ASYNC251 - the stall being measured
+    await asyncio.sleep(0.1)
+    after = samples((await gateway.client.fetch("GET", "/metrics")).body.decode())
+    assert 0.25 <= after[("kge_event_loop_lag_max_seconds", ())] < 5
+    over = (("le", "0.25"),)
+    assert (after[("kge_event_loop_lag_seconds_count", ())] - after[("kge_event_loop_lag_seconds_bucket", over)]
+            > before[("kge_event_loop_lag_seconds_count", ())] - before[("kge_event_loop_lag_seconds_bucket", over)])
