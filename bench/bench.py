@@ -73,7 +73,14 @@ class Target:
         self.proc: subprocess.Popen | None = None
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # BENCH_LOG_DIR=DIR keeps each gateway's output (DIR/NAME.log) to find out why something failed.
+        log_dir = os.environ.get("BENCH_LOG_DIR")
+        out: Any = subprocess.DEVNULL
+        if log_dir:
+            out = open(os.path.join(log_dir, self.name.replace(" ", "_") + ".log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=out)
+        if log_dir:
+            out.close()  # the child has its own copy
         for _ in range(300):
             r = await self.fetch("GET", "/api", raise_error=False)
             if r is not None and r.code == 200:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
 import zmq
+import zmq.asyncio
 from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -15,6 +16,27 @@ RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 20, 1000
 
 class HasConnectionInfo(Protocol):
     def get_connection_info(self, session: bool = False) -> Any: ...
+
+
+def raise_socket_limits(*contexts: zmq.Context[Any]) -> int:
+    """Let the gateway hold as many ZMQ sockets as its file descriptors allow. libzmq stops a
+    context at 1023 sockets, and the gateway holds one per idle kernel plus four per client
+    session (kept 60 s after a websocket closes): ~200 kernels with clients reached it and starts
+    failed. The soft fd limit is raised to the hard one; each socket takes two fds (its mailbox
+    and its connection). Returns the limit set; a context that already has sockets keeps its own."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ValueError, OSError):
+            pass
+    most = max(int(zmq.Context.instance().max_sockets), soft // 2)
+    for ctx in (zmq.Context.instance(), zmq.asyncio.Context.instance(), *contexts):
+        ctx.max_sockets = most
+    return most
 
 
 def zmq_url(info: Mapping[str, Any], channel: str) -> str:

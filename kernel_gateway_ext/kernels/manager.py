@@ -39,6 +39,7 @@ from .culling import Culler, CullingSettings
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import Liveness, LivenessSettings
 from .pool import PoolSettings, WarmPool
+from .channels import raise_socket_limits
 from .probes import process_exit_watch, wait_ready
 from .specs import GatewayKernelSpecManager
 from .tokens import ClientTokens
@@ -81,6 +82,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         apply_env(self, set(kwargs))
         self._derive_secret = derive_secret  # (purpose, nonce) -> a secret derived from the master key
         self._observer = observer
+        raise_socket_limits(self.context)  # before the first socket: ~1000 sockets is not enough
         # Set by the app when it runs local-process kernels: the one owner they may serve.
         self.local_only_owner: str | None = None
         self._starting: dict[str, GatewayKernel] = {}
@@ -279,10 +281,15 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         if km.docker is not None:
             km.docker.owner = owner
         km.execution_state = "idle"
+        try:
+            self.watch(km)
+        except Exception as e:  # out of sockets, say: the caller gets why, and no kernel is left
+            await self.discard(km)
+            self.count_event("start_failure", name)
+            raise KernelStartFailed(f"kernel {name!r} started but could not be watched: {e}") from e
         self.admit(km)
         if counted is not None:  # in the store now: what was pending for it is not counted twice
             counted()
-        self.watch(km)
         self.arm_cull(km)
         try:
             await self.records.put(km)
