@@ -129,12 +129,15 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
     idle_median, idle_max, _ = await worst_latency_during(t, asyncio.sleep(2.0))
     res["api_latency_idle_ms"] = {"median": idle_median, "max": idle_max}
     print(f"bench: {t.name}: {args.burst} starts at once", file=sys.stderr)
-    med, worst, kids = await worst_latency_during(
-        t, asyncio.gather(*(start_and_answer(t) for _ in range(args.burst))))
+    med, worst, burst = await worst_latency_during(
+        t, asyncio.gather(*(start_and_answer(t) for _ in range(args.burst)), return_exceptions=True))
     res[f"api_latency_during_{args.burst}_starts_ms"] = {"median": med, "max": worst}
+    failed = [e for e in burst if isinstance(e, BaseException)]
+    if failed:  # said, not fatal: the reference's websockets time out under this burst now and then
+        res["burst_starts_failed"] = f"{len(failed)} of {args.burst}: {type(failed[0]).__name__}: {failed[0]}"
     if gateway_id is not None:  # ours measures its event loop's stalls from inside (metrics.LoopLag)
         res[f"event_loop_worst_lag_during_{args.burst}_starts_ms"] = round(await loop_lag_max(t) * 1000, 1)
-    kids = list(kids)
+    kids = [k for k in burst if isinstance(k, str)]
     while len(kids) < args.kernels:
         if available_bytes() < MIN_AVAILABLE:
             print(f"bench: {t.name}: stopping at {len(kids)} kernels (host memory)", file=sys.stderr)
