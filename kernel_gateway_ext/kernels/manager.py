@@ -35,11 +35,11 @@ from ..store import Store
 from ..tasks import Deadlines
 from .adoption import Adopter, KernelRecords
 from .capacity import DOCKER_PROVISIONER, Capacity, CapacitySettings
+from .channels import raise_socket_limits
 from .culling import Culler, CullingSettings
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import Liveness, LivenessSettings
 from .pool import PoolSettings, WarmPool
-from .channels import raise_socket_limits
 from .probes import process_exit_watch, wait_ready
 from .specs import GatewayKernelSpecManager
 from .tokens import ClientTokens
