@@ -81,7 +81,10 @@ class ImageBuilder:
             context, target = fallback
             stage = f"kge-{target}-stage:python"
             self.run_build(read_context(context), stage, tag, labels={}, target=target)
-            out = self.client.containers.run(stage, argv, remove=True, network_disabled=True)
+            try:
+                out = self.client.containers.run(stage, argv, remove=True, network_disabled=True)
+            finally:  # asked once; its layers stay cached for the real build
+                self.client.images.remove(stage, noprune=True)
         return bytes(out).decode().strip()
 
     def build(self, context: Traversable | Path, tag: str, base: str, extra: str = "",
