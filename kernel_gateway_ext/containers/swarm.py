@@ -31,7 +31,7 @@ from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
 from .runtime import ContainerRuntime, LogStream
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
-from .swarm_events import NodeWatch
+from .swarm_events import NodeWatch, reachable
 from .swarm_spec import SwarmSettings, service_spec
 from .swarm_tasks import LABEL_LIMITS, MAX_REPLACEMENTS, Misplaced, Placements, update_service
 
@@ -69,10 +69,15 @@ class SwarmBackend:
     def node_of(self, container_id: str) -> str:
         return self.places.node_of(container_id)
 
-    def _node_lost(self, node: str) -> bool:
-        """In the node watch's thread: does `node`'s engine fail to answer (or is it unknown)?"""
+    def _node_lost(self, node: str, address: str | None) -> bool:
+        """In the node watch's thread: is `node` (which the manager says is down) really lost?
+        Yes if it is unknown, its engine does not answer, or its address on the cluster's network
+        (the way to its kernels) does not: a node engine reached another way (a local socket, as
+        in scripts/swarm-cluster) can answer while the node's network is cut."""
         runtime = self.nodes_by_name.get(node)
-        return runtime is None or not runtime.engine.ping_sync()
+        if runtime is None or not runtime.engine.ping_sync():
+            return True
+        return address is None or not reachable(address)
 
     async def locate(self, service_id: str) -> tuple[ContainerRuntime, str]:
         return await self.places.locate(service_id)

@@ -3,7 +3,6 @@ process let go (a restart must not be reported ready by the process it replaces)
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,6 @@ from ..errors import KernelStartFailed
 from .channels import zmq_url
 from .kernel import GatewayKernel
 
-log = logging.getLogger(__name__)
 READY_RECONNECT_MS = 5
 
 
@@ -99,7 +97,7 @@ async def process_exit_watch(km: GatewayKernel, timeout: float = 10.0) -> asynci
         try:
             await asyncio.wait_for(_until(next_event, zmq.EVENT_DISCONNECTED, timeout), timeout)
         except asyncio.TimeoutError:
-            log.warning("Kernel %s: old process did not let go within %ss", km.kernel_id, timeout)
+            km.log.warning("Kernel %s: old process did not let go within %ss", km.kernel_id, timeout)
         finally:
             close()
 
