@@ -25,7 +25,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "content-length", "host"}
 WS_HEADERS = {"authorization", "cookie", "origin", "user-agent", "x-xsrftoken", "date", "x-backendai-version",
               "x-backendai-date"}
-TAKEOVER_WAIT = 12.0  # seconds a request for a dead replica's kernel waits for a live one to adopt it
+ADOPTION_MARGIN = 10.0  # s a takeover may take once a dead replica's lease ran out (a loaded host)
+
+
+def takeover_wait(replicas: Replicas) -> float:
+    """How long a request for a dead replica's kernel waits for a live one to adopt it: its lease
+    runs out (lease_seconds after its last renewal), a peer notices (at its next renewal, a third
+    of that later), then adopts (milliseconds, but seconds on a loaded host); 20 s by default, well
+    inside a client's own timeout (jupyter_server's GatewayClient waits 42 s)."""
+    return 2 * replicas.lease_seconds + ADOPTION_MARGIN
 
 
 async def locate(replicas: Replicas, homes: Callable[[], Awaitable[set[str]]], what: str,
@@ -34,7 +42,7 @@ async def locate(replicas: Replicas, homes: Callable[[], Awaitable[set[str]]], w
     serve it (its own, or nobody's). A home that died (or that `unreachable` names: its URL
     refused us) is waited out until a live replica has taken it over."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + TAKEOVER_WAIT
+    deadline = loop.time() + takeover_wait(replicas)
     while True:
         elsewhere = await homes() - {replicas.replica_id}
         if not elsewhere:
@@ -245,5 +253,5 @@ async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Repli
         gone = [rid for rid, part in zip(peers, parts) if part is None]
         if not gone or attempt:
             return [item for part in parts if part for item in part]
-        await replicas.taken_over(gone, TAKEOVER_WAIT)
+        await replicas.taken_over(gone, takeover_wait(replicas))
     return []

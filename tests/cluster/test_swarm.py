@@ -577,7 +577,9 @@ async def test_replicas_on_the_cluster_take_over_a_killed_ones_kernels(cluster: 
         await ws.execute("q = 7")
         ws.close()
         os.kill(int(ha[f"REPLICA_PID_{homes[k['id']][1:]}"]), signal.SIGKILL)
-        model = (await client.fetch("GET", f"/api/kernels/{k['id']}")).json
+        r = await client.fetch("GET", f"/api/kernels/{k['id']}")
+        assert r.status == 200, (r.status, r.body)
+        model = r.json
         assert model["id"] == k["id"] and model["node"] == k["node"] in cluster.engines, model
         ws = await KernelWS.connect(ha["BALANCER_URL"], k["id"], ha["TOKEN"])
         assert ws.stdout(await ws.execute("print(q)")).strip() == "7"
@@ -587,6 +589,9 @@ async def test_replicas_on_the_cluster_take_over_a_killed_ones_kernels(cluster: 
         for kern in kernels:
             assert (await client.fetch("DELETE", f"/api/kernels/{kern['id']}")).status == 204
     finally:
-        down = subprocess.run([str(script), "down"], capture_output=True, text=True, timeout=300)
+        logs = Path(cluster.tmp) / "ha-logs"  # the replicas' logs, kept with the test's output
+        down = subprocess.run([str(script), "down"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "KGE_HA_LOGS": str(logs)})
+        print(f"\n[cluster] replica logs kept in {logs}", file=sys.stderr)
         assert down.returncode == 0, down.stderr[-2000:]
     assert not [s for s in docker.from_env().services.list(filters={"label": "org.kge.gateway=kge-ha"})]
