@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scale import loop_lag_max  # noqa: E402
 from bench.bench import TOKEN, Target, reference_target, write_results, start_to_reply  # noqa: E402
 
 KINDS = ("defaults", "limits", "mounts", "env")
@@ -50,6 +51,15 @@ async def starts_by_source(t: Target) -> dict[str, float]:
     for m in re.finditer(r'^kge_kernel_starts_total\{[^}]*source="(\w+)"[^}]*\} ([0-9.e+]+)$', body, re.M):
         out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
     return out
+
+
+async def docker_calls(t: Target) -> dict[str, tuple[float, float]]:
+    """The gateway's Docker calls so far, by method: (count, seconds in all)."""
+    body = (await t.fetch("GET", "/metrics")).body.decode()
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(r'^kge_docker_call_seconds_(count|sum)\{method="(\w+)"\} ([0-9.e+]+)$', body, re.M):
+        out.setdefault(m.group(2), [0.0, 0.0])[m.group(1) == "sum"] = float(m.group(3))
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 async def v2_start(t: Target, config: dict[str, Any]) -> float:
@@ -101,9 +111,14 @@ async def wait_ready(t: Target, ready: int, timeout: float = 180) -> None:
 async def measure_ours(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     await t.fetch("POST", "/v2/folders", {"name": "bench-data"})
     await wait_ready(t, AUTO_FLOOR if args.auto else args.pool)
-    before = await starts_by_source(t)
+    before, calls_before = await starts_by_source(t), await docker_calls(t)
     times = await workload(t, args, KINDS)
-    after = await starts_by_source(t)
+    after, calls_after = await starts_by_source(t), await docker_calls(t)
+    calls = {}  # where the engine's share of the starts went: each call's count and mean
+    for method, (n, total) in calls_after.items():
+        n0, total0 = calls_before.get(method, (0.0, 0.0))
+        if n > n0:
+            calls[method] = {"n": int(n - n0), "mean_ms": round((total - total0) / (n - n0) * 1000, 1)}
     pooled = after.get("pooled", 0) - before.get("pooled", 0)
     cold = after.get("cold", 0) - before.get("cold", 0)
     every = [x for v in times.values() for x in v]
@@ -111,7 +126,9 @@ async def measure_ours(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     return {"served_warm": f"{int(pooled)}/{int(pooled + cold)}",
             "served_warm_share": round(pooled / max(1, pooled + cold), 3),
             "start_to_first_reply_ms": summary_ms(every),
-            "by_kind_ms": {k: summary_ms(v) for k, v in times.items()}}
+            "by_kind_ms": {k: summary_ms(v) for k, v in times.items()},
+            "docker_calls_during_the_workload": calls,
+            "event_loop_worst_lag_last_minute_ms": round(await loop_lag_max(t) * 1000, 1)}
 
 
 async def main() -> None:
@@ -120,6 +137,7 @@ async def main() -> None:
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--pool", type=int, default=4)
     p.add_argument("--auto", action="store_true", help="let the pool size itself (--pool is its ceiling)")
+    p.add_argument("--ours-only", action="store_true", help="skip the reference (quick runs)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pool.json"))
     args = p.parse_args()
     pool_args = (["--GatewayKernelManager.pool_sizes", f"python3={AUTO_FLOOR}",
@@ -133,7 +151,7 @@ async def main() -> None:
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "workload": {"starts": args.starts, "interval_s": args.interval, "pool": args.pool,
                                             "auto": args.auto, "kinds": list(KINDS)}}
-    for target in (ours, ref):
+    for target in (ours,) if args.ours_only else (ours, ref):
         print(f"bench: {target.name}: {args.starts} starts, one every {args.interval} s", file=sys.stderr)
         await target.start()
         try:
@@ -144,9 +162,10 @@ async def main() -> None:
                 results[target.name] = {"start_to_first_reply_ms": summary_ms(times["defaults"])}
         finally:
             target.stop()
-    a = results[ours.name]["start_to_first_reply_ms"]
-    b = results[ref.name]["start_to_first_reply_ms"]
-    results["ratio_ours_over_reference"] = {k: round(a[k] / b[k], 3) for k in ("median", "p99") if b[k]}
+    if not args.ours_only:
+        a = results[ours.name]["start_to_first_reply_ms"]
+        b = results[ref.name]["start_to_first_reply_ms"]
+        results["ratio_ours_over_reference"] = {k: round(a[k] / b[k], 3) for k in ("median", "p99") if b[k]}
     write_results(results, args.out)
 
 
