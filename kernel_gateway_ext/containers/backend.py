@@ -110,7 +110,7 @@ class ContainerBackend(Protocol):
 
     async def logs(self, container_id: str, tail: int) -> str: ...
 
-    async def follow_logs(self, container_id: str, tail: int) -> Any: ...  # a runtime.LogStream: its output as it comes
+    async def follow_logs(self, container_id: str, tail: int) -> Any: ...  # a streams.LogStream: its output as it comes
 
     async def labelled_images(self, label: str) -> list[tuple[list[str], dict[str, str], str]]: ...
 

@@ -19,97 +19,13 @@ import docker.types
 
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
 from .backend import EventCallback, Node, Owned, Usage
+from ..tasks import TaskSet
+from .cgroups import LimitRefused, write_limits
 from .limits import host_memory
 from .engine import DockerEngine
 from .mounter import MountHelper, supported as mounter_supported
 from .spec import LABEL_KIND, BindMount, ContainerSpec
-
-
-class LogStream:
-    """A container's log as it comes, read in a thread of the engine's long pool into a bounded
-    queue (a reader too slow for the container loses the excess, and is told how much).
-    `close()` ends it; so does the container's end."""
-
-    LIMIT = 256  # chunks waiting for the reader
-
-    def __init__(self, engine: DockerEngine, raw: Any) -> None:
-        self.raw = raw
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(self.LIMIT)
-        self.dropped = 0
-        self.ended = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def put(chunk: bytes) -> None:
-            try:
-                self.queue.put_nowait(chunk)
-            except asyncio.QueueFull:
-                self.dropped += len(chunk)
-
-        def pump() -> None:
-            try:
-                for chunk in raw:
-                    loop.call_soon_threadsafe(put, bytes(chunk))
-            except Exception:  # noqa: BLE001 - closed by us, or the engine went away: the end either way
-                pass
-            finally:
-                loop.call_soon_threadsafe(self.ended.set)
-
-        self.reading = asyncio.ensure_future(engine.run_long(pump))
-
-    async def next(self) -> bytes | None:
-        """The next chunk (several joined when they wait), or None at the end."""
-        if self.queue.empty():
-            getting = asyncio.ensure_future(self.queue.get())
-            ending = asyncio.ensure_future(self.ended.wait())
-            await asyncio.wait((getting, ending), return_when=asyncio.FIRST_COMPLETED)
-            ending.cancel()
-            if not getting.done():
-                getting.cancel()
-                return None
-            chunks = [getting.result()]
-        else:
-            chunks = []
-        while not self.queue.empty():
-            chunks.append(self.queue.get_nowait())
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
-
-
-class Tty:
-    """An interactive process with a terminal in a container: a non-blocking socket to read and
-    write (the loop watches it; no thread waits on it), resized through the engine."""
-
-    def __init__(self, runtime: "ContainerRuntime", exec_id: str, holder: Any) -> None:
-        self.runtime = runtime
-        self.exec_id = exec_id
-        self._holder = holder
-        # docker-py answers a socket wrapper; the raw socket is what the loop can watch.
-        self.sock: socket.socket = getattr(holder, "_sock", holder)
-        self.sock.setblocking(False)
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self.runtime.engine.api("exec_resize", self.exec_id, height=rows, width=cols)
-
-    async def ended(self) -> bool:
-        """Whether its process has run and exited. False while it runs, and also before it has
-        started: the engine answers the exec's socket before it starts the process."""
-        try:
-            info = await self.runtime.engine.api("exec_inspect", self.exec_id)
-        except ContainerMissing:
-            return True  # the container is gone, and the exec with it
-        return not info.get("Running") and info.get("ExitCode") is not None
-
-    def close(self) -> None:
-        for part in (self.sock, self._holder):
-            try:
-                part.close()
-            except OSError:
-                pass
+from .streams import LogStream, Tty
 
 
 def address_of(info: dict[str, Any]) -> str:
@@ -122,6 +38,9 @@ class ContainerRuntime:
 
     def __init__(self, engine: DockerEngine) -> None:
         self.engine = engine
+        self._behind = TaskSet(engine.log, "update of the engine's record of a container's limits")
+        # container → (its record's update under way or failed, the update): see start_again
+        self._records_behind: dict[str, tuple[asyncio.Future[Any], dict[str, Any]]] = {}
 
     @property
     def gateway_id(self) -> str:
@@ -144,6 +63,7 @@ class ContainerRuntime:
         self.engine.on_reconnect(callback, container_id)
 
     async def remove(self, container_id: str) -> None:
+        self._records_behind.pop(container_id, None)
         await self.engine.remove(container_id)
 
     async def ensure_network(self) -> list[str]:
@@ -162,7 +82,15 @@ class ContainerRuntime:
         return await self.engine.labelled_images(label)
 
     async def start_again(self, container_id: str) -> None:
-        """Start a container that ended (a kernel restarted after its container died)."""
+        """Start a container that ended (a kernel restarted after its container died). The
+        engine starts it with the limits it has on record: one written into the cgroup alone
+        (update_limits) is on its record first."""
+        behind = self._records_behind.pop(container_id, None)
+        if behind is not None:
+            task, body = behind
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                task.cancel()
+                await self._post_update(container_id, body)
         await self.engine.api("start", container_id)
 
     async def signal(self, container_id: str, signum: int) -> None:
@@ -221,14 +149,39 @@ class ContainerRuntime:
     # ---- specialising a running container (a pooled kernel handed out) ---------------------
     async def update_limits(self, container_id: str, *, memory_bytes: int, cpus: float, pids: int) -> None:
         """Set a running container's memory (and swap: none beyond it), CPU and process limits, as
-        create_kwargs sets them for a new one. docker-py's update_container knows no NanoCpus or
-        PidsLimit, so this posts the engine's update call itself."""
+        create_kwargs sets them for a new one: straight into its cgroup where this gateway can
+        (cgroups.py; the engine's record follows in the background), else by the engine."""
         body = {"Memory": memory_bytes, "MemorySwap": memory_bytes, "NanoCpus": max(int(cpus * 1e9), 10**7),
                 "PidsLimit": pids}
+        try:
+            info = await self.engine.api("inspect_container", container_id)
+        except EngineError as e:
+            raise ContainerFailed(f"limits could not be applied: {e.message}", detail=e.message) from e
+        pid, full_id = int((info.get("State") or {}).get("Pid") or 0), str(info.get("Id") or container_id)
+        loop = asyncio.get_running_loop()
+        try:
+            written = pid > 0 and await loop.run_in_executor(None, lambda: write_limits(
+                pid, full_id, memory_bytes=memory_bytes, nano_cpus=int(body["NanoCpus"]), pids=pids))
+        except LimitRefused as e:
+            raise ContainerFailed(f"limits could not be applied: {e}", detail=str(e)) from e
+        if written:
+            task = self._behind.spawn(self._post_update(container_id, body, quiet_if_gone=True))
+            self._records_behind[container_id] = (task, body)
+            task.add_done_callback(lambda t: self._records_behind.pop(container_id, None)
+                                   if not t.cancelled() and t.exception() is None else None)
+        else:
+            await self._post_update(container_id, body)
+
+    async def _post_update(self, container_id: str, body: dict[str, Any], quiet_if_gone: bool = False) -> None:
+        """The engine's update call. docker-py's update_container knows no NanoCpus or PidsLimit,
+        so this posts it itself."""
         api = self.engine.client.api
         try:
             await self.engine.run(lambda: api._result(api._post_json(
                 api._url("/containers/{0}/update", container_id), data=body), True), method="update_container")
+        except ContainerMissing:
+            if not quiet_if_gone:  # a kernel deleted right after its hand-out: nothing to update
+                raise ContainerFailed("limits could not be applied: the container is gone") from None
         except EngineError as e:
             raise ContainerFailed(f"limits could not be applied: {e.message}", detail=e.message) from e
 
@@ -276,6 +229,7 @@ class ContainerRuntime:
 
     async def discard(self, container_id: str) -> None:
         """Remove a container that failed to launch; a failure here must not hide the first."""
+        self._records_behind.pop(container_id, None)
         self.engine.unsubscribe(container_id)
         try:
             await asyncio.shield(self.engine.remove(container_id))
@@ -299,7 +253,7 @@ class ContainerRuntime:
         created = await self.engine.api("exec_create", container_id, argv, stdin=True, tty=True, user=user,
                                         workdir=workdir, environment=env)
         holder = await self.engine.api("exec_start", created["Id"], tty=True, socket=True)
-        return Tty(self, created["Id"], holder)
+        return Tty(self.engine, created["Id"], holder)
 
     async def run_detached(self, container_id: str, argv: list[str], user: str) -> None:
         """Run a short command in the container and wait for it (its output is not kept)."""

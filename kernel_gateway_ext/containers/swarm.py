@@ -29,7 +29,8 @@ import docker.types
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable
 from .backend import EventCallback, Node, Owned, Terminal, Usage
 from .engine import DockerEngine
-from .runtime import ContainerRuntime, LogStream
+from .runtime import ContainerRuntime
+from .streams import LogStream
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, BindMount, ContainerSpec
 from .swarm_events import NodeWatch, reachable
 from .swarm_spec import SwarmSettings, service_spec

@@ -96,7 +96,13 @@ async def test_specialised_pooled_kernel_equals_a_cold_one(make_gateway, docker_
         assert [m[1] for m in expected["mounts"]] == ["/home/work/.local/lib/site", "/home/work/data"]
         assert expected["files"]["/home/work/data"] == ["hello.txt", "sub"]
         assert await probe(gw, pooled.kernel_id) == expected
-        assert engine_limits(docker_client, pooled.kernel_id) == engine_limits(docker_client, cold.kernel_id)
+        # The limits go straight into the cgroup where the gateway can; the engine's record
+        # follows moments later (and always before the engine could start the container again).
+        deadline = time.monotonic() + 5
+        while engine_limits(docker_client, pooled.kernel_id) != engine_limits(docker_client, cold.kernel_id):
+            assert time.monotonic() < deadline, (engine_limits(docker_client, pooled.kernel_id),
+                                                 engine_limits(docker_client, cold.kernel_id))
+            await asyncio.sleep(0.05)
         assert pooled.effective_limits() == cold.effective_limits()
         print(f"specialised hand-out took {took * 1000:.0f} ms")
 

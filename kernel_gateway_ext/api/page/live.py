@@ -163,7 +163,7 @@ class LiveSocket(GatewayMixin, websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.following: dict[str, asyncio.Task[None]] = {}
-        self.streams: dict[str, Any] = {}  # session id -> its open runtime.LogStream
+        self.streams: dict[str, Any] = {}  # session id -> its open streams.LogStream
         self.hub.join(self)
         self.push(series=True)
 
