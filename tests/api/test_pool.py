@@ -37,7 +37,12 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
 
         km = await mgr.start(owner="x", kernel_name="python3", limits=KernelLimits(memory_bytes=300 * 2**20))
         assert mgr.pool.hits == 2
-        (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={km.kernel_id}"})
+        deadline = time.monotonic() + 5  # the cgroup has it at once; the engine's record a moment later
+        while True:
+            (container,) = docker_client.containers.list(filters={"label": f"org.kge.kernel.id={km.kernel_id}"})
+            if container.attrs["HostConfig"]["Memory"] == 300 * 2**20 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert container.attrs["HostConfig"]["Memory"] == 300 * 2**20
         await mgr.shutdown(km.kernel_id, now=True)
         assert (await gw.client.fetch("DELETE", f"/api/kernels/{kid}")).status == 204
