@@ -75,8 +75,9 @@ class NodeWatch:
     def check_soon(self) -> None:
         threading.Thread(target=self._read_all, name="swarm-nodes-check", daemon=True).start()
 
-    def _down_said(self, name: str, message: str) -> None:
-        """The manager says `name` is down: report it if confirmed, else doubt it for a while."""
+    def _down_said(self, name: str, message: str, again: bool = False) -> None:
+        """The manager says `name` is down: report it if confirmed, else doubt it (one chain of
+        rechecks per node; `again` is that chain's own look)."""
         if name not in self._addresses:
             self._read_addresses()
         if self.confirm(name, self._addresses.get(name)):
@@ -85,17 +86,21 @@ class NodeWatch:
             self._report(name, "down", message)
             return
         with self._lock:
-            first = name not in self._doubted
-            left = self._doubted.get(name, RECHECKS) - 1
+            if name in self._doubted and not again:
+                return  # doubted already: its rechecks are under way
+            left = self._doubted.get(name, RECHECKS + 1) - 1
             if left <= 0:
                 self._doubted.pop(name, None)
             else:
                 self._doubted[name] = left
-        if first:
+        if not again:
             self.log.warning("The swarm's manager says node %s is down, but it answers: its kernels are kept", name)
         if left <= 0:
-            self._report(name, "down", message)
+            self._report(name, "down", message)  # doubted for long enough: the manager's word stands
             return
+        self._recheck_later(name, message)
+
+    def _recheck_later(self, name: str, message: str) -> None:
         timer = threading.Timer(RECHECK_EVERY, self._recheck, (name, message))
         timer.daemon = True
         timer.start()
@@ -104,13 +109,12 @@ class NodeWatch:
         with self._lock:
             if name not in self._doubted or self._closed:
                 return
-        state = self._read_all(only=name)
-        if state == "down":
-            self._down_said(name, message)
-        elif state is None:  # the manager is away: ask again later
-            timer = threading.Timer(RECHECK_EVERY, self._recheck, (name, message))
-            timer.daemon = True
-            timer.start()
+        state = self._read_all(only=name, again=True)
+        if state is None:  # the manager is away: ask again later
+            self._recheck_later(name, message)
+        elif state != "down":  # back (or no longer listed): no more doubt
+            with self._lock:
+                self._doubted.pop(name, None)
 
     def _report(self, name: str, state: str, message: str) -> None:
         with self._lock:
@@ -126,7 +130,7 @@ class NodeWatch:
     def _read_addresses(self) -> None:
         self._read_all(only="")  # learns the addresses, reports nothing
 
-    def _read_all(self, only: str | None = None) -> str | None:
+    def _read_all(self, only: str | None = None, again: bool = False) -> str | None:
         """Read the nodes and report each one's state (or only the node named `only`); returns
         that node's state, or None if the manager does not answer."""
         try:
@@ -144,7 +148,7 @@ class NodeWatch:
                 continue
             state = found = str(status.get("State") or "unknown")
             if state == "down":
-                self._down_said(name, str(status.get("Message") or ""))
+                self._down_said(name, str(status.get("Message") or ""), again)
             else:
                 self._report(name, state, "")
         return found
