@@ -65,6 +65,20 @@ class KernelWS:
         msg = json.loads(frame)
         return msg
 
+    async def kernel_info(self, timeout: float = 30) -> dict[str, Any]:
+        """What JupyterLab does once its websocket is open: ask kernel_info and wait for the reply.
+        Once it is back, this session hears all later output (the gateway subscribes a session's
+        iopub before it hands the session its first message); the socket's open alone does not say so."""
+        msg_id = await self.send(self.msg("kernel_info_request", {}))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            m = await self.recv(timeout=max(0.1, deadline - loop.time()))
+            if m["channel"] == "shell" and m.get("parent_header", {}).get("msg_id") == msg_id:
+                return dict(m["content"])
+            if m.get("parent_header", {}).get("msg_id") != msg_id:
+                self.inbox.append(m)
+
     async def execute(self, code: str, *, stdin: str | None = None, timeout: float = 60,
                       omit_channel: bool = False, date_as_number: bool = False) -> dict[str, Any]:
         """Run code; collect iopub output and the reply until the kernel is idle again."""

@@ -143,6 +143,9 @@ async def test_other_sessions_get_iopub_once_and_no_foreign_replies(gateway) -> 
     a = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-6a")
     a2 = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-6a")
     b = await KernelWS.connect(gateway.url, kid, TOKEN, session="lab-6b")
+    # b is ready as JupyterLab makes sure it is: its kernel_info answered. Output sent before its
+    # subscription reached the kernel (a millisecond or two after the socket opened) is not its own.
+    await b.kernel_info()
     r = await a2.execute("print('broadcast')")
     assert a2.stdout(r) == "broadcast\n"
     seen_b = await drain(b, 1.0)
