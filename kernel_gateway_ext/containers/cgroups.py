@@ -37,7 +37,7 @@ def cgroup_dirs(pid: int, container_id: str, root: str = CGROUP_ROOT) -> dict[st
             continue
         for c in controllers.split(",") if controllers else [""]:
             if c in ("memory", "cpu", "pids", ""):
-                d = os.path.join(root, c, path.lstrip("/")) if c else os.path.join(root, path.lstrip("/"))
+                d = os.path.join(root, c, path.lstrip("/"))  # c "" (unified): root/path
                 if os.path.isdir(d):
                     dirs[c] = d
     v1 = all(c in dirs for c in ("memory", "cpu", "pids"))
@@ -96,7 +96,5 @@ def write_limits(pid: int, container_id: str, *, memory_bytes: int, nano_cpus: i
         _write(os.path.join(dirs["cpu"], "cpu.cfs_quota_us"), quota)
         _write(os.path.join(dirs["pids"], "pids.max"), pids)
         return True
-    except LimitRefused:
-        raise
-    except OSError:
+    except OSError:  # not LimitRefused, which is no OSError: that one reaches the caller
         return False
