@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from tornado import httpserver, web
-from traitlets import Bool, Dict, Int, Type, Unicode
+from traitlets import Bool, Dict, Float, Int, Type, Unicode
 from traitlets.config import catch_config_error
 
 from ._version import __version__
@@ -39,6 +39,7 @@ from .application import GatewayApplication, common_aliases, common_flags
 from .config import env
 from .errors import ImageMissing
 from .folders import FolderManager
+from .memtrim import MemoryTrim
 from .metrics import Metrics
 from .jobs import JobManager
 from .kernels.jupyter_sessions import JupyterSessions
@@ -93,6 +94,12 @@ class Gateway(ServerSettings, GatewayApplication):
         Bool(False, help="On SIGTERM/SIGINT leave kernel and session containers running for the next process "
                          "to adopt (upgrades). Off: stop them all (nothing stays behind)."),
         "KGE_KEEP_ON_EXIT",
+    )
+    memory_trim_delay = env(
+        Float(10.0, help="Seconds of quiet after kernels or sessions come or go before the gateway gives the memory "
+                         "it freed back to the system (glibc's malloc_trim, off the event loop; under steady churn "
+                         "at the latest 6 times this after the first change). 0: never."),
+        "KGE_MEMORY_TRIM_DELAY",
     )
     kernel_manager_class = Type(GatewayKernelManager, help="The kernel store class.").tag(config=True)
     kernel_spec_manager_class = Type(GatewayKernelSpecManager, help="The kernelspec finder.").tag(config=True)
@@ -171,6 +178,7 @@ class Gateway(ServerSettings, GatewayApplication):
             self.base_url += "/"
         # The composition root: each part gets what it uses in its constructor.
         self.metrics = Metrics(self)  # reads the parts when scraped
+        self.memory_trim = MemoryTrim(self.memory_trim_delay, self.log)
         self.store = Store(parent=self, log=self.log)
         self.replicas = Replicas(parent=self, log=self.log)
         self.store.home = self.replicas.replica_id  # records this replica writes are homed here
@@ -295,6 +303,9 @@ class Gateway(ServerSettings, GatewayApplication):
     async def _start_server(self) -> None:
         ssl_context = self._ssl_context()  # configuration errors first, before the engine is touched
         self.kernel_manager.on_removal(self.bridges.forget_kernel)
+        self.kernel_manager.on_change(self.memory_trim.soon)
+        self.jobs.on_change(self.memory_trim.soon)
+        self.bridges.on_close.append(self.memory_trim.soon)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))
         lock_name = DockerEngine.instance(parent=self).gateway_id
         if self.replicas.enabled:
@@ -336,6 +347,7 @@ class Gateway(ServerSettings, GatewayApplication):
         """Stop listening, shut every kernel down (their containers go), release the engine."""
         self.stopping = True  # requests on connections still open get a 503 (retried elsewhere)
         self.metrics.loop_lag.stop()
+        self.memory_trim.stop()
         if self.http_server is not None:
             self.http_server.stop()
         self.bridges.close_all()

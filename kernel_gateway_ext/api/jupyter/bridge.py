@@ -23,6 +23,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -294,6 +295,7 @@ class Bridges:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.by_kernel: dict[str, dict[str, ChannelBridge]] = {}
+        self.on_close: list[Callable[[], None]] = []  # told when a session's sockets close (memory_trim)
 
     def admit(self, km: GatewayKernel, key: str) -> None:
         """Refuse a new client session when the kernel has `ws_max_sessions` with sockets open
@@ -312,12 +314,12 @@ class Bridges:
             for slot, idle in list(bridges.items()):  # oldest first
                 if not idle.in_use:
                     del bridges[slot]
-                    idle.close()
+                    self._close(idle)
                     if len(bridges) < limit:
                         break
         bridge = bridges.get(key) if key else None
         if bridge is not None and (bridge.km is not km or bridge.closed):
-            bridge.close()
+            self._close(bridge)
             bridge = None
         if bridge is not None:
             return bridge, False
@@ -335,20 +337,25 @@ class Bridges:
         if not bridge.key or not kept:
             if kernel_bridges.get(bridge.slot) is bridge:
                 del kernel_bridges[bridge.slot]
-            bridge.close()
+            self._close(bridge)
             return
 
         def expire() -> None:
             bridge.expiry = None
             if kernel_bridges.get(bridge.slot) is bridge and not bridge.sockets:
                 del kernel_bridges[bridge.slot]
-                bridge.close()
+                self._close(bridge)
 
         bridge.expiry = IOLoop.current().call_later(self.settings.ws_buffer_seconds, expire)
 
     def forget_kernel(self, kernel_id: str) -> None:
         for bridge in self.by_kernel.pop(kernel_id, {}).values():
-            bridge.close()
+            self._close(bridge)
+
+    def _close(self, bridge: ChannelBridge) -> None:
+        bridge.close()
+        for cb in self.on_close:
+            cb()
 
     def close_all(self) -> None:
         for kernel_id in list(self.by_kernel):
