@@ -8,8 +8,9 @@ seconds, each a quarter of the time of one kind: defaults (Jupyter REST + websoc
 limits, a mounted folder with an alias, and env (Backend.AI v2 create + execute). Each start is
 timed from the request to its first execute reply, then the kernel is deleted. Reported: the share
 served warm (the gateway's own start counters), start -> first reply median / p99 per kind and in
-all, pooled starts alone. The reference runs the same cadence of plain starts (it has no limits,
-folders or pools for them), measured the same way. Our pool's size: `--pool`, or with `--auto` the
+all, pooled starts alone, and how long a v2 destroy took (its answer carries the kernel's usage).
+The reference runs the same cadence of plain starts (it has no limits, folders or pools for them),
+measured the same way. Our pool's size: `--pool`, or with `--auto` the
 pool sizes itself from the start rate (from 2, --pool is then its ceiling).
 """
 from __future__ import annotations
@@ -62,6 +63,9 @@ async def docker_calls(t: Target) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+V2_DELETES: list[float] = []  # seconds each v2 destroy took (it answers with the kernel's usage figures)
+
+
 async def v2_start(t: Target, config: dict[str, Any]) -> float:
     token = "bench-" + uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
@@ -69,7 +73,10 @@ async def v2_start(t: Target, config: dict[str, Any]) -> float:
     r = await t.fetch("POST", f"/v2/kernel/{token}", {"mode": "query", "code": "1", "runId": uuid.uuid4().hex[:8]})
     took = time.perf_counter() - t0
     assert json.loads(r.body)["result"]["status"] == "finished", r.body
-    await t.fetch("DELETE", f"/v2/kernel/{token}")
+    t0 = time.perf_counter()
+    d = await t.fetch("DELETE", f"/v2/kernel/{token}")
+    V2_DELETES.append(time.perf_counter() - t0)
+    assert "stats" in json.loads(d.body), d.body  # the usage figures Backend.AI clients print
     return took
 
 
@@ -127,6 +134,7 @@ async def measure_ours(t: Target, args: argparse.Namespace) -> dict[str, Any]:
             "served_warm_share": round(pooled / max(1, pooled + cold), 3),
             "start_to_first_reply_ms": summary_ms(every),
             "by_kind_ms": {k: summary_ms(v) for k, v in times.items()},
+            "v2_destroy_ms": summary_ms(V2_DELETES),
             "docker_calls_during_the_workload": calls,
             "event_loop_worst_lag_last_minute_ms": round(await loop_lag_max(t) * 1000, 1)}
 

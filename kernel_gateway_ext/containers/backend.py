@@ -106,7 +106,9 @@ class ContainerBackend(Protocol):
 
     async def state(self, container_id: str) -> dict[str, Any] | None: ...  # Running, ExitCode, OOMKilled
 
-    async def usage(self, container_id: str, host_cores: int = 1) -> Usage: ...
+    async def usage(self, container_id: str, host_cores: int = 1) -> Usage: ...  # with the cores in use now
+
+    async def totals(self, container_id: str) -> Usage: ...  # memory and CPU time only (cheaper: no rate)
 
     async def logs(self, container_id: str, tail: int) -> str: ...
 

@@ -20,7 +20,7 @@ import docker.types
 from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnavailable, ImageMissing
 from .backend import EventCallback, Node, Owned, Usage
 from ..tasks import TaskSet
-from .cgroups import LimitRefused, write_limits
+from .cgroups import LimitRefused, read_usage, write_limits
 from .limits import host_memory
 from .engine import DockerEngine
 from .mounter import MountHelper, supported as mounter_supported
@@ -313,6 +313,20 @@ class ContainerRuntime:
         out, err, dropped = await engine.run_long(read)
         code = int((await engine.api("exec_inspect", created["Id"])).get("ExitCode") or 0)
         return code, out, err, dropped
+
+    async def totals(self, container_id: str) -> Usage:
+        """Memory in use (page cache excluded), its peak and CPU time so far (no rate): from the
+        container's cgroup where this gateway can read it (cgroups.py), else from the engine."""
+        try:
+            info = await self.engine.api("inspect_container", container_id)
+        except (EngineError, EngineUnavailable):
+            return Usage()
+        pid, full_id = int((info.get("State") or {}).get("Pid") or 0), str(info.get("Id") or container_id)
+        read = await asyncio.get_running_loop().run_in_executor(None, read_usage, pid, full_id) if pid > 0 else None
+        if read is None:
+            return await self.usage(container_id)
+        memory, memory_max, cpu_ns = read
+        return Usage(memory=memory, memory_max=memory_max, cpu_ns=cpu_ns)
 
     async def usage(self, container_id: str, host_cores: int = 1) -> Usage:
         """Live figures; zeros for a container exiting right now (the engine answers an empty body)."""

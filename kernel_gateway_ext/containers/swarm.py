@@ -279,6 +279,13 @@ class SwarmBackend:
             return Usage()
         return await runtime.usage(cid, host_cores)
 
+    async def totals(self, container_id: str) -> Usage:
+        try:
+            runtime, cid = await self.locate(container_id)
+        except (ContainerMissing, EngineUnavailable):
+            return Usage()
+        return await runtime.totals(cid)
+
     async def follow_logs(self, container_id: str, tail: int) -> LogStream:
         runtime, cid = await self.locate(container_id)
         return await runtime.follow_logs(cid, tail)

@@ -82,6 +82,6 @@ class KernelContainer:
         """Memory in use (bytes, page cache excluded), its peak, and CPU time used (ns)."""
         if self.holder.container_id is None or self.holder.exited:
             return {"memory": 0, "memory_max": 0, "cpu_ns": 0}
-        use = await self.holder.backend.usage(self.holder.container_id)
+        use = await self.holder.backend.totals(self.holder.container_id)
         return {"memory": use.memory, "memory_max": use.memory_max, "cpu_ns": use.cpu_ns}
 
