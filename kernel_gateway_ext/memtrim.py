@@ -43,7 +43,7 @@ class MemoryTrim:
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[Any] | None = None
         self._first = self._last = 0.0  # monotonic times of the pending period's first and last change
-        self.count = 0  # trims done (tests, metrics)
+        self.count = 0  # trims done
 
     @property
     def enabled(self) -> bool:
@@ -62,14 +62,16 @@ class MemoryTrim:
             self._timer = loop.call_later(self.delay, self._fire)
 
     def _fire(self) -> None:
-        now = time.monotonic()
-        quiet_at = self._last + self.delay
-        if now < quiet_at and now < self._first + MAX_WAIT * self.delay:  # still changing: wait for quiet
-            self._timer = asyncio.get_running_loop().call_later(quiet_at - now, self._fire)
+        now, loop = time.monotonic(), asyncio.get_running_loop()
+        due = min(self._last + self.delay, self._first + MAX_WAIT * self.delay)
+        if now < due:  # still changing: wait for quiet (or the latest time)
+            self._timer = loop.call_later(due - now, self._fire)
+            return
+        if self._running is not None and not self._running.done():  # one at a time: again after it
+            self._first = now
+            self._timer = loop.call_later(self.delay, self._fire)
             return
         self._timer = None
-        if self._running is not None and not self._running.done():
-            return  # the one under way covers this change too
         self._running = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
