@@ -33,6 +33,12 @@ def address_of(info: dict[str, Any]) -> str:
     return next((n.get("IPAddress") for n in nets.values() if n.get("IPAddress")), "") or ""
 
 
+def first_process(info: dict[str, Any], container_id: str) -> tuple[int, str]:
+    """(the host pid of the container's first process, 0 when it runs none; its full id) from an
+    inspect: what the cgroup files and the mount helper are found by."""
+    return int((info.get("State") or {}).get("Pid") or 0), str(info.get("Id") or container_id)
+
+
 # The engine's record of limits written into a cgroup is updated this long after: its update call
 # stalls the container's processes while it runs (measured: a pooled kernel's first reply took
 # ~10 ms longer alone, ~16 ms under load, when the update ran with it; none when it came later).
@@ -163,7 +169,7 @@ class ContainerRuntime:
             info = await self.engine.api("inspect_container", container_id)
         except EngineError as e:
             raise ContainerFailed(f"limits could not be applied: {e.message}", detail=e.message) from e
-        pid, full_id = int((info.get("State") or {}).get("Pid") or 0), str(info.get("Id") or container_id)
+        pid, full_id = first_process(info, container_id)
         loop = asyncio.get_running_loop()
         try:
             written = pid > 0 and await loop.run_in_executor(None, lambda: write_limits(
@@ -202,7 +208,7 @@ class ContainerRuntime:
         if not mounts:
             return
         info = await self.engine.api("inspect_container", container_id)
-        pid = int((info.get("State") or {}).get("Pid") or 0)
+        pid, _ = first_process(info, container_id)
         if not pid:
             raise ContainerFailed("folders could not be mounted: the container is not running")
         await MountHelper.instance().attach(pid, mounts)
@@ -321,7 +327,7 @@ class ContainerRuntime:
             info = await self.engine.api("inspect_container", container_id)
         except (EngineError, EngineUnavailable):
             return Usage()
-        pid, full_id = int((info.get("State") or {}).get("Pid") or 0), str(info.get("Id") or container_id)
+        pid, full_id = first_process(info, container_id)
         read = await asyncio.get_running_loop().run_in_executor(None, read_usage, pid, full_id) if pid > 0 else None
         if read is None:
             return await self.usage(container_id)
