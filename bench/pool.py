@@ -10,8 +10,8 @@ timed from the request to its first execute reply, then the kernel is deleted. R
 served warm (the gateway's own start counters), start -> first reply median / p99 per kind and in
 all, pooled starts alone, and how long a v2 destroy took (its answer carries the kernel's usage).
 The reference runs the same cadence of plain starts (it has no limits, folders or pools for them),
-measured the same way. Our pool's size: `--pool`, or with `--auto` the
-pool sizes itself from the start rate (from 2, --pool is then its ceiling).
+measured the same way. Our pool's size: `--pool`, or with `--auto` the pool sizes itself from the
+start rate (from 2, --pool is then its ceiling).
 """
 from __future__ import annotations
 

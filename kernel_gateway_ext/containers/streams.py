@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import ContainerMissing
 from .engine import DockerEngine
 
+
 class LogStream:
     """A container's log as it comes, read in a thread of the engine's long pool into a bounded
     queue (a reader too slow for the container loses the excess, and is told how much).
