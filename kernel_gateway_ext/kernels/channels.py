@@ -2,6 +2,7 @@
 bridge, REST runs, the activity watcher, the pool's readiness probe)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
@@ -65,3 +66,13 @@ def message_frames(session: Session, parts: list[bytes]) -> list[bytes]:
     were received copied, so no frame is a zmq.Frame."""
     _, fed = session.feed_identities(parts)
     return cast("list[bytes]", fed)
+
+
+def parent_id(session: Session, parts: list[bytes]) -> str | None:
+    """The msg_id of a received message's parent (the request it answers), None when it has none
+    or cannot be read."""
+    try:
+        found = json.loads(message_frames(session, parts)[2]).get("msg_id")
+    except Exception:  # noqa: BLE001 - malformed: no parent
+        return None
+    return found if isinstance(found, str) else None

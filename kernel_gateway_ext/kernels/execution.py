@@ -1,6 +1,7 @@
 """Run code for REST callers (the Backend.AI v2 execute call) on a store kernel.
 
-A `Runner` per kernel keeps its own shell/stdin/iopub sockets and turns the kernel's messages
+A `Runner` per kernel keeps its own shell/stdin sockets, reads the kernel's one iopub subscription
+(iopub.py), and turns the kernel's messages
 into Backend.AI console items. A run answers when it finishes, waits for input, or has run for
 `flush_interval` (status `continued`: the client asks again with mode `continue`). `execTimeout`
 interrupts the kernel and tells the client, whether or not the client is polling at that moment
@@ -21,21 +22,14 @@ from jupyter_client.session import Session
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ..errors import BadRequest, Conflict, KernelDead
-from .channels import HasConnectionInfo, kernel_stream
+from .channels import kernel_stream
+from .iopub import IopubHub, Watched, hub_of
 
 
-class RunnableKernel(HasConnectionInfo, Protocol):
+class RunnableKernel(Watched, Protocol):
     """What a Runner needs of its kernel (GatewayKernel is one)."""
 
-    kernel_id: str
-    session: Session
-    execution_state: str
-    generation: int
     num_queries: int
-
-    log: Any
-
-    def touch(self) -> None: ...
 
     def interrupt_kernel(self) -> Any: ...  # awaitable
 
@@ -133,7 +127,7 @@ class Runner:
         self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
         self.current: Run | None = None
         self._streams: dict[str, ZMQStream] = {}
-        self._iopub_seen: asyncio.Future[None] | None = None
+        self._hub: IopubHub | None = None
         self._generation = -1
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
@@ -143,15 +137,18 @@ class Runner:
         self._close_streams()
 
         ident = uuid.uuid4().hex.encode()
-        for channel in ("shell", "stdin", "iopub"):
+        for channel in ("shell", "stdin"):
             stream = kernel_stream(self.km, channel, ident)
             stream.on_recv(functools.partial(self._on_recv, channel))
             self._streams[channel] = stream
+        self._hub = hub_of(self.km)
+        self._hub.subscribe(self._on_iopub)
         self._generation = self.km.generation
 
+    def _on_iopub(self, parts: list[bytes]) -> None:
+        self._on_recv("iopub", parts)
+
     def _on_recv(self, channel: str, parts: list[bytes]) -> None:
-        if channel == "iopub" and self._iopub_seen is not None and not self._iopub_seen.done():
-            self._iopub_seen.set_result(None)
         try:
             _, fed = self.session.feed_identities(parts)
             msg = self.session.deserialize(fed)
@@ -195,19 +192,9 @@ class Runner:
             await self._subscribed()
 
     async def _subscribed(self, timeout: float = 30.0) -> None:
-        """Wait until our iopub SUB receives (kernel_info until it does): no output is lost."""
-        self._iopub_seen = asyncio.get_running_loop().create_future()
-        deadline = time.monotonic() + timeout
-        interval = 0.02
-        try:
-            while not self._iopub_seen.done() and time.monotonic() < deadline:
-                self.session.send(self._streams["shell"], self.session.msg("kernel_info_request"))
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._iopub_seen), interval)
-                except asyncio.TimeoutError:
-                    interval = min(interval * 2, 0.5)
-        finally:
-            self._iopub_seen = None
+        """Until the kernel's output subscription is live: no output of a run is lost."""
+        assert self._hub is not None
+        await self._hub.ready(timeout)
 
     # ---- the v2 execute modes -------------------------------------------------------------------
     async def execute(self, mode: str, code: str, run_id: str | None, exec_timeout: float | None) -> dict[str, Any]:
@@ -328,3 +315,6 @@ class Runner:
         for stream in self._streams.values():
             stream.close()
         self._streams = {}
+        if self._hub is not None:
+            self._hub.unsubscribe(self._on_iopub)
+            self._hub = None

@@ -9,11 +9,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
-from zmq.eventloop.zmqstream import ZMQStream
-
 from ..provisioners.docker import DockerProvisioner
 from ..containers.limits import KernelLimits
 from .execution import Runner
+from .iopub import IopubHub
 
 # A listener may return an awaitable; `notify_and_wait` waits for them (a restart is not
 # answered before every open websocket is subscribed to the new kernel's output again).
@@ -62,7 +61,7 @@ class GatewayKernel(AsyncKernelManager):
         self.autorestarts: list[float] = []  # monotonic times of automatic restarts (liveness.py)
         self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
         self._listeners: set[Listener] = set()
-        self._activity_stream: ZMQStream | None = None
+        self.iopub: IopubHub | None = None  # its one output subscription (iopub.py), while watched
         # Set by REST (v2) callers: their token and language, limits, query count, runner.
         self.client_token: str | None = None
         self.lang = ""

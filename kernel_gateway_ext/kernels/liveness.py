@@ -1,4 +1,4 @@
-"""Activity and death: each kernel's iopub is watched for busy/idle, its container for exit.
+"""Activity and death: each kernel's iopub is watched for busy/idle (iopub.py), its container for exit.
 
 A kernel whose container dies (killed, out of memory, crashed) is restarted in place, as
 jupyter_server's KernelRestarter does for local kernels: same kernel id, and open websockets are
@@ -11,41 +11,16 @@ reported `dead` with the reason; a restart request revives it.
 """
 from __future__ import annotations
 
-import json
 import time
-from hmac import compare_digest
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from jupyter_client.session import DELIM, Session
 from traitlets import Bool, Float, HasTraits, Int
 
 from ..config import env
 from ..tasks import TaskSet
-from .channels import kernel_stream
+from .iopub import hub_of
 from .kernel import GatewayKernel
-
-# Requests whose status messages do not make a kernel "busy" for clients and culling.
-UNTRACKED_PARENTS = {"kernel_info_request", "comm_info_request", "shutdown_request", "interrupt_request"}
-
-
-def status_of(frames: list[Any], session: Session) -> str | None:
-    """'busy' or 'idle' from a status message that counts, read from its small frames only; None for
-    any other message (its content is never touched). A status message's signature is checked."""
-    try:
-        idx = next(i for i, f in enumerate(frames[:16]) if len(f) == len(DELIM) and f.bytes == DELIM)
-        header = json.loads(frames[idx + 2].bytes)
-        if header.get("msg_type") != "status":
-            return None
-        signed = [frames[idx + k].bytes for k in range(2, 6)]
-        if session.auth is not None and not compare_digest(frames[idx + 1].bytes, session.sign(signed)):
-            return None
-        if (json.loads(signed[1]) or {}).get("msg_type") in UNTRACKED_PARENTS:
-            return None
-        state = json.loads(signed[3]).get("execution_state")
-    except Exception:  # noqa: BLE001 - a malformed message is not our problem here
-        return None
-    return state if state in ("busy", "idle") else None
 
 
 class LivenessSettings(HasTraits):
@@ -91,29 +66,17 @@ class Liveness:
         await self._autorestarts.wait()
 
     def watch(self, km: GatewayKernel) -> None:
-        """Follow the kernel's iopub for busy/idle and its container for exit."""
-        self.unwatch(km)
-        stream = kernel_stream(km, "iopub")
-
-        def on_iopub(frames: list[Any]) -> None:
-            km.touch()
-            state = status_of(frames, km.session)  # signing is stateless: no Session of its own per kernel
-            if state is None or km.restarting:
-                return
-            km.execution_state = state
-
-        # Frames, not bytes: an output's frames are never copied or hashed here (one display() of
-        # 300 MB used to be copied once more and its HMAC computed on the event loop).
-        stream.on_recv(on_iopub, copy=False)
-        km._activity_stream = stream
+        """Follow the kernel's iopub for busy/idle (its one subscription, kept if it has one: a
+        pooled kernel's is live already) and its container for exit."""
+        hub_of(km)
         prov = km.docker
         if prov is not None:
             prov.exit_callback = lambda code: self._on_container_exit(km, code)
 
     def unwatch(self, km: GatewayKernel) -> None:
-        if km._activity_stream is not None:
-            km._activity_stream.close()
-            km._activity_stream = None
+        if km.iopub is not None:
+            km.iopub.close()
+            km.iopub = None
 
     def _on_container_exit(self, km: GatewayKernel, code: int | None) -> None:
         if km.shutting_down or km.restarting or km.stopping or self.host.find(km.kernel_id) is not km:

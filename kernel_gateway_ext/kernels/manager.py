@@ -331,6 +331,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
 
     async def discard(self, km: GatewayKernel) -> None:
         """Remove every trace of a kernel that failed to start (or a pooled one that is not wanted)."""
+        self.liveness.unwatch(km)  # a pooled kernel's output subscription
         try:
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)
@@ -359,6 +360,8 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         try:
             await km.restart_kernel(now=False)
             await old_gone  # the old kernel process let go of its sockets: no stale reply possible
+            if km.iopub is not None:
+                km.iopub.replaced()  # its subscription rejoins the new process: readers wait for that
             if km.get_connection_info()["ip"] != before["ip"]:
                 km.generation += 1
                 self.watch(km)

@@ -29,6 +29,7 @@ from ..errors import GatewayError, KernelStartFailed
 from ..provisioners.docker import ENV_FILE
 from ..provisioners.launch import LaunchRequest
 from .channels import zmq_url
+from .iopub import hub_of
 from ..tasks import TaskSet, gather_all
 from .kernel import GatewayKernel
 from .pool_sizing import PoolSizer
@@ -37,6 +38,7 @@ JOIN_TIMEOUT = 120.0  # s a start waits for a refill under way (it ends sooner: 
 TRIM_AFTER = 60.0  # s a pool stays over its target before its extra kernels are stopped
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
+WARM_UP_TIMEOUT = 10.0  # s for the warm-up, and for its output subscription to be live
 # Read by the interpreter, the loader or libc when a process starts, so setting them in a running
 # kernel would not be what a cold start gives: a request naming one starts cold.
 STARTUP_ENV = re.compile(r"^(PYTHON|LD_|LC_|LANG$|LANGUAGE$|MALLOC_|GLIBC_)")
@@ -222,15 +224,18 @@ class WarmPool:
                 finally:
                     self.launching[name] -= 1
                 self.sizer.note_launch(name, time.monotonic() - began)
-                # One quiet execution warms the kernel's execute path: the caller's first
-                # execute then answers as fast as any later one.
+                # Its output subscription made live now (the warm-up's statuses usually do it): the
+                # caller's websocket then waits for no probe. One quiet execution warms the
+                # kernel's execute path: the caller's first execute answers as fast as any later one.
+                hub = hub_of(km)
                 warm_up = WARM_UP_CODE.get(self._language(name))
-                if warm_up is not None:
-                    try:
+                try:
+                    if warm_up is not None:
                         await self._execute_quietly(km, warm_up)
-                    except BaseException:
-                        await host.discard(km)
-                        raise
+                    await hub.ready(WARM_UP_TIMEOUT)
+                except BaseException:
+                    await host.discard(km)
+                    raise
         except Exception as e:  # noqa: BLE001 - a failing pool must not take the gateway down
             host.log.warning("Pool %s: a kernel failed to start (%s); retrying in 10 s", name, e)
             asyncio.get_running_loop().call_later(10.0, self.fill)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import zmq
 from jupyter_client.session import Session
 
-from kernel_gateway_ext.kernels.liveness import status_of
+from kernel_gateway_ext.kernels.iopub import status_of
 
 
 class Untouchable(zmq.Frame):

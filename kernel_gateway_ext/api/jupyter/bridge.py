@@ -8,36 +8,35 @@ and a reconnect can arrive before the old socket is closed. So a bridge holds a 
 - a reply (and the iopub output of a request) goes to the socket that sent the request while it
   is open, else to the session's live socket: the one that most recently opened or sent;
 - other iopub messages (requests of other sessions, the kernel's own) go to the live socket;
-- every message goes to one socket of the session, never two; every session has its own iopub
-  subscription, so output reaches every session once;
+- every message goes to one socket of the session, never two; every session gets each of the
+  kernel's iopub messages from the kernel's one subscription (kernels/iopub.py), so output
+  reaches every session once;
 - with no socket open, messages are kept (bounded by count and bytes) and replayed to the next
   socket of the session, as jupyter_server does for a reconnecting session.
 
-The bridge, not each socket, listens to the kernel: one iopub nudge after a restart however many
-sockets are open, and a socket closing never detaches another.
+The bridge, not each socket, listens to the kernel: a socket closing never detaches another. A new
+session waits only when the kernel's subscription is not known live (one probe per kernel).
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
-import zmq
 from jupyter_client.session import DELIM, Session
 from tornado.ioloop import IOLoop
 from zmq.eventloop.zmqstream import ZMQStream
 
 from ...errors import OverCapacity
-from ...kernels.channels import kernel_stream, message_frames, zmq_url
+from ...kernels.channels import kernel_stream, message_frames, parent_id
+from ...kernels.iopub import IopubHub, hub_of
 from ...kernels.manager import GatewayKernel, GatewayKernelManager
 
 CLIENT_CHANNELS = ("shell", "control", "stdin")
-NUDGE_FIRST, NUDGE_MAX = 0.02, 0.5  # seconds between probes, doubling
 MAX_SENDERS = 1024  # request ids remembered per session, to route replies to the socket that asked
 MAX_SOCKETS = 8  # open websockets per session; beyond it the stalest is closed
 MAX_MESSAGE = 64 * 2**20  # an output bigger than this is replaced by a note (one display() of GBs)
@@ -80,6 +79,7 @@ class ChannelBridge:
         self.ready_timeout = ready_timeout
         self.session = Session(key=km.session.key, signature_scheme=km.session.signature_scheme)
         self.streams: dict[str, ZMQStream] = {}
+        self.hub: IopubHub | None = None  # the kernel's output subscription we read from
         self.sockets: list[Socket] = []  # the live one last
         self.senders: OrderedDict[str, Socket] = OrderedDict()
         self.buffer: deque[tuple[str, list[bytes], int]] = deque()
@@ -88,9 +88,6 @@ class ChannelBridge:
         self.dropped = 0
         self.expiry: Any = None
         self.closed = False
-        self._nudge: asyncio.Task[None] | None = None
-        self._nudge_ids: set[str] = set()
-        self._iopub_seen: asyncio.Future[None] | None = None
         self.generation = -1
         self.connect()
         km.add_listener(self.on_kernel_event)
@@ -99,27 +96,31 @@ class ChannelBridge:
     def connect(self) -> None:
         """(Re)create the sockets to the kernel's current address."""
         self.close_streams()
-        for channel in (*CLIENT_CHANNELS, "iopub"):
+        for channel in CLIENT_CHANNELS:
             stream = kernel_stream(self.km, channel, self.identity)
             stream.on_recv(partial(self._from_kernel, channel))
             self.streams[channel] = stream
+        self.hub = hub_of(self.km)
+        self.hub.subscribe(self._from_iopub)
         self.generation = self.km.generation
 
     def close_streams(self) -> None:
         for stream in self.streams.values():
             stream.close()
         self.streams = {}
+        if self.hub is not None:
+            self.hub.unsubscribe(self._from_iopub)
+            self.hub = None
 
     # ---- kernel -> websockets -----------------------------------------------------------------
+    def _from_iopub(self, parts: list[bytes]) -> None:
+        self._from_kernel("iopub", parts)
+
     def _from_kernel(self, channel: str, parts: list[bytes]) -> None:
         size = sum(len(p) for p in parts)
         if size > MAX_MESSAGE and channel == "iopub":
             parts = self._stand_in(parts, size)
-        parent = self._parent_id(parts)
-        if channel == "iopub" and self._iopub_seen is not None and not self._iopub_seen.done():
-            self._iopub_seen.set_result(None)
-        if parent is not None and parent in self._nudge_ids:
-            return  # our own probe's status and reply are nobody's business
+        parent = parent_id(self.session, parts)
         target = self.senders.get(parent) if parent is not None else None
         if target is None or not target.is_open:
             target = self.live
@@ -149,14 +150,6 @@ class ChannelBridge:
                 f"{MAX_MESSAGE // 2**20} MiB limit of one message\n")
         msg = self.session.msg("stream", {"name": "stderr", "text": note}, parent=parent)
         return self.session.serialize(msg)
-
-    def _parent_id(self, parts: list[bytes]) -> str | None:
-        try:
-            fed = message_frames(self.session, parts)
-            parent_id = json.loads(fed[2]).get("msg_id")
-        except Exception:  # noqa: BLE001 - a malformed message is routed to the live socket
-            return None
-        return parent_id if isinstance(parent_id, str) else None
 
     @property
     def in_use(self) -> bool:
@@ -242,36 +235,10 @@ class ChannelBridge:
         return None
 
     def ready(self) -> "asyncio.Future[None]":
-        """Wait until our iopub subscription receives messages (ZMQ's slow joiner), so that a
-        client's first output is not lost. One probe at a time per bridge: every caller waits
-        for the same one."""
-        if self._nudge is None or self._nudge.done():
-            self._nudge = asyncio.ensure_future(self._probe(self.ready_timeout))
-        return asyncio.shield(self._nudge)
-
-    async def _probe(self, timeout: float) -> None:
-        seen = self._iopub_seen = asyncio.get_running_loop().create_future()
-        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(zmq_url(dict(self.km.get_connection_info()), "shell"))
-        deadline = time.monotonic() + timeout
-        interval = NUDGE_FIRST
-        ids: set[str] = set()
-        try:
-            while not seen.done() and not self.closed and time.monotonic() < deadline:
-                msg = self.session.msg("kernel_info_request")
-                ids.add(msg["header"]["msg_id"])
-                self._nudge_ids.add(msg["header"]["msg_id"])
-                self.session.send(sock, msg)
-                try:
-                    await asyncio.wait_for(asyncio.shield(seen), interval)
-                except asyncio.TimeoutError:
-                    interval = min(interval * 2, NUDGE_MAX)
-        finally:
-            sock.close(0)
-            self._iopub_seen = None
-            # Statuses of late probes are dropped for a moment more, then the ids are forgotten.
-            IOLoop.current().call_later(2.0, lambda: self._nudge_ids.difference_update(ids))
+        """Wait until the kernel's output subscription is live (ZMQ's slow joiner), so that a
+        client's first output is not lost: at once when it is (a pooled kernel's, or one a session
+        already probed); else one probe per kernel, shared by every session that waits."""
+        return (self.hub or hub_of(self.km)).ready(self.ready_timeout)
 
     def close(self) -> None:
         if self.closed:

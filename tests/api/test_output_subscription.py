@@ -1,0 +1,66 @@
+"""A kernel's iopub is read through one subscription (kernels/iopub.py), shared by every client
+session and REST run on it. A pooled kernel's is live when handed out, so its first websocket
+waits for no probe; after a restart one probe serves every session, and no output is lost to
+ZMQ's slow joiner; the subscription goes with the kernel."""
+from __future__ import annotations
+
+import asyncio
+
+from tests.api.test_pool import wait_pool
+from tests.api.test_websocket_sessions import drain
+from tests.conftest import TOKEN
+from tests.wsclient import KernelWS
+
+
+async def test_sessions_share_the_kernels_one_subscription(make_gateway) -> None:
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=1") as gw:
+        mgr = gw.app.kernel_manager
+        await wait_pool(gw, "python3", 1)
+        (pooled,) = mgr.pool.ready["python3"]
+        hub = pooled.iopub
+        assert hub is not None and hub.live, "a pooled kernel's subscription is live before hand-out"
+        r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        kid = r.json["id"]
+        km = mgr.get(kid)
+        assert km is pooled and km.iopub is hub, "the hand-out keeps the subscription"
+
+        a = await KernelWS.connect(gw.url, kid, TOKEN, session="sub-a")
+        b = await KernelWS.connect(gw.url, kid, TOKEN, session="sub-b")
+        # Printed at once, before either socket asked anything else: both sessions see it, once.
+        r1 = await a.execute("print('first')")
+        assert a.stdout(r1) == "first\n"
+        seen_b = [m for m in await drain(b, 1.0) if m["msg_type"] == "stream"]
+        assert [m["content"]["text"] for m in seen_b] == ["first\n"]
+        assert hub.probes == 0, "a live subscription made a session wait"
+        assert len(hub.subscribers) == 2
+        assert all("iopub" not in bridge.streams for bridge in gw.app.bridges.by_kernel[kid].values())
+
+        r = await gw.client.fetch("POST", f"/api/kernels/{kid}/restart", {})
+        assert r.status == 200
+        assert hub.probes == 1, "one probe after the restart, for every session"
+        r2 = await b.execute("print('after')", timeout=10)
+        assert b.stdout(r2) == "after\n"
+        seen_a = [m for m in await drain(a, 1.0) if m["msg_type"] == "stream"]
+        assert [m["content"]["text"] for m in seen_a] == ["after\n"]
+        assert hub.probes == 1
+
+        for ws in (a, b):
+            ws.close()
+        await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+        assert hub.closed and km.iopub is None and hub.stream.closed()
+
+
+async def test_a_cold_kernels_first_session_probes_once_and_loses_nothing(make_gateway) -> None:
+    async with make_gateway() as gw:
+        r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        kid = r.json["id"]
+        hub = gw.app.kernel_manager.get(kid).iopub
+        sockets = await asyncio.gather(*(KernelWS.connect(gw.url, kid, TOKEN, session=f"cold-{i}") for i in range(3)))
+        assert hub.probes <= 1, "sessions opened together share one probe"
+        r1 = await sockets[0].execute("print('hello')")
+        assert sockets[0].stdout(r1) == "hello\n"
+        for ws in sockets[1:]:
+            assert [m["content"]["text"] for m in await drain(ws, 0.5) if m["msg_type"] == "stream"] == ["hello\n"]
+        for ws in sockets:
+            ws.close()
+        await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
