@@ -36,6 +36,7 @@ from .pool_sizing import PoolSizer
 
 JOIN_TIMEOUT = 120.0  # s a start waits for a refill under way (it ends sooner: ready, or failed)
 TRIM_AFTER = 60.0  # s a pool stays over its target before its extra kernels are stopped
+REFILL_DEFER = 0.05  # s a refill waits while its pool still has ready kernels (_refill_soon)
 
 WARM_UP_CODE = {"python": "pass", "bash": "true"}  # what a pooled kernel runs once before it is handed out
 WARM_UP_TIMEOUT = 10.0  # s for the warm-up, and for its output subscription to be live
@@ -132,6 +133,7 @@ class WarmPool:
         self._mount_failures = 0
         self.sizer = PoolSizer()
         self._trim_timer: asyncio.TimerHandle | None = None
+        self._refill_timer: asyncio.TimerHandle | None = None
         # Refills under way (past the concurrency gate), and starts waiting for one of them.
         self.launching: dict[str, int] = {}
         self._waiters: dict[str, list[asyncio.Future[GatewayKernel | None]]] = {}
@@ -145,9 +147,10 @@ class WarmPool:
 
     async def drain(self) -> list[GatewayKernel]:
         """Gateway exit: wait for refills in flight, then hand every ready kernel back to be stopped."""
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
+        for timer in (self._trim_timer, self._refill_timer):
+            if timer is not None:
+                timer.cancel()
+        self._trim_timer = self._refill_timer = None
         for waiters in self._waiters.values():  # the kernels under way are stopped with the pool
             while waiters:
                 waiter = waiters.pop()
@@ -200,6 +203,18 @@ class WarmPool:
                     break
                 self.filling[name] = self.filling.get(name, 0) + 1
                 self._fill_tasks.spawn(self._fill_one(name))
+
+    def _refill_soon(self, name: str) -> None:
+        """Refill now when the pool ran dry; while it still has ready kernels, a moment later: a
+        refill's first steps (a kernel manager made, the engine's create call) take the loop and
+        the GIL for milliseconds, which the start just served would otherwise wait for."""
+        if not self.ready.get(name):
+            self.fill()
+        elif self._refill_timer is None:
+            def refill() -> None:
+                self._refill_timer = None
+                self.fill()
+            self._refill_timer = asyncio.get_running_loop().call_later(REFILL_DEFER, refill)
 
     def _trim(self) -> None:
         """Stop the ready kernels a pool holds beyond its target now (the oldest first)."""
@@ -338,8 +353,8 @@ class WarmPool:
         if pooled:
             self.sizer.note_start(name)
         km = await self._next(name) if pooled and self.servable(request) else None
-        if pooled:
-            self.fill()  # the refill of the one taken; the rate may have raised the target too
+        if pooled:  # the refill of the one taken; the rate may have raised the target too
+            self._refill_soon(name)
         if km is None:
             if pooled:
                 self.misses += 1

@@ -57,6 +57,26 @@ async def test_pool_hands_out_ready_kernels_and_refills(make_gateway, docker_cli
         await wait_pool(gw, "python3", 2)
 
 
+async def test_a_refill_waits_while_the_pool_has_ready_kernels(make_gateway, monkeypatch) -> None:
+    """The refill of a kernel handed out starts a moment later while the pool has ready kernels
+    (its first steps would slow the start just served), at once when the pool ran dry."""
+    from kernel_gateway_ext.kernels import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "REFILL_DEFER", 30.0)  # a moment made long enough to see
+    async with make_gateway("--GatewayKernelManager.pool_sizes", "python3=2") as gw:
+        pool = gw.app.kernel_manager.pool
+        await wait_pool(gw, "python3", 2)
+        first = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        await asyncio.sleep(1.0)
+        assert len(pool.ready["python3"]) == 1 and pool.filling.get("python3", 0) == 0
+        second = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        assert pool.filling.get("python3", 0) == 2, "a dry pool refills at once, all it lacks"
+        assert pool.hits == 2
+        await wait_pool(gw, "python3", 2)
+        for r in (first, second):
+            await gw.client.fetch("DELETE", f"/api/kernels/{r.json['id']}")
+
+
 async def test_pool_grows_with_the_start_rate_and_trims_back(make_gateway, monkeypatch) -> None:
     from kernel_gateway_ext.kernels import pool as pool_module
 
