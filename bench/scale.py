@@ -38,8 +38,9 @@ from bench.bench import TOKEN, Target, reference_target, write_results, start_an
 MIN_AVAILABLE = 1.5 * 2**30  # stop adding kernels below this much available memory
 WARM_UP = 5
 RECONNECT_WINDOW = 60.0  # ours keeps a closed websocket's session 60 s (KGE_WS_BUFFER_SECONDS)
-# Then ours gives freed memory back once 10 s pass with no session closing (KGE_MEMORY_TRIM_DELAY):
-# the idle figure is read after both (it was read 5 s after the window, before the trim: at 300 kernels 158 KiB per kernel against 113 after).
+# Then ours gives freed memory back once 10 s pass with no session closing (KGE_MEMORY_TRIM_DELAY).
+# The figure is read after both: 5 s after the window it came before the trim (at 300 kernels,
+# 158 KiB per kernel against 113 after).
 SETTLE = 15.0
 
 
