@@ -10,8 +10,9 @@ next to the machine's floor over that time (a bare process's worst late wake-up:
 busy cores do to any process);
 then kernels are started up to `--kernels`, 25 at a time (fewer when the host's available memory
 falls under 1.5 GiB: the figure says how many fit); then the gateway process's own memory per kernel
-(its PSS growth over its PSS after the warm-up, / N: right after the starts, and once the sessions
-the websockets left are gone; and over its PSS with no kernel yet),
+(its PSS growth over its PSS after the warm-up, / N: right after the starts, once the sessions
+the websockets left are gone, and for ours once the idle kernels' output subscriptions were let go
+(the figure; KGE_OUTPUT_RELEASE_AFTER); and over its PSS with no kernel yet),
 the kernels' memory per kernel (PSS of their processes), and GET /api/kernels p50/p99 with N kernels.
 Every kernel is deleted at the end and what is left (containers of the bench's gateway) counted.
 """
@@ -42,6 +43,7 @@ RECONNECT_WINDOW = 60.0  # ours keeps a closed websocket's session 60 s (KGE_WS_
 # The figure is read after both: 5 s after the window it came before the trim (at 300 kernels,
 # 158 KiB per kernel against 113 after).
 SETTLE = 15.0
+OUTPUT_RELEASE_AFTER = 120.0  # ours lets an unread idle kernel's iopub subscription go (KGE_OUTPUT_RELEASE_AFTER)
 
 
 async def loop_lag_max(t: Target) -> float:
@@ -197,6 +199,9 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
     # it, its sockets and its output for KGE_WS_BUFFER_SECONDS, 60 s, for a reconnect); then idle.
     res["gateway_kib_per_kernel_disconnected_sessions_kept"] = round((pss_kib(t.proc.pid) - warm_base) / n, 1)
     await asyncio.sleep(RECONNECT_WINDOW + SETTLE)
+    if gateway_id is not None:  # ours: idle kernels' output subscriptions are let go after a while
+        res["gateway_kib_per_kernel_output_subscriptions_held"] = round((pss_kib(t.proc.pid) - warm_base) / n, 1)
+        await asyncio.sleep(OUTPUT_RELEASE_AFTER)
     now = pss_kib(t.proc.pid)
     res["gateway_kib_per_kernel_from_cold"] = round((now - base) / n, 1)
     res["gateway_kib_per_kernel"] = round((now - warm_base) / n, 1)

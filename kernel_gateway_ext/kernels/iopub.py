@@ -8,6 +8,14 @@ subscription: it reads busy/idle and activity for the store and hands each messa
 every subscriber (a bridge, a runner), which is what a SUB of its own would have received. Once a
 message has come through since the kernel process last changed, the subscription is live and a
 new reader waits for nothing; a pooled kernel's is live before it is handed out.
+
+A subscription nobody reads, on an idle kernel that has published nothing for `release_after`
+seconds (the kernel's `output_release_after`), is let go: its ZMQ connection is ~30 KiB of the
+gateway's memory and two file descriptors per idle kernel. Nothing is lost by it: every request
+reaches a kernel through a reader (a websocket session, a REST run), which subscribes again (one
+probe) before it sends anything; a busy kernel keeps its subscription until it is idle. What the
+gateway no longer sees meanwhile is output a kernel prints unasked (a thread of its own) after a
+quiet spell with nobody connected: it no longer counts as activity for culling.
 """
 from __future__ import annotations
 
@@ -60,6 +68,7 @@ class Watched(HasConnectionInfo, Protocol):
     restarting: bool
     execution_state: str
     iopub: IopubHub | None
+    output_release_after: float  # s; 0: its subscription is never let go (a pooled kernel's)
     log: Any
 
     def touch(self) -> None: ...
@@ -75,6 +84,8 @@ class IopubHub:
         self.live = False  # a message came through since the kernel process last changed
         self.closed = False
         self.probes = 0  # how often a reader had to wait for the subscription (for the tests)
+        self.last_message = time.monotonic()
+        self._release: asyncio.TimerHandle | None = None
         self._seen: asyncio.Future[None] | None = None
         self._probe: asyncio.Future[None] | None = None
         self._probe_ids: set[str] = set()
@@ -86,6 +97,7 @@ class IopubHub:
     def _recv(self, frames: list[Any]) -> None:
         km = self.km
         self.live = True
+        self.last_message = time.monotonic()
         if self._seen is not None and not self._seen.done():
             self._seen.set_result(None)
         km.touch()
@@ -109,6 +121,30 @@ class IopubHub:
     def unsubscribe(self, deliver: Subscriber) -> None:
         if deliver in self.subscribers:
             self.subscribers.remove(deliver)
+        if not self.subscribers:
+            self.release_when_unread()
+
+    def release_when_unread(self) -> None:
+        """Let the subscription go once nobody reads it, the kernel is idle and has been quiet for
+        the kernel's output_release_after (checked then, not on every message)."""
+        after = self.km.output_release_after
+        if self._release is None and after > 0 and not self.closed:
+            self._release = asyncio.get_running_loop().call_later(after, self._maybe_release)
+
+    def _maybe_release(self) -> None:
+        self._release = None
+        km = self.km
+        if self.closed or self.subscribers or km.output_release_after <= 0:
+            return
+        quiet_for = time.monotonic() - self.last_message
+        if km.execution_state == "busy" or km.restarting or (self._probe is not None and not self._probe.done()):
+            quiet_for = 0.0  # busy: its idle status is still to come
+        if quiet_for < km.output_release_after:
+            self._release = asyncio.get_running_loop().call_later(km.output_release_after - quiet_for, self._maybe_release)
+            return
+        self.close()
+        if km.iopub is self:
+            km.iopub = None  # the next reader subscribes again (hub_of)
 
     def replaced(self) -> None:
         """The kernel process behind the address changed (a restart): the SUB reconnects by itself,
@@ -159,6 +195,9 @@ class IopubHub:
             return
         self.closed = True
         self.subscribers.clear()
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         self.stream.close()
 
 

@@ -62,6 +62,7 @@ class GatewayKernel(AsyncKernelManager):
         self.generation = 0  # bumped when the kernel's address changes; sockets reconnect
         self._listeners: set[Listener] = set()
         self.iopub: IopubHub | None = None  # its one output subscription (iopub.py), while watched
+        self.output_release_after = 0.0  # s an unread, idle, quiet subscription is kept (liveness sets it)
         # Set by REST (v2) callers: their token and language, limits, query count, runner.
         self.client_token: str | None = None
         self.lang = ""

@@ -38,6 +38,13 @@ class LivenessSettings(HasTraits):
     autorestart_window = env(
         Float(300.0, help="Seconds over which autorestart_limit counts."), "KGE_AUTORESTART_WINDOW"
     )
+    output_release_after = env(
+        Float(120.0, help="Let an idle kernel's output subscription go after this many seconds with no reader "
+                          "(websocket session, REST run) and no output: ~30 KiB and two file descriptors per idle "
+                          "kernel. A reader subscribes again. Output a kernel prints unasked after that, with nobody "
+                          "connected, no longer counts as activity for culling. 0: never."),
+        "KGE_OUTPUT_RELEASE_AFTER",
+    )
 
 
 class LivenessHost(Protocol):
@@ -47,6 +54,7 @@ class LivenessHost(Protocol):
     autorestart: bool
     autorestart_limit: int
     autorestart_window: float
+    output_release_after: float
 
     @property
     def closing(self) -> bool: ...
@@ -68,7 +76,10 @@ class Liveness:
     def watch(self, km: GatewayKernel) -> None:
         """Follow the kernel's iopub for busy/idle (its one subscription, kept if it has one: a
         pooled kernel's is live already) and its container for exit."""
-        hub_of(km)
+        km.output_release_after = self.host.output_release_after
+        hub = hub_of(km)
+        if not hub.subscribers:
+            hub.release_when_unread()  # a kernel nobody connects to
         prov = km.docker
         if prov is not None:
             prov.exit_callback = lambda code: self._on_container_exit(km, code)

@@ -64,3 +64,32 @@ async def test_a_cold_kernels_first_session_probes_once_and_loses_nothing(make_g
         for ws in sockets:
             ws.close()
         await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+
+
+async def test_an_unread_idle_kernels_subscription_is_let_go_and_taken_again(make_gateway) -> None:
+    async with make_gateway("--GatewayKernelManager.output_release_after=1", "--Gateway.ws_buffer_seconds=0.2") as gw:
+        r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
+        kid = r.json["id"]
+        km = gw.app.kernel_manager.get(kid)
+        ws = await KernelWS.connect(gw.url, kid, TOKEN)
+        # Busy when its last reader leaves: the subscription stays until the kernel is idle.
+        msg_id = await ws.send(ws.msg("execute_request", {"code": "import time; time.sleep(3); print('done')",
+                                                           "silent": False, "store_history": True,
+                                                           "user_expressions": {}, "allow_stdin": False}))
+        await asyncio.sleep(0.5)
+        hub = km.iopub
+        ws.close()
+        await asyncio.sleep(2.0)
+        assert km.iopub is hub and not hub.closed and km.execution_state == "busy"
+        deadline = asyncio.get_running_loop().time() + 10
+        while km.iopub is not None:
+            assert asyncio.get_running_loop().time() < deadline, "the subscription was never let go"
+            await asyncio.sleep(0.2)
+        assert hub.closed and hub.stream.closed() and km.execution_state == "idle", msg_id
+        # The next reader subscribes again and loses nothing.
+        ws = await KernelWS.connect(gw.url, kid, TOKEN, session="back")
+        assert km.iopub is not None and km.iopub is not hub and km.iopub.probes == 1
+        out = await ws.execute("print('again')")
+        assert ws.stdout(out) == "again\n"
+        ws.close()
+        await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
