@@ -304,6 +304,7 @@ class Gateway(ServerSettings, GatewayApplication):
         ssl_context = self._ssl_context()  # configuration errors first, before the engine is touched
         self.kernel_manager.on_removal(self.bridges.forget_kernel)
         self.kernel_manager.on_change(self.memory_trim.soon)
+        self.kernel_manager.on_output_released(self.memory_trim.soon)
         self.jobs.on_change(self.memory_trim.soon)
         self.bridges.on_close.append(self.memory_trim.soon)
         self.kernel_manager.on_removal(lambda kernel_id: self.jupyter_sessions.kernel_removed(kernel_id))

@@ -69,6 +69,7 @@ class Watched(HasConnectionInfo, Protocol):
     execution_state: str
     iopub: IopubHub | None
     output_release_after: float  # s; 0: its subscription is never let go (a pooled kernel's)
+    on_output_released: Callable[[], None] | None
     log: Any
 
     def touch(self) -> None: ...
@@ -145,6 +146,8 @@ class IopubHub:
         self.close()
         if km.iopub is self:
             km.iopub = None  # the next reader subscribes again (hub_of)
+        if km.on_output_released is not None:
+            km.on_output_released()
 
     def replaced(self) -> None:
         """The kernel process behind the address changed (a restart): the SUB reconnects by itself,

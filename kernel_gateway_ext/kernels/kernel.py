@@ -63,6 +63,7 @@ class GatewayKernel(AsyncKernelManager):
         self._listeners: set[Listener] = set()
         self.iopub: IopubHub | None = None  # its one output subscription (iopub.py), while watched
         self.output_release_after = 0.0  # s an unread, idle, quiet subscription is kept (liveness sets it)
+        self.on_output_released: Callable[[], None] | None = None  # told when it is let go (memory trim)
         # Set by REST (v2) callers: their token and language, limits, query count, runner.
         self.client_token: str | None = None
         self.lang = ""

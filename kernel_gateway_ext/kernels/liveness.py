@@ -63,6 +63,8 @@ class LivenessHost(Protocol):
 
     def restart_in_place(self, km: GatewayKernel) -> Awaitable[GatewayKernel]: ...  # the lifecycle lock held
 
+    def output_released(self) -> None: ...
+
 
 class Liveness:
     def __init__(self, host: LivenessHost) -> None:
@@ -77,6 +79,7 @@ class Liveness:
         """Follow the kernel's iopub for busy/idle (its one subscription, kept if it has one: a
         pooled kernel's is live already) and its container for exit."""
         km.output_release_after = self.host.output_release_after
+        km.on_output_released = self.host.output_released
         hub = hub_of(km)
         if not hub.subscribers:
             hub.release_when_unread()  # a kernel nobody connects to

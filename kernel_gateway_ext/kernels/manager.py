@@ -89,6 +89,7 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         self._closing = False
         self._removal_callbacks: list[Callable[[str], None]] = []
         self._change_callbacks: list[Callable[[], None]] = []
+        self._release_callbacks: list[Callable[[], None]] = []
         # Collaborators: each reaches the store through its own small protocol.
         self.deadlines = Deadlines(self.log)
         self.records = KernelRecords(self.store, self.log, in_store=lambda km: self._kernels.get(km.kernel_id) is km)
@@ -110,6 +111,14 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
 
     def changed(self) -> None:
         for cb in self._change_callbacks:
+            cb()
+
+    def on_output_released(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever an idle kernel's output subscription is let go (iopub.py)."""
+        self._release_callbacks.append(callback)
+
+    def output_released(self) -> None:
+        for cb in self._release_callbacks:
             cb()
 
     def _removed(self, kernel_id: str) -> None:

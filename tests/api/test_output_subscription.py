@@ -71,6 +71,8 @@ async def test_an_unread_idle_kernels_subscription_is_let_go_and_taken_again(mak
         r = await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})
         kid = r.json["id"]
         km = gw.app.kernel_manager.get(kid)
+        released: list[str] = []  # what the memory trim is told
+        gw.app.kernel_manager.on_output_released(lambda: released.append(kid))
         ws = await KernelWS.connect(gw.url, kid, TOKEN)
         # Busy when its last reader leaves: the subscription stays until the kernel is idle.
         msg_id = await ws.send(ws.msg("execute_request", {"code": "import time; time.sleep(3); print('done')",
@@ -86,6 +88,7 @@ async def test_an_unread_idle_kernels_subscription_is_let_go_and_taken_again(mak
             assert asyncio.get_running_loop().time() < deadline, "the subscription was never let go"
             await asyncio.sleep(0.2)
         assert hub.closed and hub.stream.closed() and km.execution_state == "idle", msg_id
+        assert released == [kid]
         # The next reader subscribes again and loses nothing.
         ws = await KernelWS.connect(gw.url, kid, TOKEN, session="back")
         assert km.iopub is not None and km.iopub is not hub and km.iopub.probes == 1
