@@ -40,9 +40,9 @@ MIN_AVAILABLE = 1.5 * 2**30  # stop adding kernels below this much available mem
 WARM_UP = 5
 RECONNECT_WINDOW = 60.0  # ours keeps a closed websocket's session 60 s (KGE_WS_BUFFER_SECONDS)
 # Then ours gives freed memory back once 10 s pass with no session closing (KGE_MEMORY_TRIM_DELAY).
-# The figure is read after both: 5 s after the window it came before the trim (at 300 kernels,
+# The figures are read after both: 5 s after the window they came before the trim (at 300 kernels,
 # 158 KiB per kernel against 113 after).
-SETTLE = 15.0
+SETTLE = 25.0
 OUTPUT_RELEASE_AFTER = 120.0  # ours lets an unread idle kernel's iopub subscription go (KGE_OUTPUT_RELEASE_AFTER)
 
 
