@@ -21,9 +21,9 @@ class HasConnectionInfo(Protocol):
 
 def raise_socket_limits(*contexts: zmq.Context[Any]) -> int:
     """Let the gateway hold as many ZMQ sockets as its file descriptors allow. libzmq stops a
-    context at 1023 sockets, and the gateway holds one per idle kernel plus four per client
-    session (kept 60 s after a websocket closes): ~200 kernels with clients reached it and starts
-    failed. The soft fd limit is raised to the hard one; each socket takes two fds (its mailbox
+    context at 1023 sockets, and the gateway holds one per watched kernel (iopub.py) plus three per
+    client session (kept 60 s after a websocket closes): ~200 kernels with clients reached it (then
+    four per session) and starts failed. The soft fd limit is raised to the hard one; each socket takes two fds (its mailbox
     and its connection). Returns the limit set; a context that already has sockets keeps its own."""
     import resource
 

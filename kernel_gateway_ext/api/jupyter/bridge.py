@@ -266,7 +266,7 @@ class Bridges:
 
     def admit(self, km: GatewayKernel, key: str) -> None:
         """Refuse a new client session when the kernel has `ws_max_sessions` with sockets open
-        (each holds four ZMQ sockets, and a closed one is kept a while for its reconnect)."""
+        (each holds three ZMQ sockets, and a closed one is kept a while for its reconnect)."""
         bridges = self.by_kernel.get(km.kernel_id, {})
         limit = self.settings.ws_max_sessions
         if limit and (not key or key not in bridges) and sum(1 for b in bridges.values() if b.in_use) >= limit:
