@@ -1,11 +1,10 @@
 """Run code for REST callers (the Backend.AI v2 execute call) on a store kernel.
 
 A `Runner` per kernel keeps its own shell/stdin sockets, reads the kernel's one iopub subscription
-(iopub.py), and turns the kernel's messages
-into Backend.AI console items. A run answers when it finishes, waits for input, or has run for
-`flush_interval` (status `continued`: the client asks again with mode `continue`). `execTimeout`
-interrupts the kernel and tells the client, whether or not the client is polling at that moment
-(a timer per run); the kernel stays usable.
+(iopub.py), and turns the kernel's messages into Backend.AI console items. A run answers when it
+finishes, waits for input, or has run for `flush_interval` (status `continued`: the client asks
+again with mode `continue`). `execTimeout` interrupts the kernel and tells the client, whether or
+not the client is polling at that moment (a timer per run); the kernel stays usable.
 """
 from __future__ import annotations
 
