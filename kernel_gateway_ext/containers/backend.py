@@ -70,10 +70,13 @@ class ContainerBackend(Protocol):
     @property
     def files_read_only(self) -> bool: ...  # files put before start are read-only mounts (a cluster's secrets)
 
+    @property
+    def takes_stdin(self) -> bool: ...  # start() can hand a ContainerSpec.stdin to the container
+
     # ---- lifecycle ----------------------------------------------------------------------------
     async def create(self, spec: ContainerSpec, timeout: float) -> str: ...  # files put in, not started
 
-    async def start(self, container_id: str, timeout: float, image: str = "") -> None: ...
+    async def start(self, container_id: str, timeout: float, image: str = "", stdin: bytes = b"") -> None: ...
 
     async def start_again(self, container_id: str) -> None: ...  # one that ended, same address if it can
 

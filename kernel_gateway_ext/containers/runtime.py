@@ -45,6 +45,9 @@ def first_process(info: dict[str, Any], container_id: str) -> tuple[int, str]:
 RECORD_DELAY = 1.0
 
 
+STDIN_CLOSE_WAIT = 5.0  # s the engine may take to close a stdin attach once it is written
+
+
 class ContainerRuntime:
     """Operations on our containers, over the process's one engine connection (a ContainerBackend)."""
 
@@ -63,6 +66,7 @@ class ContainerRuntime:
         return float(self.engine.call_timeout)
 
     files_read_only = False  # put into the container's own filesystem
+    takes_stdin = True
 
     # The engine's own: one event stream, removal, the image list.
     def subscribe(self, container_id: str, callback: EventCallback) -> None:
@@ -129,9 +133,11 @@ class ContainerRuntime:
             device_requests=[docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
         )
         labels = {**engine.our_labels(), LABEL_KIND: spec.kind, **spec.labels}
+        # With stdin: open, closed when the one attach that writes it ends (docker-py sets
+        # StdinOnce only for a container not created `detach`ed; the engine ignores the rest).
         return {"image": spec.image, "command": spec.command, "environment": spec.env, "labels": labels,
-                "user": spec.user, "working_dir": spec.working_dir, "hostname": spec.hostname, "detach": True,
-                "host_config": host_config}
+                "user": spec.user, "working_dir": spec.working_dir, "hostname": spec.hostname,
+                "detach": not spec.stdin, "stdin_open": bool(spec.stdin), "host_config": host_config}
 
     async def create(self, spec: ContainerSpec, timeout: float) -> str:
         """Create the container and put its files in; not started. Raises ContainerFailed, or
@@ -151,12 +157,37 @@ class ContainerRuntime:
                 await self.discard(created)
             raise self.failure(e, spec.image) from e
 
-    async def start(self, container_id: str, timeout: float, image: str = "") -> None:
-        """Start a created container. Raises ContainerFailed."""
+    async def start(self, container_id: str, timeout: float, image: str = "", stdin: bytes = b"") -> None:
+        """Start a created container; `stdin` (its spec's) is written to it as it starts. Raises
+        ContainerFailed."""
         try:
-            await asyncio.wait_for(self.engine.api("start", container_id), timeout)
+            if stdin:
+                await asyncio.wait_for(self.engine.run(lambda: self._start_with_stdin(container_id, stdin),
+                                                       method="start"), timeout)
+            else:
+                await asyncio.wait_for(self.engine.api("start", container_id), timeout)
         except BaseException as e:
             raise self.failure(e, image) from e
+
+    def _start_with_stdin(self, container_id: str, data: bytes) -> None:
+        """Attach to the container's stdin, start it, write `data` and close: the engine then
+        closes the container's stdin (StdinOnce) and this attach (that close is waited for, so
+        the data has reached the container's pipe when this returns)."""
+        api = self.engine.client.api
+        attached = api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+        try:
+            api.start(container_id)
+            sock = getattr(attached, "_sock", attached)  # docker-py hands a SocketIO over the raw socket
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(STDIN_CLOSE_WAIT)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:  # slow to close: the data is sent all the same
+                pass
+        finally:
+            attached.close()
 
     # ---- specialising a running container (a pooled kernel handed out) ---------------------
     async def update_limits(self, container_id: str, *, memory_bytes: int, cpus: float, pids: int) -> None:

@@ -66,6 +66,7 @@ class SwarmBackend:
         return float(self.manager.call_timeout)
 
     files_read_only = True  # secrets: a read-only tmpfs file each
+    takes_stdin = False  # a service's container has no stdin to attach to
 
     def node_of(self, container_id: str) -> str:
         return self.places.node_of(container_id)
@@ -122,7 +123,7 @@ class SwarmBackend:
             await self._remove_secrets(name)
             raise ContainerRuntime.failure(e, spec.image) from e
 
-    async def start(self, container_id: str, timeout: float, image: str = "") -> None:
+    async def start(self, container_id: str, timeout: float, image: str = "", stdin: bytes = b"") -> None:
         """Wait until the service's container runs. A task placed on a node that cannot run it
         (its engine gone while the manager still counts it ready) is placed again elsewhere, up
         to twice; one Swarm cannot place answers 429 with the scheduler's reason, at once."""

@@ -12,7 +12,8 @@ What it does differently from gateway_provisioners / Enterprise Gateway:
   in place, so the address, ports and key stay and open client connections keep working;
 - the kernel gets only its spec's env, ``KERNEL_*`` and an allow-list; memory, CPU and pids are
   always bounded; privileges dropped; ZMQ ports are never published on the host;
-- the connection key goes into the container as a file (put_archive), never in env or labels.
+- the connection key reaches the container on its stdin at start (kge-nanny writes the file, its user's only),
+  or as a file put in before (a cluster's secret); never in env or labels.
 """
 from __future__ import annotations
 
@@ -250,6 +251,8 @@ class DockerProvisioner(KernelProvisionerBase):
             opts += ["--block", mod]
         if self.backend.files_read_only:  # the kernel rewrites its connection file: the nanny copies it
             opts += ["--copy-in", f"{SECRET_DIR}/connection.json", CONNECTION_FILE]
+        elif self.backend.takes_stdin:  # the nanny writes it from what start() hands it
+            opts += ["--stdin-to", CONNECTION_FILE]
         return [NANNY, *opts, "--env-file", ENV_FILE, "--", *cmd]
 
     def container_env(self) -> dict[str, str]:
@@ -278,8 +281,8 @@ class DockerProvisioner(KernelProvisionerBase):
         key = getattr(getattr(km, "session", None), "key", b"")
         return key if isinstance(key, bytes) else str(key).encode()
 
-    def _connection_file(self) -> FileToPut:
-        """The kernel's connection file, readable only by the kernel's user (the key is in it)."""
+    def _connection_json(self) -> bytes:
+        """The kernel's connection file (the key is in it: only the kernel's user reads it)."""
         info = {
             "ip": "0.0.0.0",
             "transport": "tcp",
@@ -288,8 +291,7 @@ class DockerProvisioner(KernelProvisionerBase):
             "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
             **CONTAINER_PORTS,
         }
-        where = SECRET_DIR if self.backend.files_read_only else CONNECTION_DIR
-        return FileToPut(where, "connection.json", json.dumps(info).encode(), 0o400)
+        return json.dumps(info).encode()
 
     def resolve(self, limits: KernelLimits) -> KernelLimits:
         """Asked limits with this kernelspec's defaults for the rest: what the container gets."""
@@ -303,8 +305,18 @@ class DockerProvisioner(KernelProvisionerBase):
             env=self.container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
             hostname=f"kernel-{str(self.kernel_id)[:8]}", memory_bytes=limits.memory_bytes or 0,
             cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts),
-            network=self.network or None, init=self.use_init, files=[self._connection_file()],
+            network=self.network or None, init=self.use_init, **self._connection_delivery(),
         )
+
+    def _connection_delivery(self) -> dict[str, Any]:
+        """How the connection file reaches the container (matching _nanny_cmd's option): on its
+        stdin where the backend can, else put in before it starts."""
+        data = self._connection_json()
+        if self.backend.files_read_only:
+            return {"files": [FileToPut(SECRET_DIR, "connection.json", data, 0o400)]}
+        if self.backend.takes_stdin:
+            return {"stdin": data}
+        return {"files": [FileToPut(CONNECTION_DIR, "connection.json", data, 0o400)]}
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         if self._restarting and self.container_id is not None:
@@ -327,7 +339,7 @@ class DockerProvisioner(KernelProvisionerBase):
             self._exit_code = None
             self._exited.clear()
             self._watch()
-            await backend.start(created, self.launch_timeout, spec.image)
+            await backend.start(created, self.launch_timeout, spec.image, stdin=spec.stdin)
             ip = await backend.address(created)
         except ContainerFailed as e:
             if self.container_id is not None:

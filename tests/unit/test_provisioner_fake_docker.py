@@ -5,9 +5,7 @@ Real-engine behaviour is covered in tests/api and tests/clients.
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from typing import Any
 
 import docker
@@ -15,6 +13,7 @@ import docker.errors
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from kernel_gateway_ext.kernels.kernel import GatewayKernel
 from kernel_gateway_ext.kernels.specs import GatewayKernelSpecManager
 from kernel_gateway_ext.provisioners.docker import DockerProvisioner
 from kernel_gateway_ext.provisioners.launch import LAUNCH_REQUEST, LaunchRequest
@@ -27,6 +26,7 @@ class FakeAPI:
         self.calls: list[tuple[str, Any]] = []
         self.containers: dict[str, dict[str, Any]] = {}
         self.archives: dict[str, bytes] = {}
+        self.stdin: dict[str, bytes] = {}
         self.fail_start = fail_start
 
     def create_host_config(self, **kw: Any) -> Any:
@@ -42,6 +42,10 @@ class FakeAPI:
         self.archives[path] = data
         self.calls.append(("put_archive", path))
         return True
+
+    def attach_socket(self, cid: str, params: dict[str, Any]) -> FakeAttach:
+        self.calls.append(("attach", params))
+        return FakeAttach(self, cid)
 
     def start(self, cid: str) -> None:
         self.calls.append(("start", cid))
@@ -60,6 +64,29 @@ class FakeAPI:
 
     def logs(self, cid: str, tail: int) -> bytes:
         return b"log line\n"
+
+
+class FakeAttach:
+    """A hijacked attach connection: what is written lands in FakeAPI.stdin."""
+
+    def __init__(self, api: FakeAPI, cid: str) -> None:
+        self.api, self.cid, self.open = api, cid, True
+
+    def sendall(self, data: bytes) -> None:
+        assert ("start", self.cid) in self.api.calls, "written before the container started"
+        self.api.stdin[self.cid] = self.api.stdin.get(self.cid, b"") + data
+
+    def shutdown(self, how: int) -> None:
+        self.api.calls.append(("stdin closed", self.cid))
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def recv(self, n: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self.open = False
 
 
 class FakeClient:
@@ -120,11 +147,13 @@ async def test_container_is_bounded_hardened_and_keyless(fake_api: FakeAPI) -> N
     assert labels["org.kge.kernel.id"] == km.kernel_id and labels["org.kge.owner"] == "ann"
     assert labels["org.kge.gateway"] == "kge-fake"
     assert create["command"][0] == "/usr/local/bin/kge-nanny"
-    # The key travels as a file only the kernel's user can read.
-    tar = tarfile.open(fileobj=io.BytesIO(fake_api.archives["/run/kge"]))
-    member = tar.getmember("connection.json")
-    assert member.mode == 0o400 and member.uid == 1000
-    assert json.load(tar.extractfile(member))["key"] == key
+    # The key travels on the container's stdin as it starts, once (the nanny writes the file only
+    # the kernel's user can read), not as a copy into the stopped container.
+    cid = next(iter(fake_api.containers))
+    assert create["stdin_open"] and not create["detach"]  # docker-py: StdinOnce
+    assert create["command"][create["command"].index("--stdin-to") + 1] == "/run/kge/connection.json"
+    assert [c[0] for c in fake_api.calls[:4]] == ["create", "attach", "start", "stdin closed"]
+    assert json.loads(fake_api.stdin[cid])["key"] == key and not fake_api.archives
     assert km.ip == "172.17.0.9"
     assert await prov.poll() is None
 
@@ -206,3 +235,25 @@ async def test_one_reading_of_a_kernels_limits(fake_api: FakeAPI) -> None:
     limits = prov.resolve(prov.limits)
     assert (limits.memory_bytes, limits.cpus, limits.pids) == (hc["Memory"], hc["NanoCpus"] / 1e9, hc["PidsLimit"])
     assert (limits.memory_bytes, limits.cpus, limits.pids) == (256 * 2**20, 1.0, 512)
+
+
+async def test_a_gateway_kernel_settles_ready_without_jupyter_clients_test_sleep(
+        fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jupyter_client's in_pending_state sleeps 10 ms after every start and shutdown (for its own
+    tests); GatewayKernel keeps the `ready` future and leaves the sleep out."""
+    import jupyter_client.manager as jcm
+
+    async def no_sleep(delay: float, *a: Any) -> None:
+        raise AssertionError(f"jupyter_client slept {delay} s")
+
+    monkeypatch.setattr(jcm.asyncio, "sleep", no_sleep)
+    request = LaunchRequest.build(owner="ann", kernel_name="python3", requested_env={})
+    km = GatewayKernel(kernel_name="python3", kernel_spec_manager=GatewayKernelSpecManager())
+    await km.start_kernel(**{LAUNCH_REQUEST: request})
+    assert km.ready.done() and km.ready.exception() is None and km.has_kernel
+
+    fake_api.fail_start = True
+    failing = GatewayKernel(kernel_name="python3", kernel_spec_manager=GatewayKernelSpecManager())
+    with pytest.raises(Exception, match="no such runtime"):
+        await failing.start_kernel(**{LAUNCH_REQUEST: request})
+    assert failing.ready.done() and "no such runtime" in str(failing.ready.exception())
