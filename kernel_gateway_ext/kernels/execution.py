@@ -1,7 +1,9 @@
 """Run code for REST callers (the Backend.AI v2 execute call) on a store kernel.
 
 A `Runner` per kernel keeps its own shell/stdin sockets, reads the kernel's one iopub subscription
-(iopub.py), and turns the kernel's messages into Backend.AI console items. A run answers when it
+(iopub.py), and turns the kernel's messages into Backend.AI console items. Unused for the kernel's
+`output_release_after` with no run in progress, it lets them go (two ZMQ connections, ~30 KiB each,
+and its hold on the subscription); the next call connects again and waits for one probe. A run answers when it
 finishes, waits for input, or has run for `flush_interval` (status `continued`: the client asks
 again with mode `continue`). `execTimeout` interrupts the kernel and tells the client, whether or
 not the client is polling at that moment (a timer per run); the kernel stays usable.
@@ -131,6 +133,8 @@ class Runner:
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
         self._interrupting: asyncio.Future[Any] | None = None
+        self._last_used = time.monotonic()
+        self._release: asyncio.TimerHandle | None = None
 
     def _connect(self) -> None:
         self._close_streams()
@@ -195,29 +199,55 @@ class Runner:
         assert self._hub is not None
         await self._hub.ready(timeout)
 
+    def _used(self) -> None:
+        """A call ended: the sockets go after the kernel's output_release_after without another."""
+        self._last_used = time.monotonic()
+        after = self.km.output_release_after
+        if self._release is None and after > 0 and self._streams:
+            self._release = asyncio.get_running_loop().call_later(after, self._maybe_release)
+
+    def _maybe_release(self) -> None:
+        self._release = None
+        after = self.km.output_release_after
+        if not self._streams or after <= 0:
+            return
+        run = self.current
+        unused_for = time.monotonic() - self._last_used
+        if self._lock.locked() or self._replies or (run is not None and not run.done) or unused_for < after:
+            # In use, or a run still going (its output keeps coming in for the caller's next poll).
+            self._release = asyncio.get_running_loop().call_later(max(after - unused_for, 1.0), self._maybe_release)
+            return
+        self._close_streams()  # the finished run stays: a late `continue` still gets its answer
+
     # ---- the v2 execute modes -------------------------------------------------------------------
     async def execute(self, mode: str, code: str, run_id: str | None, exec_timeout: float | None) -> dict[str, Any]:
         async with self._lock:
-            await self._ensure()
-            run = self.current
-            if mode == "query":
-                if run is not None and not run.done and run.run_id != run_id:
-                    raise Conflict("another run is in progress on this kernel; continue or interrupt it")
-                if run is None or run.done or run.run_id != run_id:
-                    run = self._start(code, run_id or uuid.uuid4().hex, exec_timeout)
-                    self.km.num_queries += 1
-            elif mode == "continue":
-                if run is None or (run_id and run.run_id != run_id):
-                    raise BadRequest("no such run to continue")
-            elif mode == "input":
-                if run is None or run.input_request is None or (run_id and run.run_id != run_id):
-                    raise BadRequest("the run is not waiting for input")
-                reply = self.session.msg("input_reply", {"value": code}, parent=run.input_request["header"])
-                run.input_request = None
-                self.session.send(self._streams["stdin"], reply)
-            else:
-                raise BadRequest(f"unknown mode {mode!r}")
-            return await self._collect(run)
+            try:
+                return await self._execute(mode, code, run_id, exec_timeout)
+            finally:
+                self._used()
+
+    async def _execute(self, mode: str, code: str, run_id: str | None, exec_timeout: float | None) -> dict[str, Any]:
+        await self._ensure()
+        run = self.current
+        if mode == "query":
+            if run is not None and not run.done and run.run_id != run_id:
+                raise Conflict("another run is in progress on this kernel; continue or interrupt it")
+            if run is None or run.done or run.run_id != run_id:
+                run = self._start(code, run_id or uuid.uuid4().hex, exec_timeout)
+                self.km.num_queries += 1
+        elif mode == "continue":
+            if run is None or (run_id and run.run_id != run_id):
+                raise BadRequest("no such run to continue")
+        elif mode == "input":
+            if run is None or run.input_request is None or (run_id and run.run_id != run_id):
+                raise BadRequest("the run is not waiting for input")
+            reply = self.session.msg("input_reply", {"value": code}, parent=run.input_request["header"])
+            run.input_request = None
+            self.session.send(self._streams["stdin"], reply)
+        else:
+            raise BadRequest(f"unknown mode {mode!r}")
+        return await self._collect(run)
 
     def _start(self, code: str, run_id: str, exec_timeout: float | None) -> Run:
         msg = self.session.msg("execute_request", {
@@ -297,6 +327,7 @@ class Runner:
                 return await asyncio.wait_for(fut, timeout)
             finally:
                 self._replies.pop(msg["header"]["msg_id"], None)
+                self._used()
 
     def reset(self) -> None:
         """After a restart: the old run is gone with the old process; resubscribe on next use."""
@@ -308,6 +339,9 @@ class Runner:
         if self.current is not None and self.current.timer is not None:
             self.current.timer.cancel()
             self.current.timer = None
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         self._close_streams()
 
     def _close_streams(self) -> None:

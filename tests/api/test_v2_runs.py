@@ -65,3 +65,33 @@ async def test_batch_commands_are_killed_at_their_timeout_and_their_output_bound
     notes = "".join(text for kind, text in out["console"] if kind == "stderr")
     assert out["exitCode"] == 0 and len(stdout) == 8 * 2**20, len(stdout)
     assert "41611392 bytes of output dropped" in notes, notes
+
+
+async def test_an_idle_v2_kernel_lets_its_sockets_go_and_its_next_run_loses_nothing(make_gateway) -> None:
+    """A REST caller's runner holds shell and stdin connections and the output subscription while in
+    use; unused for output_release_after (no run going), it lets them all go. A run that is still
+    going keeps them. The next call connects again and gets its whole output."""
+    async with make_gateway("--GatewayKernelManager.output_release_after=1") as gw:
+        keys = create_keys("rel-" + uuid.uuid4().hex[:6])
+        kid = await v2_kernel(gw, keys, "rel-1", 60000)
+        km = gw.app.kernel_manager.get(kid)
+        gw.app.kernel_manager.run_flush_interval = 0.3
+        first = await execute(gw, keys, kid, mode="query", runId="r1", code="import time; time.sleep(2.5); print('slow')")
+        assert first["status"] == "continued"
+        runner, hub = km._runner, km.iopub
+        assert runner is not None and runner._streams and hub is not None
+        await asyncio.sleep(1.8)  # past the release time, with the run still going: all kept
+        assert runner._streams and km.iopub is hub and not hub.closed
+        deadline = time.monotonic() + 15
+        while km.iopub is not None:  # the run ends, the runner lets go, then the hub
+            assert time.monotonic() < deadline, "the idle v2 kernel's subscription was never let go"
+            await asyncio.sleep(0.2)
+        assert not runner._streams and hub.closed
+        # The finished run's output was kept for the caller's next poll, and a new run loses nothing.
+        last = await execute(gw, keys, kid, mode="continue", runId="r1", code="")
+        assert last["status"] == "finished" and last["console"] == [["stdout", "slow\n"]]
+        again = await execute(gw, keys, kid, mode="query", runId="r2", code="print(6 * 7)")
+        assert again["status"] == "finished" and again["console"] == [["stdout", "42\n"]]
+        assert runner._streams and km.iopub is not None and km.iopub is not hub
+        status, _ = await signed(gw, keys, "DELETE", f"/v2/kernel/{kid}", b"")
+        assert status in (200, 204)
