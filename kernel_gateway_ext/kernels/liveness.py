@@ -41,8 +41,9 @@ class LivenessSettings(HasTraits):
     output_release_after = env(
         Float(120.0, help="Let an idle kernel's output subscription go after this many seconds with no reader "
                           "(websocket session, REST run) and no output: ~30 KiB and two file descriptors per idle "
-                          "kernel. A reader subscribes again. Output a kernel prints unasked after that, with nobody "
-                          "connected, no longer counts as activity for culling. 0: never."),
+                          "kernel (a REST caller's own shell and stdin connections go after as long unused). A reader "
+                          "subscribes again. Output a kernel prints unasked after that, with nobody connected, no "
+                          "longer counts as activity for culling. 0: never."),
         "KGE_OUTPUT_RELEASE_AFTER",
     )
 

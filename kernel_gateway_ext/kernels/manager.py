@@ -6,7 +6,8 @@ websockets) when a kernel dies, restarts or moves. Its other concerns are collab
 each, wired in the constructor and reaching the store only through a small protocol: `pool` (warm
 pools), `tokens` (v2 get-or-create by client token), `capacity` (limits and the memory budget),
 `adoption` (records and adoption after a restart), `culling` (idle deadlines), `liveness` (activity,
-death and automatic restarts); `probes` asks a kernel process directly. Who may see a kernel is not
+death and automatic restarts); `probes` asks a kernel process directly; `actions` (a mixin) restarts,
+interrupts and shuts kernels down. Who may see a kernel is not
 its business: the dialects ask the authorizer (auth/authorizer.py).
 """
 from __future__ import annotations
@@ -27,12 +28,13 @@ from ..containers import current_backend
 from ..containers.fleet import FLEET
 from ..containers.limits import KernelLimits
 from ..containers.spec import BindMount
-from ..errors import Forbidden, GatewayError, KernelDead, KernelNotFound, KernelStartFailed
+from ..errors import Forbidden, GatewayError, KernelNotFound, KernelStartFailed
 from ..provisioners.docker import DockerProvisioner
 from ..provisioners.launch import LAUNCH_REQUEST, LaunchRequest
 from ..replicas.capacity import SharedCapacity
 from ..store import Store
 from ..tasks import Deadlines
+from .actions import KernelActions
 from .adoption import Adopter, KernelRecords
 from .capacity import DOCKER_PROVISIONER, Capacity, CapacitySettings
 from .channels import raise_socket_limits
@@ -40,7 +42,7 @@ from .culling import Culler, CullingSettings
 from .kernel import GatewayKernel, Listener, isoformat, utcnow
 from .liveness import Liveness, LivenessSettings
 from .pool import PoolSettings, WarmPool
-from .probes import process_exit_watch, wait_ready
+from .probes import wait_ready
 from .specs import GatewayKernelSpecManager
 from .tokens import ClientTokens
 
@@ -53,8 +55,10 @@ LOCAL_BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
 Observer = Callable[[str, str, str, float], None]
 
 
-class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, LivenessSettings, AsyncMultiKernelManager):
-    """Kernels with owners; every dialect goes through here. (The *Settings bases hold options only.)"""
+class GatewayKernelManager(KernelActions, CapacitySettings, PoolSettings, CullingSettings, LivenessSettings,
+                           AsyncMultiKernelManager):
+    """Kernels with owners; every dialect goes through here. (The *Settings bases hold options only;
+    KernelActions holds restart, interrupt and shutdown.)"""
 
     kernel_manager_class = Unicode("kernel_gateway_ext.kernels.kernel.GatewayKernel").tag(config=True)
     kernel_spec_manager = Instance(GatewayKernelSpecManager)
@@ -349,101 +353,3 @@ class GatewayKernelManager(CapacitySettings, PoolSettings, CullingSettings, Live
         except Exception:  # noqa: BLE001 - best effort; log and go on
             self.log.warning("Cleanup of failed kernel %s was incomplete", km.kernel_id, exc_info=True)
         self._kernels.pop(km.kernel_id, None)
-
-    # ---- actions ------------------------------------------------------------------------------
-    async def restart(self, kernel_id: str) -> GatewayKernel:
-        """Restart in place: same id, address and key; open connections keep working."""
-        km = self.get(kernel_id)
-        if km.restarting or km.stopping or km.lifecycle.locked():
-            raise KernelDead("kernel is already restarting or shutting down", status=409)
-        async with km.lifecycle:
-            return await self.restart_in_place(km)
-
-    async def restart_in_place(self, km: GatewayKernel) -> GatewayKernel:
-        """The restart itself; the caller holds the kernel's lifecycle lock."""
-        km.restarting = True
-        km.execution_state = "restarting"
-        km.notify("restarting")
-        before = km.get_connection_info()
-        old_gone = await process_exit_watch(km)
-        try:
-            await km.restart_kernel(now=False)
-            await old_gone  # the old kernel process let go of its sockets: no stale reply possible
-            if km.iopub is not None:
-                km.iopub.replaced()  # its subscription rejoins the new process: readers wait for that
-            if km.get_connection_info()["ip"] != before["ip"]:
-                km.generation += 1
-                self.watch(km)
-                km.notify("moved")
-            await wait_ready(km, self.ready_timeout)
-        except BaseException as e:
-            km.execution_state = "dead"
-            km.reason = f"restart failed: {e}"
-            km.notify("dead", reason=km.reason)
-            if isinstance(e, GatewayError):
-                raise
-            raise KernelStartFailed(f"restart failed: {e}") from e
-        finally:
-            km.restarting = False
-        km.execution_state = "idle"
-        km.reason = ""
-        km.restart_count += 1
-        if km._runner is not None:
-            km._runner.reset()
-        km.touch()
-        await km.notify_and_wait("restarted")
-        self.records.put_later(km)
-        return km
-
-    async def interrupt(self, kernel_id: str) -> None:
-        km = self.get(kernel_id)
-        if km.execution_state == "dead":
-            raise KernelDead("kernel is dead; restart it first")
-        if km.restarting or km.stopping:
-            # A signal now would reach a kernel process before it can handle it.
-            raise KernelDead("kernel is restarting or shutting down", status=409)
-        await km.interrupt_kernel()
-
-    async def shutdown(self, kernel_id: str, now: bool = False) -> None:
-        """Stop a kernel. Concurrent calls for the same kernel wait for the first one."""
-        km = self.get(kernel_id)
-        km.stopping = True
-        async with km.lifecycle:  # waits for a restart in flight, or for another shutdown
-            if self._kernels.get(kernel_id) is not km:
-                return  # another caller finished it
-            self.liveness.unwatch(km)
-            km.notify("shutdown")
-            if km._runner is not None:
-                km._runner.close()
-            try:
-                await km.shutdown_kernel(now=now or km.execution_state == "dead")
-            finally:
-                self._removed(kernel_id)
-                self.log.info("Kernel shut down: %s", kernel_id)
-
-    async def shutdown_everything(self, keep: bool = False) -> None:
-        """Gateway exit. Pooled and starting kernels always go; the others stop too unless
-        `keep`, when their containers and records stay for the next process to adopt."""
-        self._closing = True
-        await self.deadlines.close()
-        await self.liveness.wait()
-        # Refills in flight are creating containers: let them land, then remove them too.
-        kms = await self.pool.drain()
-        kms += list(self._starting.values())
-        if keep:
-            for km in self.list():
-                self.liveness.unwatch(km)
-                if km._runner is not None:
-                    km._runner.close()
-                if not km.persisted:
-                    kms.append(km)  # a local process cannot be adopted: stop it
-        else:
-            kms += self.list()
-        for km in kms:
-            self.liveness.unwatch(km)
-        results = await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True)
-        for km, res in zip(kms, results):
-            if isinstance(res, BaseException):
-                self.log.warning("Kernel %s did not shut down cleanly: %s", km.kernel_id, res)
-            self._removed(km.kernel_id)
-        await self.records.flush()
