@@ -250,9 +250,11 @@ async def main() -> None:
         await target.start()
         try:
             results[target.name] = await measure(target, args, gid)
-            print(json.dumps({target.name: results[target.name]}), file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - said in the results; the other gateway's figures are kept
+            results[target.name] = {"failed": f"{type(e).__name__}: {e}"}
         finally:
             target.stop()
+        print(json.dumps({target.name: results[target.name]}), file=sys.stderr)
     write_results(results, args.out)
 
 
