@@ -23,8 +23,9 @@ def raise_socket_limits(*contexts: zmq.Context[Any]) -> int:
     """Let the gateway hold as many ZMQ sockets as its file descriptors allow. libzmq stops a
     context at 1023 sockets, and the gateway holds one per watched kernel (iopub.py) plus three per
     client session (kept 60 s after a websocket closes): ~200 kernels with clients reached it (then
-    four per session) and starts failed. The soft fd limit is raised to the hard one; each socket takes two fds (its mailbox
-    and its connection). Returns the limit set; a context that already has sockets keeps its own."""
+    four per session) and starts failed. The soft fd limit is raised to the hard one; each socket
+    takes two fds (its mailbox and its connection). Returns the limit set; a context that already
+    has sockets keeps its own."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

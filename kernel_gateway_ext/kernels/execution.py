@@ -3,9 +3,9 @@
 A `Runner` per kernel keeps its own shell/stdin sockets, reads the kernel's one iopub subscription
 (iopub.py), and turns the kernel's messages into Backend.AI console items. Unused for the kernel's
 `output_release_after` with no run in progress, it lets them go (two ZMQ connections, ~30 KiB each,
-and its hold on the subscription); the next call connects again and waits for one probe. A run answers when it
-finishes, waits for input, or has run for `flush_interval` (status `continued`: the client asks
-again with mode `continue`). `execTimeout` interrupts the kernel and tells the client, whether or
+and its hold on the subscription); the next call connects again and waits for one probe. A run
+answers when it finishes, waits for input, or has run for `flush_interval` (status `continued`: the
+client asks again with mode `continue`). `execTimeout` interrupts the kernel and tells the client, whether or
 not the client is polling at that moment (a timer per run); the kernel stays usable.
 """
 from __future__ import annotations
@@ -213,9 +213,10 @@ class Runner:
             return
         run = self.current
         unused_for = time.monotonic() - self._last_used
-        if self._lock.locked() or self._replies or (run is not None and not run.done) or unused_for < after:
-            # In use, or a run still going (its output keeps coming in for the caller's next poll).
-            self._release = asyncio.get_running_loop().call_later(max(after - unused_for, 1.0), self._maybe_release)
+        if self._lock.locked() or self._replies or (run is not None and not run.done):
+            unused_for = 0.0  # in use, or a run still going (its output keeps coming in for the caller's next poll)
+        if unused_for < after:  # checked again when due, as the kernel's subscription is (iopub.py)
+            self._release = asyncio.get_running_loop().call_later(after - unused_for, self._maybe_release)
             return
         self._close_streams()  # the finished run stays: a late `continue` still gets its answer
 
