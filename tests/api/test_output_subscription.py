@@ -37,12 +37,16 @@ async def test_sessions_share_the_kernels_one_subscription(make_gateway) -> None
 
         r = await gw.client.fetch("POST", f"/api/kernels/{kid}/restart", {})
         assert r.status == 200
-        assert hub.probes == 1, "one probe after the restart, for every session"
+        # One probe for every session, not one each; none when the new process's answer to the
+        # restart's own readiness check already came through the rejoined subscription (a race the
+        # SUB's reconnect decides: either way the subscription is live before the restart answers).
+        after_restart = hub.probes
+        assert after_restart <= 1 and hub.live, "one probe after the restart, for every session"
         r2 = await b.execute("print('after')", timeout=10)
         assert b.stdout(r2) == "after\n"
         seen_a = [m for m in await drain(a, 1.0) if m["msg_type"] == "stream"]
         assert [m["content"]["text"] for m in seen_a] == ["after\n"]
-        assert hub.probes == 1
+        assert hub.probes == after_restart
 
         for ws in (a, b):
             ws.close()
