@@ -95,9 +95,13 @@ class GatewayMixin:
     async def from_peers(self, pick: Callable[[Any], Any] = lambda body: body) -> list[Any]:
         """For a list: the other live replicas' parts of it (nothing with one gateway); `pick`
         finds the list in an answer."""
-        if not self.gateway.replicas.enabled or FORWARDED in self.request.headers:
+        replicas = self.gateway.replicas
+        if not replicas.enabled:
             return []
-        return await gather_from_peers(self.request, self.gateway.replicas, pick)
+        await replicas.settled()  # this replica's own part: what a takeover here moved is adopted first
+        if FORWARDED in self.request.headers:
+            return []
+        return await gather_from_peers(self.request, replicas, pick)
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS layer verified against the client CA, if any.

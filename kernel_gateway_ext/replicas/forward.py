@@ -227,8 +227,9 @@ async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Repli
                             pick: Callable[[Any], Any] = lambda body: body) -> list[Any]:
     """This same request (a list: kernels, sessions) answered by every live peer for its own part,
     concatenated (`pick` finds the list in an answer). A peer that does not answer (it died just
-    now) is waited out until what it served has been taken over, then the live ones are asked
-    again: nothing goes missing."""
+    now), or records homed at a replica that is not a peer (dead, being taken over), are waited out
+    until what they served has been taken over, then the live ones are asked again: nothing goes
+    missing."""
     client = httpclient.AsyncHTTPClient()
     headers = _headers(request, replicas.replica_id)
     body = request.body if request.method in ("POST", "PUT", "PATCH") else None
@@ -248,10 +249,13 @@ async def gather_from_peers(request: httputil.HTTPServerRequest, replicas: Repli
         return found if isinstance(found, list) else []
 
     for attempt in range(2):
+        # Before asking: records homed at a replica that is neither this one nor a peer (dead, no
+        # longer a peer, its takeover not done) would be missed.
+        unserved = await replicas.unserved(replicas.peers())
         peers = replicas.peers()
         parts = await asyncio.gather(*(one(u) for u in peers.values()))
         gone = [rid for rid, part in zip(peers, parts) if part is None]
-        if not gone or attempt:
+        if not (gone or unserved) or attempt:
             return [item for part in parts if part for item in part]
-        await replicas.taken_over(gone, takeover_wait(replicas))
+        await replicas.taken_over(gone + unserved, takeover_wait(replicas))
     return []

@@ -12,7 +12,7 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from traitlets import Float, Unicode
@@ -23,6 +23,13 @@ from ..tasks import TaskSet
 
 PREFIX = "replica:"
 CHANNEL = "kge_replicas"  # NOTIFY: a replica left
+
+
+def _live_replica(lease: dict[str, Any]) -> str | None:
+    """The id of the replica whose lease this is, if it is live and held by that replica itself
+    (not by another taking it over)."""
+    rid = str(lease["name"][len(PREFIX):])
+    return rid if lease["live"] and lease["holder"].startswith(rid + "/") else None
 
 
 class ReplicaIdTaken(SystemExit):
@@ -110,10 +117,9 @@ class Replicas(EnvConfigurable):
             rid = lease["name"][len(PREFIX):]
             if rid == self.replica_id:
                 continue
-            if lease["live"]:
-                if lease["holder"].startswith(rid + "/"):
-                    peers[rid] = lease["url"]
-            elif await self.store.take_lease(lease["name"], self.holder, 60.0):
+            if _live_replica(lease):
+                peers[rid] = lease["url"]
+            elif not lease["live"] and await self.store.take_lease(lease["name"], self.holder, 60.0):
                 self._takeovers.spawn(self._take_over(rid, lease["name"]))
         self._peers = peers
 
@@ -138,6 +144,20 @@ class Replicas(EnvConfigurable):
             except asyncio.TimeoutError:
                 pass
 
+    async def unserved(self, peers: Collection[str]) -> list[str]:
+        """Replicas other than this one and `peers` that home records and are not live (dead, or
+        being taken over): a list asked of this one and `peers` would miss what they served. A live
+        one not among `peers` (started since the last look) makes this replica look again."""
+        assert self.store is not None
+        rows = await self.store.fetch("SELECT DISTINCT home FROM records")
+        others = {str(r["home"]) for r in rows} - {self.replica_id, *peers}
+        if not others:
+            return []
+        live = {_live_replica(lease) for lease in await self.store.leases(PREFIX)}
+        if others & live:
+            await self._look()
+        return sorted(others - live)
+
     async def taken_over(self, replicas: list[str], timeout: float) -> None:
         """Until `replicas` hold no record (a live replica took them over), at most `timeout` s."""
         assert self.store is not None
@@ -161,7 +181,7 @@ class Replicas(EnvConfigurable):
         if self.store is None:
             return None
         for lease in await self.store.leases(PREFIX + replica):
-            if lease["name"] == PREFIX + replica and lease["live"] and lease["holder"].startswith(replica + "/"):
+            if _live_replica(lease) == replica:
                 return str(lease["url"])
         return None
 

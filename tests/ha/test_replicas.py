@@ -370,6 +370,41 @@ async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: H
         ws.close()
 
 
+async def test_a_kernel_stays_listed_while_its_dead_replica_is_taken_over(ha: HA) -> None:
+    """The list, asked of every live replica over and over from a SIGKILL of a kernel's home until
+    well after another replica adopted it, names the kernel in every answer: a takeover under way
+    (lease run out, records moved, adoption not done) is waited for, never answered without it."""
+    client = Client(ha.url, ha.token)
+    kernels = [(await client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"] for _ in range(REPLICAS)]
+    k = kernels[0]
+    home = await home_of(ha, "kernel", k)
+    live = [Client(ha.replica_url(i), ha.token) for i in range(1, REPLICAS + 1) if f"r{i}" != home]
+    ha.kill(home)
+    answers, missing, moved_at = 0, [], None
+    deadline = time.monotonic() + 60
+
+    async def keep_listing(c: Client) -> None:
+        nonlocal answers
+        while moved_at is None or time.monotonic() < moved_at + 3:
+            r = await c.fetch("GET", "/api/kernels", timeout=60)
+            assert r.status == 200, r.body[:200]
+            answers += 1
+            ids = {x["id"] for x in r.json}
+            if set(kernels) - ids:
+                missing.append(sorted(set(kernels) - ids))
+            await asyncio.sleep(0.05)
+
+    async def watch_home() -> None:
+        nonlocal moved_at
+        while await home_of(ha, "kernel", k) == home:
+            assert time.monotonic() < deadline, "nobody took the kernel over"
+            await asyncio.sleep(0.1)
+        moved_at = time.monotonic()
+    await asyncio.gather(watch_home(), *(keep_listing(c) for c in live))
+    assert not missing, f"{len(missing)} of {answers} lists missed kernels: {missing[:5]}"
+    assert answers > 10
+
+
 async def test_culling_is_done_once_by_the_replica_that_took_the_kernel_over(ha: HA) -> None:
     """A v2 kernel with a short idle timeout; its replica killed: the replica that takes it over
     culls it, once, and no other replica does."""
