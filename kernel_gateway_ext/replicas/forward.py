@@ -46,6 +46,9 @@ async def locate(replicas: Replicas, homes: Callable[[], Awaitable[set[str]]], w
     while True:
         elsewhere = await homes() - {replicas.replica_id}
         if not elsewhere:
+            # Moved here by a takeover under way (records move first, then the kernels are
+            # adopted): served once adopted, never answered "does not exist" in between.
+            await replicas.settled()
             return None
         for home in sorted(elsewhere):
             url = await replicas.url_of(home)
