@@ -24,6 +24,7 @@ from traitlets.config import SingletonConfigurable
 
 from ..config import apply_env, env
 from ..errors import ContainerMissing, EngineError, EngineUnavailable, GatewayError, ImageMissing
+from . import hostguard
 from .backend import EventCallback
 from .spec import LABEL_GATEWAY, LABEL_MANAGED, LABEL_REPLICA
 from .subscribers import Subscribers
@@ -70,6 +71,13 @@ class DockerEngine(SingletonConfigurable):
         Bool(True, help="Containers may open connections beyond the host (package installs, data downloads). "
                         "Off: the network is created internal (no route out); the gateway still reaches them."),
         "KGE_NETWORK_EGRESS",
+    )
+    guard_host = env(
+        Bool(True, help="Refuse new connections from the containers' network to the host itself (an iptables "
+                        "and ip6tables INPUT rule on its bridge), so a kernel cannot reach the host's services that "
+                        "listen on every interface: this gateway's API, a database, an engine on TCP. Needs root "
+                        "in the engine's host's network namespace; otherwise the gateway warns at start."),
+        "KGE_GUARD_HOST",
     )
     log_max_size = env(
         Unicode("10m", help="Largest log a container keeps (Docker json-file max-size; two files are kept). "
@@ -182,27 +190,30 @@ class DockerEngine(SingletonConfigurable):
 
         def ensure() -> list[str]:
             api = self.client.api
+            warnings = []
             try:
                 net = api.inspect_network(name)
             except docker.errors.NotFound:
-                api.create_network(name, driver="bridge", internal=not self.network_egress,
-                                   options={ICC_OPTION: "false"}, labels={"org.kge.managed": "true"},
-                                   check_duplicate=True)
-                return []
-            warnings = []
-            if (net.get("Options") or {}).get(ICC_OPTION) != "false":
-                warnings.append(f"network {name} lets containers reach each other ({ICC_OPTION} is not false)")
-            if bool(net.get("Internal")) == self.network_egress:
-                warnings.append(f"network {name} {'has no' if net.get('Internal') else 'has'} egress, unlike "
-                                f"network_egress={self.network_egress}; remove it to have it made again")
+                try:
+                    api.create_network(name, driver="bridge", internal=not self.network_egress,
+                                       options={ICC_OPTION: "false"}, labels={"org.kge.managed": "true"},
+                                       check_duplicate=True)
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:  # 409: another gateway made it at the same moment
+                        raise
+                net = api.inspect_network(name)
+            else:
+                if (net.get("Options") or {}).get(ICC_OPTION) != "false":
+                    warnings.append(f"network {name} lets containers reach each other ({ICC_OPTION} is not false)")
+                if bool(net.get("Internal")) == self.network_egress:
+                    warnings.append(f"network {name} {'has no' if net.get('Internal') else 'has'} egress, unlike "
+                                    f"network_egress={self.network_egress}; remove it to have it made again")
+            bridge = hostguard.bridge_of(net)
+            if self.guard_host and bridge:
+                warnings += hostguard.guard(bridge)
             return warnings
 
-        try:
-            return await self.run(ensure, method="ensure_network")
-        except docker.errors.APIError as e:
-            if e.status_code == 409:  # another gateway made it at the same moment
-                return []
-            raise
+        return await self.run(ensure, method="ensure_network")
 
     # Set by the app for metrics: called with (method, seconds) after each API call.
     call_observer: Callable[[str, float], None] | None = None

@@ -3,12 +3,16 @@ reading iopub needs no key. Every container is on a network with inter-container
 the gateway (the host) still reaches each kernel's ports."""
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
+import subprocess
 import uuid
 
 import docker
 
 from kernel_gateway_ext.provisioners.docker import CONTAINER_PORTS
+from kernel_gateway_ext.containers import hostguard
 from kernel_gateway_ext.containers.engine import ICC_OPTION
 from tests.clients.v2util import create_keys
 from tests.conftest import Client
@@ -64,6 +68,72 @@ async def test_no_egress_makes_an_internal_network_that_the_gateway_still_reache
             await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
     finally:
         docker_client.networks.get(name).remove()
+
+
+HOST_PROBE = """
+import socket
+found = {{}}
+for ip in {ips!r}:
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((ip, {port})); found[ip] = "CONNECTED"
+    except OSError as e:
+        found[ip] = type(e).__name__
+    s.close()
+print(found)
+"""
+
+
+def host_addresses() -> list[str]:
+    """Every IPv4 address of the host but loopback (docker0's and the bridges' included)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines() if not line.split()[3].startswith("127.")]
+
+
+def guard_rules() -> list[str]:
+    return [line for line in subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True,
+                                            check=True).stdout.splitlines() if hostguard.COMMENT in line]
+
+
+async def test_a_container_cannot_reach_the_hosts_services(make_gateway, docker_client) -> None:
+    """A service of the host listening on every interface (a database, the gateway's own API) is
+    out of a kernel's reach, at the bridge's address and every other address of the host; the same
+    probe on a network the gateway was told not to guard does reach it (the probe can tell)."""
+    accepted: list[int] = []
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+    server = await asyncio.start_server(on_connect, "0.0.0.0", 0)
+    port = server.sockets[0].getsockname()[1]
+    tag = uuid.uuid4().hex[:6]
+    networks = {f"kge-test-guarded-{tag}": True, f"kge-test-open-{tag}": False}
+    bridges = []
+    try:
+        for name, guarded in networks.items():
+            async with make_gateway(f"--DockerEngine.network={name}", f"--DockerEngine.guard_host={guarded}") as gw:
+                net = docker_client.networks.get(name).attrs
+                bridge, bridge_ip = hostguard.bridge_of(net), net["IPAM"]["Config"][0]["Gateway"]
+                bridges.append(bridge)
+                assert any(f"-i {bridge} " in rule for rule in guard_rules()) == guarded
+                kid = (await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+                ws = await KernelWS.connect(gw.url, kid, gw.client.token)
+                ips = [bridge_ip, *host_addresses()]
+                found = ast.literal_eval(ws.stdout(await ws.execute(HOST_PROBE.format(ips=ips, port=port))))
+                ws.close()
+                await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+                if guarded:
+                    assert "CONNECTED" not in found.values() and not accepted, found
+                    assert found[bridge_ip] == "ConnectionRefusedError", found  # refused at once, not left hanging
+                else:
+                    assert found[bridge_ip] == "CONNECTED" and accepted, found
+    finally:
+        server.close()
+        for name in networks:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.networks.get(name).remove()
+    kept = hostguard.prune()  # a removed network's rule goes at the next gateway's start; here, now
+    assert not set(bridges) & set(kept) and not any(f"-i {b} " in rule for b in bridges for rule in guard_rules())
 
 
 async def test_every_container_has_a_bounded_log(gateway, docker_client) -> None:

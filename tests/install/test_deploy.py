@@ -73,6 +73,13 @@ async def run_a_kernel(url: str, token: str, keys: Keys | None = None) -> None:
         assert res["result"]["console"] == [["stdout", "hello from the host\n"]], res
 
 
+def host_warnings(url: str, token: str) -> list[str]:
+    """The gateway's warnings (GET /api, as its token) that say kernels could reach the host."""
+    request = urllib.request.Request(url + "api", headers={"Authorization": f"token {token}"})
+    status = json.loads(urllib.request.urlopen(request, timeout=10).read())
+    return [w for w in status["warnings"] if "reach the host" in w]
+
+
 def test_compose_runs_the_gateway_in_a_container(need_docker, tmp_path) -> None:
     compose = need("docker-compose")
     subprocess.run([str(DEPLOY / "prepare-wheels")], check=True, capture_output=True, timeout=600)
@@ -103,6 +110,7 @@ def test_compose_runs_the_gateway_in_a_container(need_docker, tmp_path) -> None:
         assert made.returncode == 0, made.stderr
         pair = json.loads(made.stdout)
         asyncio.run(run_a_kernel(url, token, Keys(pair["access_key"], pair["secret_key"], "alice")))
+        assert not host_warnings(url, token)  # the gateway in its container guards the host (NET_ADMIN)
         assert (state / "folders").is_dir()  # the folders root is the host's state folder
         assert ours(gateway_id), "the gateway's kernels run on the host's engine"
     finally:
@@ -160,6 +168,7 @@ def test_the_systemd_unit_verifies_and_runs_the_gateway(need_docker, tmp_path) -
     try:
         wait_http(f"http://127.0.0.1:{port}/api", proc, log)
         asyncio.run(run_a_kernel(f"http://127.0.0.1:{port}/", token))
+        assert not host_warnings(f"http://127.0.0.1:{port}/", token)
         assert ours(gateway_id)
     finally:
         proc.send_signal(signal.SIGTERM)  # KillSignal=
