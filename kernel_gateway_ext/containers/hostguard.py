@@ -71,19 +71,22 @@ def guard(bridge: str) -> list[str]:
 
 
 def prune() -> list[str]:
-    """Delete our rules whose bridge no longer exists (its network was removed); the bridges left."""
-    kept = []
+    """Delete our rules whose bridge no longer exists (its network was removed), and the second of
+    two gateways that added the same rule at once; the bridges left."""
+    kept = set()
     for tool in TOOLS:
         if shutil.which(tool) is None:
             continue
         listed = _run(tool, "-w", "-S", "INPUT")
+        seen = set()
         for line in listed.stdout.splitlines():
             words = line.split()
             if COMMENT not in words or "-i" not in words or words[:1] != ["-A"]:
                 continue
             bridge = words[words.index("-i") + 1]
-            if _exists(bridge):
-                kept.append(bridge)
+            if _exists(bridge) and line not in seen:
+                kept.add(bridge)
+                seen.add(line)
             else:
-                _run(tool, "-w", "-D", *words[1:])
-    return sorted(set(kept))
+                _run(tool, "-w", "-D", *words[1:])  # deletes one of the same rules
+    return sorted(kept)
