@@ -6,9 +6,13 @@ from typing import TYPE_CHECKING
 from .backend import ContainerBackend
 
 if TYPE_CHECKING:
+    from .runtime import ContainerRuntime
     from .swarm import SwarmBackend
 
 _cluster: dict[int, "SwarmBackend"] = {}  # the engine's id → its SwarmBackend (one per engine instance)
+# The engine's id → its ContainerRuntime: one per engine, as it keeps what it owes the engine (a limit
+# written into a cgroup whose record update is still due, which start_again must post first).
+_runtime: dict[int, "ContainerRuntime"] = {}
 
 
 def current_backend() -> ContainerBackend:
@@ -19,7 +23,11 @@ def current_backend() -> ContainerBackend:
 
     engine = DockerEngine.instance()
     if engine.backend != "swarm":
-        return ContainerRuntime(engine)
+        runtime = _runtime.get(id(engine))
+        if runtime is None or runtime.engine is not engine:
+            _runtime.clear()
+            runtime = _runtime[id(engine)] = ContainerRuntime(engine)
+        return runtime
     backend = _cluster.get(id(engine))
     if backend is None or backend.manager is not engine:
         from .swarm import SwarmBackend

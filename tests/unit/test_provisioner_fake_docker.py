@@ -17,6 +17,7 @@ from kernel_gateway_ext.kernels.kernel import GatewayKernel
 from kernel_gateway_ext.kernels.specs import GatewayKernelSpecManager
 from kernel_gateway_ext.provisioners.docker import DockerProvisioner
 from kernel_gateway_ext.provisioners.launch import LAUNCH_REQUEST, LaunchRequest
+from kernel_gateway_ext.containers import current_backend
 from kernel_gateway_ext.containers.engine import DockerEngine
 from kernel_gateway_ext.containers.limits import KernelLimits
 
@@ -257,3 +258,10 @@ async def test_a_gateway_kernel_settles_ready_without_jupyter_clients_test_sleep
     with pytest.raises(Exception, match="no such runtime"):
         await failing.start_kernel(**{LAUNCH_REQUEST: request})
     assert failing.ready.done() and "no such runtime" in str(failing.ready.exception())
+
+
+def test_one_runtime_per_engine(fake_api: FakeAPI) -> None:
+    """The runtime keeps what it owes the engine (a limit's record update still due, which a start
+    again must post first) and the kernels' socket folders: one per engine, never one per call."""
+    assert current_backend() is current_backend()
+
