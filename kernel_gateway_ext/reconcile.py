@@ -3,6 +3,7 @@ left, remove what nobody owns), when a replica takes over a dead one, and the ca
 replicas share. Reaches the gateway only through `ReconcileHost`."""
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any, Protocol
 
@@ -50,11 +51,21 @@ class Reconciler:
         if self.host.replicas.enabled:
             for kind in (KERNEL_RECORD, JOB_RECORD):
                 recorded |= {r["id"] for r in await self.host.store.records(kind, backend.gateway_id, any_home=True)}
+        kept: set[str] = set()
+        folders = backend.ipc_folders  # kernels without a network: their sockets' folders go with them
         for c in containers:
             named = {c.labels.get(LABEL_KERNEL_ID), c.labels.get(LABEL_SESSION_ID)}
+            kernel_id = c.labels.get(LABEL_KERNEL_ID)
             if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica and not named & recorded:
                 self.host.log.warning("Removing container %s: nobody owns it any more", c.short_id)
                 await backend.remove(c.id)
+                if kernel_id and folders is not None:
+                    await asyncio.to_thread(folders.remove, kernel_id)
+            elif kernel_id:
+                kept.add(kernel_id)
+        if folders is not None:  # and those whose containers were gone already
+            for kernel_id in await asyncio.to_thread(folders.prune, kept):
+                self.host.log.warning("Removed the socket folder of kernel %s: its container is gone", kernel_id)
 
     async def take_over(self, dead: str) -> None:
         """Replica `dead` is gone: its kernels and sessions are this replica's now."""

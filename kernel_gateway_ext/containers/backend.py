@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .ipc import IpcFolders
 from .spec import BindMount, ContainerSpec
 
 EventCallback = Callable[[dict[str, Any]], None]  # Docker's event shape: Action, Actor.Attributes
@@ -72,6 +73,9 @@ class ContainerBackend(Protocol):
 
     @property
     def takes_stdin(self) -> bool: ...  # start() can hand a ContainerSpec.stdin to the container
+
+    @property
+    def ipc_folders(self) -> IpcFolders | None: ...  # kernels without a network: their sockets' folders
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def create(self, spec: ContainerSpec, timeout: float) -> str: ...  # files put in, not started

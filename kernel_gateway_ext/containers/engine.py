@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,15 @@ class DockerEngine(SingletonConfigurable):
                         "Off: the network is created internal (no route out); the gateway still reaches them."),
         "KGE_NETWORK_EGRESS",
     )
+    ipc_dir = env(
+        Unicode("/run/kge-ipc", help="With network_egress off, kernels get no network at all (network_mode none: "
+                                     "less engine work per start, nothing to connect to) and talk ZMQ over IPC "
+                                     "sockets in a folder of their own under this one (a short path: socket paths "
+                                     "hold 108 bytes), bound into their container. Needs a root gateway on the "
+                                     "engine's host (a gateway in a container mounts it at the same path). "
+                                     "Empty: kernels use TCP on the internal network."),
+        "KGE_IPC_DIR",
+    )
     guard_host = env(
         Bool(True, help="Refuse new connections from the containers' network to the host itself (an iptables "
                         "and ip6tables INPUT rule on its bridge), so a kernel cannot reach the host's services that "
@@ -130,6 +140,12 @@ class DockerEngine(SingletonConfigurable):
         if self.replica_id:
             labels[LABEL_REPLICA] = self.replica_id
         return labels
+
+    @property
+    def is_local(self) -> bool:
+        """The engine runs on this machine (its socket): host paths here are its paths."""
+        url = self.docker_url or os.environ.get("DOCKER_HOST", "")
+        return not url or url.startswith("unix://")
 
     # ---- the client -------------------------------------------------------------------------
     def _make_client(self) -> docker.DockerClient:

@@ -23,6 +23,7 @@ from ..tasks import TaskSet
 from .cgroups import LimitRefused, read_usage, write_limits
 from .limits import host_memory
 from .engine import DockerEngine
+from .ipc import IpcFolders
 from .mounter import MountHelper, supported as mounter_supported
 from .spec import LABEL_KIND, BindMount, ContainerSpec
 from .streams import LogStream, Tty
@@ -56,6 +57,7 @@ class ContainerRuntime:
         self._behind = TaskSet(engine.log, "update of the engine's record of a container's limits")
         # container → (its record's update under way or failed, the update): see start_again
         self._records_behind: dict[str, tuple[asyncio.Future[Any], dict[str, Any]]] = {}
+        self.ipc_folders: IpcFolders | None = None  # set by ensure_network when kernels go without a network
 
     @property
     def gateway_id(self) -> str:
@@ -83,7 +85,19 @@ class ContainerRuntime:
         await self.engine.remove(container_id)
 
     async def ensure_network(self) -> list[str]:
-        return await self.engine.ensure_network()
+        """The containers' network, and whether kernels go without one (IPC: see ipc.py)."""
+        warnings = await self.engine.ensure_network()
+        engine = self.engine
+        self.ipc_folders = None
+        if engine.network_egress or not engine.ipc_dir:
+            return warnings
+        base = os.path.join(engine.ipc_dir, engine.gateway_id)
+        why = "the engine is not on this machine" if not engine.is_local else IpcFolders.usable(base)
+        if why:
+            warnings.append(f"kernels talk TCP on the internal network, not IPC without one: {why}")
+        else:
+            self.ipc_folders = IpcFolders(base)
+        return warnings
 
     async def list_ours(self) -> list[Owned]:
         return [Owned(str(c.id), dict(c.labels or {})) for c in await self.engine.list_ours()]

@@ -67,6 +67,7 @@ class SwarmBackend:
 
     files_read_only = True  # secrets: a read-only tmpfs file each
     takes_stdin = False  # a service's container has no stdin to attach to
+    ipc_folders = None  # kernels on other nodes: TCP always
 
     def node_of(self, container_id: str) -> str:
         return self.places.node_of(container_id)

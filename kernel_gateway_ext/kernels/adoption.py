@@ -151,7 +151,7 @@ class Adopter:
         if prov is None:
             raise KernelStartFailed(f"kernelspec {name!r} no longer runs in containers")
         await prov.load_provisioner_info({"container_id": container_id, "owner": km.owner,
-                                          "hot_mounts": rec.get("hot_mounts") or []})
+                                          "hot_mounts": rec.get("hot_mounts") or [], "ipc_dir": rec.get("ipc_dir") or ""})
         km.load_connection_info(prov.connection_info)
         km.persisted = True
         host.admit(km)

@@ -42,6 +42,9 @@ def raise_socket_limits(*contexts: zmq.Context[Any]) -> int:
 
 
 def zmq_url(info: Mapping[str, Any], channel: str) -> str:
+    """A kernel channel's endpoint, as jupyter_client makes it (IPC: a socket file `<ip>-<port>`)."""
+    if info["transport"] == "ipc":
+        return f"ipc://{info['ip']}-{info[channel + '_port']}"
     return f"{info['transport']}://{info['ip']}:{info[channel + '_port']}"
 
 

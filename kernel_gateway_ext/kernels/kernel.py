@@ -122,7 +122,14 @@ class GatewayKernel(AsyncKernelManager):
             "restart_count": self.restart_count, "key_nonce": self.key_nonce,
             "container_id": prov.container_id if prov is not None else None,
             "hot_mounts": [vars(m) for m in prov.hot_mounts] if prov is not None else [],
+            "ipc_dir": prov.ipc_dir if prov is not None else "",
         }
+
+    def cleanup_ipc_files(self) -> None:
+        """A container kernel's IPC sockets are its own, in its folder (removed with its container):
+        jupyter_client's removal after a restart's shutdown could take the restarted kernel's."""
+        if self.docker is None:
+            super().cleanup_ipc_files()
 
     def write_connection_file(self, **kwargs: Any) -> None:
         """A container kernel gets its connection file inside the container only (its user's, written by

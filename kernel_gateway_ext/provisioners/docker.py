@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import Callable
 from typing import Any, cast
@@ -32,6 +33,7 @@ from ..tasks import gather_all
 from ..errors import ContainerFailed, EngineError, EngineUnavailable, GatewayError, KernelStartFailed
 from ..containers.limits import KernelLimits, parse_memory
 from ..containers import ContainerBackend, current_backend
+from ..containers.ipc import CONTAINER_DIR as CONTAINER_IPC_DIR, endpoints
 from ..containers.spec import (
     LABEL_CONNECTION, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER, BindMount, ContainerSpec, FileToPut,
 )
@@ -52,6 +54,7 @@ CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
 SECRET_DIR = "/run/kge-in"  # where a backend whose files are read-only mounts the connection file
 ENV_FILE = f"{CONNECTION_DIR}/env.json"  # variables given at hand-out, read by kge-nanny at each kernel start
 NANNY = "/usr/local/bin/kge-nanny"
+IPC_USER = re.compile(r"\d+(:\d+)?\Z")  # a folder can be made a numeric user's only
 
 
 
@@ -96,6 +99,7 @@ class DockerProvisioner(KernelProvisionerBase):
         # Folders bound in after the container started (a pooled kernel handed out): a container
         # that dies and is started again gets a new mount namespace, so they are bound again.
         self.hot_mounts: list[BindMount] = []
+        self.ipc_dir = ""  # a kernel without a network: its sockets' folder on the host (containers/ipc.py)
         self._exit_code: int | None = None
         self._oom_killed = False
         self._exited = asyncio.Event()
@@ -262,7 +266,8 @@ class DockerProvisioner(KernelProvisionerBase):
         return env_
 
     def _labels(self) -> dict[str, str]:
-        conn: dict[str, str | int] = {**CONTAINER_PORTS, "transport": "tcp", "signature_scheme": self._signature_scheme()}
+        conn: dict[str, str | int] = {**CONTAINER_PORTS, "transport": self._transport,
+                                      "signature_scheme": self._signature_scheme()}
         labels = {
             LABEL_KERNEL_ID: str(self.kernel_id),
             LABEL_OWNER: self.owner,
@@ -281,17 +286,19 @@ class DockerProvisioner(KernelProvisionerBase):
         key = getattr(getattr(km, "session", None), "key", b"")
         return key if isinstance(key, bytes) else str(key).encode()
 
+    @property
+    def _transport(self) -> str:
+        return "ipc" if self.ipc_dir else "tcp"
+
+    def _info(self, ip: str) -> dict[str, Any]:
+        """Connection info at `ip` (an address, or IPC sockets' path prefix), key included."""
+        return {"ip": ip, "transport": self._transport, "key": self._key(), "signature_scheme": self._signature_scheme(),
+                "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""), **CONTAINER_PORTS}
+
     def _connection_json(self) -> bytes:
         """The kernel's connection file (the key is in it: only the kernel's user reads it)."""
-        info = {
-            "ip": "0.0.0.0",
-            "transport": "tcp",
-            "key": self._key().decode(),
-            "signature_scheme": self._signature_scheme(),
-            "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
-            **CONTAINER_PORTS,
-        }
-        return json.dumps(info).encode()
+        info = self._info(endpoints(CONTAINER_IPC_DIR) if self.ipc_dir else "0.0.0.0")
+        return json.dumps({**info, "key": info["key"].decode()}).encode()
 
     def resolve(self, limits: KernelLimits) -> KernelLimits:
         """Asked limits with this kernelspec's defaults for the rest: what the container gets."""
@@ -300,12 +307,14 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def container_spec(self, cmd: list[str]) -> ContainerSpec:
         limits = self.resolve(self.limits)
+        sockets = [BindMount(self.ipc_dir, CONTAINER_IPC_DIR)] if self.ipc_dir else []
         return ContainerSpec(
             image=self.image, command=self._nanny_cmd(cmd), kind="kernel", labels=self._labels(),
             env=self.container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
             hostname=f"kernel-{str(self.kernel_id)[:8]}", memory_bytes=limits.memory_bytes or 0,
-            cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts),
-            network=self.network or None, init=self.use_init, **self._connection_delivery(),
+            cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts) + sockets,
+            network="none" if self.ipc_dir else self.network or None, init=self.use_init,
+            **self._connection_delivery(),
         )
 
     def _connection_delivery(self) -> dict[str, Any]:
@@ -332,26 +341,27 @@ class DockerProvisioner(KernelProvisionerBase):
                 await self._attach_hot_mounts()
             return self.connection_info
         backend = self.backend
-        spec = self.container_spec(cmd)
         try:
+            folders = backend.ipc_folders
+            self.ipc_dir = ""
+            if folders is not None and IPC_USER.match(self.user):
+                self.ipc_dir = await asyncio.to_thread(folders.make, str(self.kernel_id), self.user)
+            spec = self.container_spec(cmd)
             created = await backend.create(spec, self.launch_timeout)
             self.container_id = created
             self._exit_code = None
             self._exited.clear()
             self._watch()
             await backend.start(created, self.launch_timeout, spec.image, stdin=spec.stdin)
-            ip = await backend.address(created)
-        except ContainerFailed as e:
+            await self._read_address()
+        except BaseException as e:
             if self.container_id is not None:
                 await backend.discard(self.container_id)
                 self.container_id = None
-            raise KernelStartFailed(e.message) from e
-        except BaseException:
-            if self.container_id is not None:
-                await backend.discard(self.container_id)
-                self.container_id = None
+            await self._remove_ipc_dir()
+            if isinstance(e, ContainerFailed):
+                raise KernelStartFailed(e.message) from e
             raise
-        self._set_address(ip)
         self.log.info("Kernel %s: started container %s for %s", self.kernel_id, created[:12], self.owner or "-")
         return self.connection_info
 
@@ -388,21 +398,23 @@ class DockerProvisioner(KernelProvisionerBase):
                 raise KernelStartFailed(e.message) from e
 
     async def _read_address(self) -> None:
+        """Where the gateway reaches the running kernel: its IPC sockets' folder, or its address."""
         assert self.container_id is not None
+        if self.ipc_dir:
+            self._set_address(endpoints(self.ipc_dir))
+            return
         try:
             self._set_address(await self.backend.address(self.container_id))
         except ContainerFailed as e:
             raise KernelStartFailed(e.message) from e
 
     def _set_address(self, ip: str) -> None:
-        self.connection_info = cast(KernelConnectionInfo, {
-            "ip": ip,
-            "transport": "tcp",
-            "key": self._key(),
-            "signature_scheme": self._signature_scheme(),
-            "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""),
-            **CONTAINER_PORTS,
-        })
+        self.connection_info = cast(KernelConnectionInfo, self._info(ip))
+
+    async def _remove_ipc_dir(self) -> None:
+        folders = self.backend.ipc_folders
+        if self.ipc_dir and folders is not None:
+            await asyncio.to_thread(folders.remove, str(self.kernel_id))
 
     async def cleanup(self, restart: bool = False) -> None:
         if restart or self.container_id is None:
@@ -413,6 +425,8 @@ class DockerProvisioner(KernelProvisionerBase):
             await self.backend.remove(cid)
         except (EngineUnavailable, EngineError) as e:
             self.log.warning("Kernel %s: could not remove container %s: %s", self.kernel_id, cid[:12], e)
+            return  # its folder goes with it, at the next start's reconciliation
+        await self._remove_ipc_dir()
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 4.0)
@@ -421,7 +435,7 @@ class DockerProvisioner(KernelProvisionerBase):
         info = await super().get_provisioner_info()
         info = {**info, "connection_info": {k: v for k, v in self.connection_info.items() if k != "key"}}
         info.update(container_id=self.container_id, owner=self.owner, image=self.image,
-                    hot_mounts=[vars(m) for m in self.hot_mounts])
+                    hot_mounts=[vars(m) for m in self.hot_mounts], ipc_dir=self.ipc_dir)
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
@@ -432,6 +446,7 @@ class DockerProvisioner(KernelProvisionerBase):
         self.container_id = provisioner_info.get("container_id")
         self.owner = provisioner_info.get("owner", "")
         self.hot_mounts = [BindMount(**m) for m in provisioner_info.get("hot_mounts") or []]
+        self.ipc_dir = provisioner_info.get("ipc_dir") or ""
         if not self.container_id:
             return
         self._watch()
@@ -439,5 +454,4 @@ class DockerProvisioner(KernelProvisionerBase):
         if self._exit_code is None:
             await self._read_address()
         else:  # a dead container has no address until a restart starts it again
-            self.connection_info = cast(KernelConnectionInfo, {"ip": "127.0.0.1", "transport": "tcp", "key": self._key(),
-                                                               "signature_scheme": self._signature_scheme(), **CONTAINER_PORTS})
+            self._set_address(endpoints(self.ipc_dir) if self.ipc_dir else "127.0.0.1")

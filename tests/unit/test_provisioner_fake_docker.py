@@ -6,6 +6,8 @@ Real-engine behaviour is covered in tests/api and tests/clients.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from typing import Any
 
 import docker
@@ -19,6 +21,9 @@ from kernel_gateway_ext.provisioners.docker import DockerProvisioner
 from kernel_gateway_ext.provisioners.launch import LAUNCH_REQUEST, LaunchRequest
 from kernel_gateway_ext.containers import current_backend
 from kernel_gateway_ext.containers.engine import DockerEngine
+from kernel_gateway_ext.containers.ipc import IpcFolders
+from kernel_gateway_ext.containers.runtime import ContainerRuntime
+from kernel_gateway_ext.kernels.channels import zmq_url
 from kernel_gateway_ext.containers.limits import KernelLimits
 
 
@@ -265,3 +270,32 @@ def test_one_runtime_per_engine(fake_api: FakeAPI) -> None:
     again must post first) and the kernels' socket folders: one per engine, never one per call."""
     assert current_backend() is current_backend()
 
+
+async def test_a_kernel_without_a_network_talks_over_ipc_sockets_in_its_own_folder(fake_api: FakeAPI, tmp_path) -> None:
+    runtime = current_backend()
+    assert isinstance(runtime, ContainerRuntime)
+    runtime.ipc_folders = IpcFolders(str(tmp_path / "kge-fake"))
+    try:
+        km = make_km()
+        prov = await launch(km)
+        folder = str(tmp_path / "kge-fake" / km.kernel_id)
+        create = fake_api.calls[0][1]
+        assert create["host_config"]["NetworkMode"] == "none"
+        assert [(m["Source"], m["Target"]) for m in create["host_config"]["Mounts"] if m["Type"] == "bind"] == [
+            (folder, "/run/kge-ipc")]
+        assert json.loads(create["labels"]["org.kge.connection"])["transport"] == "ipc"
+        inside = json.loads(fake_api.stdin[prov.container_id])  # what the kernel binds: its side of the mount
+        assert (inside["transport"], inside["ip"]) == ("ipc", "/run/kge-ipc/k")
+        assert (km.transport, km.ip) == ("ipc", folder + "/k")  # what the gateway connects to: the host's side
+        assert zmq_url(km.get_connection_info(), "shell") == f"ipc://{folder}/k-50001"
+        st = os.stat(folder)
+        assert stat.S_IMODE(st.st_mode) == 0o700 and (os.geteuid() != 0 or st.st_uid == 1000)
+        assert (await prov.get_provisioner_info())["ipc_dir"] == folder
+        await prov.cleanup(restart=False)
+        assert not os.path.exists(folder)
+        fake_api.fail_start = True  # a failed start leaves no folder either
+        with pytest.raises(Exception, match="no such runtime"):
+            await launch(km2 := make_km())
+        assert not os.path.exists(str(tmp_path / "kge-fake" / km2.kernel_id))
+    finally:
+        runtime.ipc_folders = None
