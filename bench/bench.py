@@ -296,6 +296,17 @@ async def measure_pooled(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+async def measure_cold_starts(t: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """Cold starts only: one at a time, then N at once (and the machine's CPU each cost)."""
+    res: dict[str, Any] = {"start_to_first_reply_s": summary(await start_to_reply(t, args.rounds))}
+    t0, cpu0 = time.perf_counter(), machine_cpu_s()
+    kids = await asyncio.gather(*(start_and_answer(t) for _ in range(args.kernels)))
+    res[f"concurrent_starts_{args.kernels}_to_reply_s"] = round(time.perf_counter() - t0, 3)
+    res["machine_cpu_s_per_concurrent_start"] = round((machine_cpu_s() - cpu0) / args.kernels, 3)
+    await asyncio.gather(*(t.delete(k) for k in kids))
+    return res
+
+
 def ratio(ours: Any, ref: Any) -> Any:
     if isinstance(ours, dict) and isinstance(ref, dict):
         return round(ours["median"] / ref["median"], 3) if ref.get("median") else None
@@ -321,6 +332,11 @@ async def main() -> None:
                                                   f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}-pool",
                                                   "--log-level=WARN", "--GatewayKernelManager.pool_sizes",
                                                   f"python3={args.kernels}"])
+    # Egress off: kernels without a network, over IPC sockets (KGE_NETWORK_EGRESS=0).
+    internal = f"{gateway_id}-internal"
+    no_egress = Target("kernel_gateway_ext (no egress: no network, IPC)", [
+        sys.executable, "-m", "kernel_gateway_ext", "--port={port}", f"--auth-token={TOKEN}",
+        f"--gateway-id={gateway_id}-ipc", "--log-level=WARN"], env={"KGE_NETWORK": internal, "KGE_NETWORK_EGRESS": "0"})
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     await pooled.start()
     try:
@@ -328,6 +344,13 @@ async def main() -> None:
         results[pooled.name] = await measure_pooled(pooled, args)
     finally:
         pooled.stop()
+    await no_egress.start()
+    try:
+        print("bench: cold starts without a network (egress off)", file=sys.stderr)
+        results[no_egress.name] = await measure_cold_starts(no_egress, args)
+    finally:
+        no_egress.stop()
+        subprocess.run(["docker", "network", "rm", internal], capture_output=True)
     for target, gid in ((ours, gateway_id), (ref, None)):
         await target.start()
         try:
@@ -341,6 +364,10 @@ async def main() -> None:
         p["pooled_start_to_first_reply_s"], b["start_to_first_reply_s"])
     results["ratio_ours_over_reference"][f"pooled_concurrent_{args.kernels}_vs_reference"] = ratio(
         p[f"pooled_concurrent_starts_{args.kernels}_to_reply_s"], b[f"concurrent_starts_{args.kernels}_to_reply_s"])
+    n = results[no_egress.name]
+    for key in ("start_to_first_reply_s", f"concurrent_starts_{args.kernels}_to_reply_s",
+                "machine_cpu_s_per_concurrent_start"):
+        results["ratio_ours_over_reference"][f"no_egress_{key}"] = ratio(n[key], b[key])
     write_results(results, args.out)
 
 
