@@ -240,7 +240,7 @@ def machine_cpu_s() -> float:
 def summary(values: list[float]) -> dict[str, float]:
     s = sorted(values)
     return {"median": round(statistics.median(s), 4), "p90": round(s[int(0.9 * (len(s) - 1))], 4),
-            "min": round(s[0], 4), "n": len(s)}
+            "min": round(s[0], 4), "max": round(s[-1], 4), "n": len(s)}
 
 
 async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -> dict[str, Any]:

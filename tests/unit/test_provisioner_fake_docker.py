@@ -85,12 +85,6 @@ class FakeAttach:
     def shutdown(self, how: int) -> None:
         self.api.calls.append(("stdin closed", self.cid))
 
-    def settimeout(self, seconds: float) -> None:
-        pass
-
-    def recv(self, n: int) -> bytes:
-        return b""
-
     def close(self) -> None:
         self.open = False
 
