@@ -360,6 +360,9 @@ class Gateway(ServerSettings, GatewayApplication):
         await self.kernel_manager.shutdown_everything(keep=keep)
         if self.docker_available:
             await self.jobs.shutdown(keep=keep)
+            folders = current_backend().ipc_folders
+            if folders is not None:
+                await asyncio.to_thread(folders.close)
         await self.jupyter_sessions.flush()
         if self.http_server is not None:
             await self.http_server.close_all_connections()

@@ -44,17 +44,30 @@ class IpcFolders:
 
     def make(self, kernel_id: str, user: str) -> str:
         """The kernel's empty folder, its `user`'s ('uid:gid'), 0700; the parents root's, 0700."""
-        os.makedirs(self.base, mode=0o700, exist_ok=True)
-        os.chmod(self.base, 0o700)
         folder = self.path(kernel_id)
         shutil.rmtree(folder, ignore_errors=True)  # a crashed start's, if any
-        os.mkdir(folder, 0o700)
+        for attempt in range(2):
+            os.makedirs(self.base, mode=0o700, exist_ok=True)
+            os.chmod(self.base, 0o700)
+            try:
+                os.mkdir(folder, 0o700)
+                break
+            except FileNotFoundError:  # another replica's close() took the empty base just now
+                if attempt:
+                    raise
         uid, _, gid = user.partition(":")
         os.chown(folder, int(uid), int(gid or uid))
         return folder
 
     def remove(self, kernel_id: str) -> None:
         shutil.rmtree(self.path(kernel_id), ignore_errors=True)
+
+    def close(self) -> None:
+        """This gateway's folder goes once it is empty (its kernels' went with them)."""
+        try:
+            os.rmdir(self.base)
+        except OSError:  # kernels kept for adoption, another replica's, or already gone
+            pass
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove the folders of kernels not in `keep` (their containers are gone); those removed."""

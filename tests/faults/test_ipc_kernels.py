@@ -98,4 +98,4 @@ async def test_kernels_without_egress_have_no_network_and_lose_nothing(tmp_path,
         except docker.errors.NotFound:
             pass
     assert not docker_client.containers.list(all=True, filters={"label": f"org.kge.gateway={gid}"})
-    assert not os.listdir(base), os.listdir(base)  # the pool's kernel's folder went with it too
+    assert not os.path.exists(base), os.listdir(base)  # the pool's kernel's folder went too, then the gateway's
