@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
@@ -32,33 +31,20 @@ from ..config import apply_env, env
 from ..tasks import gather_all
 from ..errors import ContainerFailed, EngineError, EngineUnavailable, GatewayError, KernelStartFailed
 from ..containers.limits import KernelLimits, parse_memory
-from ..containers import ContainerBackend, current_backend
-from ..containers.ipc import CONTAINER_DIR as CONTAINER_IPC_DIR, endpoints
+from ..containers.ipc import endpoints
 from ..containers.spec import (
-    LABEL_CONNECTION, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER, BindMount, ContainerSpec, FileToPut,
+    LABEL_CONNECTION, LABEL_KERNEL_ID, LABEL_KERNELSPEC, LABEL_OWNER, BindMount, ContainerSpec,
 )
+from .connection import CONNECTION_DIR, CONNECTION_FILE, CONTAINER_PORTS, SECRET_DIR, KernelConnection
 from .container import KernelContainer
 from .launch import LAUNCH_REQUEST, LaunchRequest
 
-# Fixed ports inside the container: each container has its own network namespace, so every
-# kernel can use the same ones, and nothing is published on the host.
-CONTAINER_PORTS = {
-    "shell_port": 50001,
-    "iopub_port": 50002,
-    "stdin_port": 50003,
-    "control_port": 50004,
-    "hb_port": 50005,
-}
-CONNECTION_DIR = "/run/kge"
-CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
-SECRET_DIR = "/run/kge-in"  # where a backend whose files are read-only mounts the connection file
 ENV_FILE = f"{CONNECTION_DIR}/env.json"  # variables given at hand-out, read by kge-nanny at each kernel start
 NANNY = "/usr/local/bin/kge-nanny"
-IPC_USER = re.compile(r"\d+(:\d+)?\Z")  # a folder can be made a numeric user's only
 
 
 
-class DockerProvisioner(KernelProvisionerBase):
+class DockerProvisioner(KernelConnection, KernelProvisionerBase):
     """Runs the kernel in a Docker container supervised by kge-nanny."""
 
     image = Unicode("kge-kernel:latest", help="Image the kernel runs in (kernelspec config).").tag(
@@ -109,10 +95,6 @@ class DockerProvisioner(KernelProvisionerBase):
         # Called with the exit code when the container dies (the kernel store marks it dead).
         self.exit_callback: Callable[[int | None], None] | None = None
         self.container = KernelContainer(self)  # what callers do inside it, beside the lifecycle
-
-    @property
-    def backend(self) -> ContainerBackend:
-        return current_backend()
 
     # ---- state --------------------------------------------------------------------------------
     @property
@@ -277,29 +259,6 @@ class DockerProvisioner(KernelProvisionerBase):
         labels.update(self.extra_labels)
         return labels
 
-    def _signature_scheme(self) -> str:
-        km = self.parent
-        return str(getattr(getattr(km, "session", None), "signature_scheme", "hmac-sha256"))
-
-    def _key(self) -> bytes:
-        km = self.parent
-        key = getattr(getattr(km, "session", None), "key", b"")
-        return key if isinstance(key, bytes) else str(key).encode()
-
-    @property
-    def _transport(self) -> str:
-        return "ipc" if self.ipc_dir else "tcp"
-
-    def _info(self, ip: str) -> dict[str, Any]:
-        """Connection info at `ip` (an address, or IPC sockets' path prefix), key included."""
-        return {"ip": ip, "transport": self._transport, "key": self._key(), "signature_scheme": self._signature_scheme(),
-                "kernel_name": str(getattr(self.parent, "kernel_name", "") or ""), **CONTAINER_PORTS}
-
-    def _connection_json(self) -> bytes:
-        """The kernel's connection file (the key is in it: only the kernel's user reads it)."""
-        info = self._info(endpoints(CONTAINER_IPC_DIR) if self.ipc_dir else "0.0.0.0")
-        return json.dumps({**info, "key": info["key"].decode()}).encode()
-
     def resolve(self, limits: KernelLimits) -> KernelLimits:
         """Asked limits with this kernelspec's defaults for the rest: what the container gets."""
         return limits.resolve(mem_default=parse_memory(self.mem_limit), cpu_default=self.cpu_limit,
@@ -307,25 +266,14 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def container_spec(self, cmd: list[str]) -> ContainerSpec:
         limits = self.resolve(self.limits)
-        sockets = [BindMount(self.ipc_dir, CONTAINER_IPC_DIR)] if self.ipc_dir else []
         return ContainerSpec(
             image=self.image, command=self._nanny_cmd(cmd), kind="kernel", labels=self._labels(),
             env=self.container_env(), user=self.user, working_dir=self.work_dir, run_dir=CONNECTION_DIR,
             hostname=f"kernel-{str(self.kernel_id)[:8]}", memory_bytes=limits.memory_bytes or 0,
-            cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts) + sockets,
+            cpus=limits.cpus or 0.0, pids=limits.pids or 0, gpus=limits.gpus, mounts=list(self.mounts) + self._ipc_mount(),
             network="none" if self.ipc_dir else self.network or None, init=self.use_init,
             **self._connection_delivery(),
         )
-
-    def _connection_delivery(self) -> dict[str, Any]:
-        """How the connection file reaches the container (matching _nanny_cmd's option): on its
-        stdin where the backend can, else put in before it starts."""
-        data = self._connection_json()
-        if self.backend.files_read_only:
-            return {"files": [FileToPut(SECRET_DIR, "connection.json", data, 0o400)]}
-        if self.backend.takes_stdin:
-            return {"stdin": data}
-        return {"files": [FileToPut(CONNECTION_DIR, "connection.json", data, 0o400)]}
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         if self._restarting and self.container_id is not None:
@@ -342,10 +290,7 @@ class DockerProvisioner(KernelProvisionerBase):
             return self.connection_info
         backend = self.backend
         try:
-            folders = backend.ipc_folders
-            self.ipc_dir = ""
-            if folders is not None and IPC_USER.match(self.user):
-                self.ipc_dir = await asyncio.to_thread(folders.make, str(self.kernel_id), self.user)
+            await self._make_ipc_dir()
             spec = self.container_spec(cmd)
             created = await backend.create(spec, self.launch_timeout)
             self.container_id = created
@@ -396,25 +341,6 @@ class DockerProvisioner(KernelProvisionerBase):
                 await self.backend.attach_mounts(self.container_id, self.hot_mounts)
             except ContainerFailed as e:
                 raise KernelStartFailed(e.message) from e
-
-    async def _read_address(self) -> None:
-        """Where the gateway reaches the running kernel: its IPC sockets' folder, or its address."""
-        assert self.container_id is not None
-        if self.ipc_dir:
-            self._set_address(endpoints(self.ipc_dir))
-            return
-        try:
-            self._set_address(await self.backend.address(self.container_id))
-        except ContainerFailed as e:
-            raise KernelStartFailed(e.message) from e
-
-    def _set_address(self, ip: str) -> None:
-        self.connection_info = cast(KernelConnectionInfo, self._info(ip))
-
-    async def _remove_ipc_dir(self) -> None:
-        folders = self.backend.ipc_folders
-        if self.ipc_dir and folders is not None:
-            await asyncio.to_thread(folders.remove, str(self.kernel_id))
 
     async def cleanup(self, restart: bool = False) -> None:
         if restart or self.container_id is None:
