@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,6 +308,21 @@ async def measure_cold_starts(t: Target, args: argparse.Namespace) -> dict[str, 
     return res
 
 
+def our_target(name: str, gateway_id: str, *argv: str, env: dict[str, str] | None = None) -> Target:
+    return Target(name, [sys.executable, "-m", "kernel_gateway_ext", "--port={port}", f"--auth-token={TOKEN}",
+                         f"--gateway-id={gateway_id}", "--log-level=WARN", *argv], env=env)
+
+
+async def run_on(target: Target, measure_it: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Start `target`, measure it, stop it."""
+    await target.start()
+    try:
+        print(f"bench: {target.name}", file=sys.stderr)
+        return await measure_it()
+    finally:
+        target.stop()
+
+
 def ratio(ours: Any, ref: Any) -> Any:
     if isinstance(ours, dict) and isinstance(ref, dict):
         return round(ours["median"] / ref["median"], 3) if ref.get("median") else None
@@ -325,38 +341,22 @@ async def main() -> None:
     args = p.parse_args()
 
     gateway_id = "kge-bench-" + uuid.uuid4().hex[:6]
-    ours = Target("kernel_gateway_ext", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
-                                         f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}", "--log-level=WARN"])
+    ours = our_target("kernel_gateway_ext", gateway_id)
     ref = reference_target()
-    pooled = Target("kernel_gateway_ext (pool)", [sys.executable, "-m", "kernel_gateway_ext", "--port={port}",
-                                                  f"--auth-token={TOKEN}", f"--gateway-id={gateway_id}-pool",
-                                                  "--log-level=WARN", "--GatewayKernelManager.pool_sizes",
-                                                  f"python3={args.kernels}"])
+    pooled = our_target("kernel_gateway_ext (pool)", f"{gateway_id}-pool",
+                        "--GatewayKernelManager.pool_sizes", f"python3={args.kernels}")
     # Egress off: kernels without a network, over IPC sockets (KGE_NETWORK_EGRESS=0).
     internal = f"{gateway_id}-internal"
-    no_egress = Target("kernel_gateway_ext (no egress: no network, IPC)", [
-        sys.executable, "-m", "kernel_gateway_ext", "--port={port}", f"--auth-token={TOKEN}",
-        f"--gateway-id={gateway_id}-ipc", "--log-level=WARN"], env={"KGE_NETWORK": internal, "KGE_NETWORK_EGRESS": "0"})
+    no_egress = our_target("kernel_gateway_ext (no egress: no network, IPC)", f"{gateway_id}-ipc",
+                           env={"KGE_NETWORK": internal, "KGE_NETWORK_EGRESS": "0"})
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    await pooled.start()
+    results[pooled.name] = await run_on(pooled, lambda: measure_pooled(pooled, args))
     try:
-        print("bench: pooled starts", file=sys.stderr)
-        results[pooled.name] = await measure_pooled(pooled, args)
+        results[no_egress.name] = await run_on(no_egress, lambda: measure_cold_starts(no_egress, args))
     finally:
-        pooled.stop()
-    await no_egress.start()
-    try:
-        print("bench: cold starts without a network (egress off)", file=sys.stderr)
-        results[no_egress.name] = await measure_cold_starts(no_egress, args)
-    finally:
-        no_egress.stop()
         subprocess.run(["docker", "network", "rm", internal], capture_output=True)
     for target, gid in ((ours, gateway_id), (ref, None)):
-        await target.start()
-        try:
-            results[target.name] = await measure(target, args, gid)
-        finally:
-            target.stop()
+        results[target.name] = await run_on(target, lambda: measure(target, args, gid))
     a, b = results[ours.name], results[ref.name]
     results["ratio_ours_over_reference"] = {k: ratio(a[k], b[k]) for k in a if ratio(a[k], b[k]) is not None}
     p = results[pooled.name]
