@@ -25,6 +25,7 @@ from ._version import __version__
 from .api import operations
 from .api.access_log import AccessLog
 from .api.base import NotFoundHandler
+from .api.inflight import InFlight
 from .api.jupyter import routes as jupyter_routes
 from .api.jupyter.bridge import Bridges
 from .api.page import routes as page_routes
@@ -167,6 +168,7 @@ class Gateway(ServerSettings, GatewayApplication):
         self.signatures_seen = SeenSignatures()  # v2 replay guard
         self.state_lock: StateLock | None = None
         self.stopping = False
+        self.in_flight = InFlight()  # the HTTP requests being served
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -352,6 +354,12 @@ class Gateway(ServerSettings, GatewayApplication):
         self.memory_trim.stop()
         if self.http_server is not None:
             self.http_server.stop()
+        # Before anything they may need goes (their kernels, the store): an answer cut after its
+        # headers cannot be sent again by anyone, unlike a 503.
+        left = await self.in_flight.finished(self.stop_grace)
+        if left:
+            self.log.warning("%d requests still being served after %.0f s: their connections are closed", left,
+                             self.stop_grace)
         self.bridges.close_all()
         if self.page_hub is not None:
             self.page_hub.close()

@@ -190,10 +190,14 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     identity: Identity
 
     passed_on = False  # served by another replica (an override of prepare stops there)
+    _counted = False  # in gateway.in_flight until it finishes or its client leaves
 
     async def prepare(self) -> None:
         if self.gateway.stopping:  # its kernels are being handed over or shut down: elsewhere, or later
             raise ReplicaUnavailable("this gateway is stopping; retry")
+        if not isinstance(self, websocket.WebSocketHandler):  # a socket lasts: a stop closes those
+            self._counted = True
+            self.gateway.in_flight.begin()
         if await self.served_elsewhere():
             return
         if self.auth_required:
@@ -236,6 +240,18 @@ class BaseHandler(GatewayMixin, web.RequestHandler):
     async def authenticate_with_body(self) -> None:
         """The scheme that waited for the body (v2 signatures) decides, now that it is here."""
         raise Unauthorized("authentication required")
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
+        super().on_connection_close()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.gateway.in_flight.end()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")

@@ -16,6 +16,7 @@ from ..kernels.jupyter_sessions import JupyterSessions
 from ..kernels.manager import GatewayKernelManager
 from ..kernels.specs import GatewayKernelSpecManager
 from ..metrics import Metrics
+from .inflight import InFlight
 from ..jobs import JobManager
 from ..replicas import Replicas
 from ..store import Store
@@ -34,6 +35,7 @@ class GatewayContext(Protocol):
     replicas: Replicas
     store: Store
     metrics: Metrics
+    in_flight: InFlight  # the HTTP requests being served (a stop lets them finish)
     bridges: Any  # api.jupyter.bridge.Bridges (the Jupyter dialect's own registry)
     terminals: dict[str, set[Any]]
     signatures_seen: SeenSignatures

@@ -62,6 +62,12 @@ class ServerSettings(HasTraits):
     body_timeout = env(
         Float(300.0, help="Seconds a client has to send a request's body."), "KGE_BODY_TIMEOUT"
     )
+    stop_grace = env(
+        Float(10.0, help="Seconds a stop (SIGTERM) waits for the HTTP requests being served to finish before it "
+                         "closes their connections; new ones get 503 meanwhile, which balancers and clients send "
+                         "elsewhere or again. Websockets are closed at once (clients reconnect)."),
+        "KGE_STOP_GRACE",
+    )
     max_connections = env(
         Int(4000, help="Open client connections (websockets included) at once; past it new ones are closed. "
                        "0: no limit."),

@@ -370,6 +370,29 @@ async def test_a_rolling_restart_fails_no_request_of_a_client_that_retries(ha: H
         ws.close()
 
 
+async def test_a_stopping_replica_finishes_the_requests_it_is_serving(ha: HA) -> None:
+    """SIGTERM while a replica serves two executes that take 2 s (one on its own kernel, one it
+    passes on to the kernel's home): both get their whole answer before it closes its
+    connections. A response cut after its headers (what CI saw once during a rolling restart) is
+    one no balancer or client can send again."""
+    client = Client(ha.url, ha.token)
+    kernels = [(await client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"] for _ in range(REPLICAS)]
+    homes = {k: await home_of(ha, "kernel", k) for k in kernels}
+    stopping = homes[kernels[0]]
+    elsewhere = next(k for k, home in homes.items() if home != stopping)  # round-robin: two homes at least
+    direct = Client(ha.replica_url(int(stopping[1:])), ha.token)
+    code = "import time; time.sleep(2); print('done')"
+    calls = [asyncio.ensure_future(direct.fetch("POST", f"/v2/kernel/{k}", {"mode": "query", "code": code},
+                                                headers={"Content-Type": "application/json"}, timeout=30))
+             for k in (kernels[0], elsewhere)]
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(stop_replica, ha, stopping)
+    for r in await asyncio.gather(*calls):
+        assert r.status == 200, (r.status, r.body[:300])
+        result = r.json["result"]
+        assert result["status"] == "finished" and ["stdout", "done\n"] in result["console"], result
+
+
 async def test_a_kernel_stays_listed_and_found_while_its_dead_replica_is_taken_over(ha: HA) -> None:
     """The list and the kernel itself, asked of every live replica over and over from a SIGKILL of
     the kernel's home until well after another replica adopted it: every list names it and every

@@ -10,6 +10,7 @@ from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from kernel_gateway_ext.api.inflight import InFlight
 from kernel_gateway_ext.api.base import BODY_FIRST, COOKIE, TOKEN, BaseHandler, StreamedBody
 from kernel_gateway_ext.auth import Authenticator, Identity
 
@@ -20,6 +21,7 @@ class Gateway:
     allow_origin = ""
     max_upload_body = 2**20
     stopping = False
+    in_flight = InFlight()
 
     class log:
         @staticmethod

@@ -11,6 +11,7 @@ from tornado.testing import bind_unused_port
 from tornado.httpserver import HTTPServer
 
 from kernel_gateway_ext.api.base import BaseHandler
+from kernel_gateway_ext.api.inflight import InFlight
 from kernel_gateway_ext.api.skaha.handlers import SkahaHandler
 from kernel_gateway_ext.api.v2.base import V2Handler
 from kernel_gateway_ext.errors import KernelNotFound, OverCapacity
@@ -51,7 +52,7 @@ class SkahaRaising(Raising, SkahaHandler):
 @pytest.fixture
 async def base():
     app = web.Application([(r"/j/(\w+)", JupyterRaising), (r"/v2/(\w+)", V2Raising), (r"/s/(\w+)", SkahaRaising)],
-                          gateway=type("G", (), {"log": Log(), "stopping": False})())
+                          gateway=type("G", (), {"log": Log(), "stopping": False, "in_flight": InFlight()})())
     sock, port = bind_unused_port()
     server = HTTPServer(app)
     server.add_sockets([sock])
