@@ -123,6 +123,7 @@ KGE_KERNELSPEC_DIRS='["/etc/kge/kernels"]' kernel-gateway-ext build-images   # a
         for name, folder, image in self.kernelspec_images():
             print(f"build-images: kernelspec {name} has a Dockerfile: building {image}", flush=True)
             builder.build(folder, image, self.tag, extra=kernel_id)
+        builder.remove_replaced()
 
     def kernelspec_images(self) -> list[tuple[str, Path, str]]:
         """(kernelspec, folder, image) of every kernelspec folder holding a Dockerfile."""

@@ -61,6 +61,7 @@ class ImageBuilder:
     def __init__(self, force: bool = False) -> None:
         self.client = docker.from_env(timeout=600)
         self.force = force
+        self.replaced: list[tuple[str, str]] = []  # (tag, old image id) a build took the tag from
 
     def image_id(self, tag: str) -> str | None:
         try:
@@ -107,6 +108,22 @@ class ImageBuilder:
         print(f"build-images: building {tag} from {base}", flush=True)
         self.run_build(files, tag, base, labels={CONTEXT_LABEL: digest})
         print(f"build-images: built {tag}", flush=True)
+        if image is not None and image.id != self.image_id(tag):
+            self.replaced.append((tag, str(image.id)))
+
+    def remove_replaced(self) -> None:
+        """Remove the images the builds took their tags from, newest first (an image built on
+        another goes before it), unless a container still uses one (a running kernel keeps its
+        image until it restarts): each rebuild would otherwise leave hundreds of MB untagged."""
+        for tag, old in reversed(self.replaced):
+            try:
+                self.client.images.remove(old, noprune=False)
+                print(f"build-images: removed the {tag} it replaced ({old[7:19]})", flush=True)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as e:  # 409: a container (or another image) still uses it
+                print(f"build-images: kept the {tag} it replaced ({old[7:19]}): {e.explanation}", flush=True)
+        self.replaced.clear()
 
     def run_build(self, files: list[tuple[str, bytes]], tag: str, base: str, labels: dict[str, str],
                   target: str | None = None) -> None:
