@@ -54,6 +54,7 @@ from .containers.fleet import FLEET
 from .containers.swarm import SwarmSettings
 from .containers.lease import EngineLease, StateLock
 from .reconcile import Reconciler
+from .diskguard import DiskGuard, gateway_targets
 from .replicas import Replicas
 from .store import Store
 
@@ -152,7 +153,7 @@ class Gateway(ServerSettings, GatewayApplication):
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
         return [Gateway, Authenticator, Authorizer, KeyPairs, Store, FolderManager, JobManager, GatewayKernelManager,
-                GatewayKernelSpecManager, DockerProvisioner, DockerEngine, SwarmSettings, Replicas]
+                GatewayKernelSpecManager, DockerProvisioner, DockerEngine, SwarmSettings, Replicas, DiskGuard]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -203,6 +204,7 @@ class Gateway(ServerSettings, GatewayApplication):
         self.jobs = JobManager(parent=self, log=self.log, store=self.store, folders=self.folders,
                                keypairs=self.keypairs, base_url=self.base_url, budget=self.kernel_manager.capacity,
                                on_expire=self.metrics.observe_job_expiry)
+        self.disk_guard = DiskGuard(gateway_targets(self.kernel_manager, self.jobs), parent=self, log=self.log)
 
     # ---- the web app ----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -246,7 +248,7 @@ class Gateway(ServerSettings, GatewayApplication):
             else:
                 await self._take_lease(engine)
             await FLEET.refresh(current_backend(), force=True)
-            for warning in await current_backend().ensure_network():
+            for warning in [*await current_backend().ensure_network(), *await self.disk_guard.start(current_backend())]:
                 self.warnings.append(warning)
                 self.log.warning("%s", warning)
             await self.reconcile(engine)
@@ -352,6 +354,7 @@ class Gateway(ServerSettings, GatewayApplication):
         self.stopping = True  # requests on connections still open get a 503 (retried elsewhere)
         self.metrics.loop_lag.stop()
         self.memory_trim.stop()
+        self.disk_guard.stop()
         if self.http_server is not None:
             self.http_server.stop()
         # Before anything they may need goes (their kernels, the store): an answer cut after its

@@ -117,6 +117,10 @@ class ContainerBackend(Protocol):
 
     async def totals(self, container_id: str) -> Usage: ...  # memory and CPU time only (cheaper: no rate)
 
+    async def disk_unmeasured(self) -> str: ...  # '' when disk_use can tell, else why not
+
+    async def disk_use(self, container_id: str, stop_bytes: int, stop_files: int) -> tuple[int, int]: ...
+
     async def logs(self, container_id: str, tail: int) -> str: ...
 
     async def follow_logs(self, container_id: str, tail: int) -> Any: ...  # a streams.LogStream: its output as it comes

@@ -21,6 +21,7 @@ from ..errors import ContainerFailed, ContainerMissing, EngineError, EngineUnava
 from .backend import EventCallback, Node, Owned, Usage
 from ..tasks import TaskSet
 from .cgroups import LimitRefused, read_usage, write_limits
+from .diskuse import DiskUse
 from .limits import host_memory
 from .engine import DockerEngine
 from .ipc import IpcFolders
@@ -55,6 +56,7 @@ class ContainerRuntime:
         # container → (its record's update under way or failed, the update): see start_again
         self._records_behind: dict[str, tuple[asyncio.Future[Any], dict[str, Any]]] = {}
         self.ipc_folders: IpcFolders | None = None  # set by ensure_network when kernels go without a network
+        self.disk = DiskUse(engine)  # what its containers write to this host's disk
 
     @property
     def gateway_id(self) -> str:
@@ -79,6 +81,7 @@ class ContainerRuntime:
 
     async def remove(self, container_id: str) -> None:
         self._records_behind.pop(container_id, None)
+        self.disk.forget(container_id)
         await self.engine.remove(container_id)
 
     async def ensure_network(self) -> list[str]:
@@ -387,6 +390,14 @@ class ContainerRuntime:
         cores = (delta / sys_delta) * (cpu.get("online_cpus") or host_cores) if sys_delta > 0 else 0.0
         return Usage(memory=max(0, int(mem.get("usage", 0)) - cache), memory_max=int(mem.get("max_usage", 0)),
                      cpu_ns=total, cores=cores)
+
+    async def disk_unmeasured(self) -> str:
+        return await self.disk.why_not()
+
+    async def disk_use(self, container_id: str, stop_bytes: int, stop_files: int) -> tuple[int, int]:
+        """(bytes, entries) its own files hold on this host's disk (diskuse.py), counted up to the
+        bounds only. Raises ContainerMissing."""
+        return await self.disk.measure(container_id, stop_bytes, stop_files)
 
     async def follow_logs(self, container_id: str, tail: int) -> LogStream:
         """Its output from the last `tail` lines on, as it comes (`docker logs --follow`)."""

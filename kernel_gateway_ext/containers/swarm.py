@@ -288,6 +288,12 @@ class SwarmBackend:
             return Usage()
         return await runtime.totals(cid)
 
+    async def disk_unmeasured(self) -> str:
+        return "containers run on the cluster's nodes (bound their disk there: Docker's storage-opt size on xfs)"
+
+    async def disk_use(self, container_id: str, stop_bytes: int, stop_files: int) -> tuple[int, int]:
+        raise EngineError("a cluster's containers are not measured here")
+
     async def follow_logs(self, container_id: str, tail: int) -> LogStream:
         runtime, cid = await self.locate(container_id)
         return await runtime.follow_logs(cid, tail)

@@ -27,6 +27,7 @@ from traitlets import Instance, Int, Unicode, default
 from ..containers.spec import BindMount
 from ..config import EnvConfigurable, env
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..fsusage import tree_usage
 from ..store import Store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,44 +46,7 @@ def safe_relative_path(name: str) -> str:
     return norm
 
 
-MAX_DEPTH = 128  # deeper directories are counted, not entered (each level holds an fd)
 USAGE_TTL = 30.0  # seconds a folder's counted usage is trusted (plus what was uploaded since)
-
-
-def _usage(root: int, stop_bytes: int, stop_files: int) -> tuple[int, int]:
-    """(bytes, entries) under an open directory, by fd, never following a link; stops early once
-    past `stop_bytes` or `stop_files` (0: no stop) — the caller only needs to know it is over."""
-    total, count = 0, 0
-    stack: list[tuple[int, Any]] = [(os.dup(root), None)]  # (fd, its scandir iterator once opened)
-    try:
-        while stack:
-            fd, it = stack[-1]
-            if it is None:
-                it = os.scandir(fd)
-                stack[-1] = (fd, it)
-            entry = next(it, None)
-            if entry is None:
-                it.close()
-                os.close(fd)
-                stack.pop()
-                continue
-            count += 1
-            if entry.is_dir(follow_symlinks=False):
-                if len(stack) < MAX_DEPTH:
-                    with contextlib.suppress(OSError):  # gone or swapped meanwhile
-                        stack.append((os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                              dir_fd=fd), None))
-            else:
-                with contextlib.suppress(OSError):
-                    total += entry.stat(follow_symlinks=False).st_size
-            if (stop_bytes and total > stop_bytes) or (stop_files and count > stop_files):
-                break
-    finally:
-        for fd, it in stack:
-            if it is not None:
-                it.close()
-            os.close(fd)
-    return total, count
 
 
 def _open_root(base: Path) -> int:
@@ -241,7 +205,7 @@ class FolderManager(EnvConfigurable):
         now = time.monotonic()
         counted = self._usage.get(folder_id)
         if counted is None or now - counted[0] > USAGE_TTL:
-            counted = (now, *_usage(root, self.quota_bytes, self.quota_files))
+            counted = (now, *tree_usage(root, self.quota_bytes, self.quota_files))
         _, used_bytes, used_files = counted
         new_bytes = used_bytes + sum(len(body) for _, body in incoming)
         # Each directory an upload names may be new: counted as such until the next walk.
