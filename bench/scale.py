@@ -13,7 +13,8 @@ falls under 1.5 GiB: the figure says how many fit); then the gateway process's o
 (its PSS growth over its PSS after the warm-up, / N: right after the starts, once the sessions
 the websockets left are gone, and for ours once the idle kernels' output subscriptions were let go
 (the figure; KGE_OUTPUT_RELEASE_AFTER); and over its PSS with no kernel yet),
-the kernels' memory per kernel (PSS of their processes), and GET /api/kernels p50/p99 with N kernels.
+the kernels' memory per kernel (PSS of their processes), GET /api/kernels p50/p99 with N kernels,
+and for ours what one count of the disk guard (every container's own files) costs with N.
 Every kernel is deleted at the end and what is left (containers of the bench's gateway) counted.
 """
 from __future__ import annotations
@@ -213,6 +214,8 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
         lat.append((time.perf_counter() - t0) * 1000)
     lat.sort()
     res[f"api_kernels_ms_with_{n}"] = {"p50": round(lat[100], 2), "p99": round(lat[197], 2)}
+    if gateway_id is not None:  # ours: what one count of the disk guard costs over them all
+        res[f"disk_count_ms_with_{n}"] = disk_count_ms(gateway_id)
     print(f"bench: {t.name}: deleting {n}", file=sys.stderr)
     for i in range(0, n, 25):
         await asyncio.gather(*(t.delete(k) for k in kids[i:i + 25]))
@@ -221,6 +224,23 @@ async def measure(t: Target, args: argparse.Namespace, gateway_id: str | None) -
         left = docker.from_env().containers.list(all=True, filters={"label": f"org.kge.gateway={gateway_id}"})
         res["containers_left"] = len(left)
     return res
+
+
+def disk_count_ms(gateway_id: str) -> dict[str, float]:
+    """One count of every container's own files as the disk guard makes it every
+    KGE_DISK_CHECK_SECONDS (diskguard.py), in this process: median wall and CPU ms of 3."""
+    from kernel_gateway_ext.containers.diskuse import measure, written_paths
+
+    client = docker.from_env()
+    listed = client.containers.list(filters={"label": f"org.kge.gateway={gateway_id}"})
+    paths = [written_paths(client.api.inspect_container(c.id), "/run/kge-ipc") for c in listed]
+    runs = []
+    for _ in range(3):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for p in paths:
+            measure(p, 10 << 30, 1_000_000)
+        runs.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
+    return {"wall": round(statistics.median(r[0] for r in runs), 1), "cpu": round(statistics.median(r[1] for r in runs), 1)}
 
 
 async def main() -> None:
