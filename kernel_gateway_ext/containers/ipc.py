@@ -6,9 +6,11 @@ gets none (Docker's network_mode none: no interface, no bridge port, no embedded
 to. Its five sockets are files in a folder made for it alone on the host and bound into its
 container; the gateway connects to the files.
 
-The folder is the kernel's uid's (it binds there) inside a root-only parent, so only the kernel and
-the gateway (root) reach the sockets; it is removed with the container, and a gateway's start
-prunes what a crash left. Unix socket paths are short (108 bytes), hence /run and the kernel id only.
+The folder is the kernel's uid's (it binds there) inside a parent only the gateway's user may
+enter, so only the kernel and the gateway reach the sockets (a gateway that is not root needs
+CAP_CHOWN, CAP_DAC_OVERRIDE and CAP_FOWNER: the systemd unit gives them); it is removed with the
+container, and a gateway's start prunes what a crash left. Unix socket paths are short (108
+bytes), hence /run and the kernel id only.
 Blocking calls (mkdir, chown, rmtree): run them off the event loop.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+
+from ..privileges import missing
 
 CONTAINER_DIR = "/run/kge-ipc"  # where the folder is in the container
 SOCKET_PREFIX = "k"  # sockets are <folder>/k-<port>, as jupyter_client names IPC endpoints
@@ -32,8 +36,10 @@ class IpcFolders:
     @staticmethod
     def usable(base: str) -> str:
         """'' when kernels' sockets can live under `base`, else why not."""
-        if os.geteuid() != 0:
-            return "the gateway is not root (it makes each folder its kernel's user's and connects to its sockets)"
+        lacking = missing("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+        if lacking:  # root has them all; the systemd unit's user is given them
+            return (f"the gateway lacks {', '.join(lacking)} (it makes each folder its kernel's user's, connects to "
+                    "the kernel's sockets and removes them)")
         longest = os.path.join(base, "0" * 36, f"{SOCKET_PREFIX}-50001")
         if len(longest.encode()) > MAX_PATH:
             return f"{base} is too long for a socket path ({MAX_PATH} bytes at most)"
@@ -43,7 +49,7 @@ class IpcFolders:
         return os.path.join(self.base, kernel_id)
 
     def make(self, kernel_id: str, user: str) -> str:
-        """The kernel's empty folder, its `user`'s ('uid:gid'), 0700; the parents root's, 0700."""
+        """The kernel's empty folder, its `user`'s ('uid:gid'), 0700; the parents the gateway's, 0700."""
         folder = self.path(kernel_id)
         shutil.rmtree(folder, ignore_errors=True)  # a crashed start's, if any
         for attempt in range(2):

@@ -4,6 +4,7 @@ as an operator would, a kernel is run through it, and stopping it leaves nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from kernel_gateway_ext.containers import hostguard
 from tests.api.test_v2_auth_and_input import multipart, signed
 from tests.clients.v2util import Keys
 from tests.conftest import IN_CI, Client, new_gateway_id, wait_http
@@ -148,6 +150,20 @@ def unit_commands(unit: str, prefix: str) -> tuple[dict[str, str], list[list[str
     return env, pre, start, service
 
 
+def as_the_unit(service: dict[str, str], user: str) -> list[str]:
+    """The prefix that runs a command as systemd runs the unit's service: its User= (here `user`,
+    made for the test), Group=, SupplementaryGroups=, ambient capabilities, capability bounding
+    set and no-new-privileges (setpriv, util-linux)."""
+    setpriv = need("setpriv")
+    groups = ",".join(service.get("SupplementaryGroups", "").split())
+    caps = ",".join("+" + c.lower().removeprefix("cap_") for c in service.get("AmbientCapabilities", "").split())
+    bounding = ",".join(["-all", *("+" + c.lower().removeprefix("cap_")
+                                   for c in service.get("CapabilityBoundingSet", "").split())])
+    return [setpriv, f"--reuid={user}", f"--regid={user}", f"--groups={groups}" if groups else "--clear-groups",
+            *([f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else []), f"--bounding-set={bounding}",
+            *(["--no-new-privs"] if service.get("NoNewPrivileges") == "yes" else [])]
+
+
 def test_the_systemd_unit_verifies_and_runs_the_gateway(need_docker, tmp_path) -> None:
     analyze = need("systemd-analyze")
     unit = (DEPLOY / "kernel-gateway-ext.service").read_text()
@@ -159,28 +175,63 @@ def test_the_systemd_unit_verifies_and_runs_the_gateway(need_docker, tmp_path) -
 
     env, pre, start, service = unit_commands(unit, venv)
     assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "on-failure"
+    assert service["User"] == "kge" and service["SupplementaryGroups"] == "docker"
     assert "KGE_AUTH_TOKEN" not in unit.split("[Unit]")[1]  # the secret comes from the EnvironmentFile
     assert json.loads(env["KGE_POOL_SIZES"]) == {"python3": 2}  # systemd's quoting keeps it JSON
-    # As systemd runs it: the unit's environment, the env file's secret, its state folder (moved to tmp).
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs the unit as its own user: that needs root (useradd, setpriv)")
+        pytest.skip("!!! SKIPPED, NEEDS ROOT: the unit runs as its own user (useradd, setpriv)")
+    # As systemd runs it: as its own unprivileged user (made here, as the unit's comment says), with
+    # the unit's groups and capabilities only, its environment, the env file's secret, its state folder
+    # (StateDirectory=, 0700, the user's) and its runtime folder (RuntimeDirectory=, the user's).
+    user = "kge-t" + uuid.uuid4().hex[:6]
     port, gateway_id, token = free_port(), new_gateway_id("systemd-"), "unit-" + uuid.uuid4().hex
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    run_env = {"PATH": os.environ["PATH"], "HOME": str(state), **env, "KGE_STATE_DIR": str(state),
-               "KGE_CONFIG": str(tmp_path / "absent_config.py"), "KGE_AUTH_TOKEN": token, "KGE_PORT": str(port),
-               "KGE_GATEWAY_ID": gateway_id, "KGE_POOL_SIZES": "{}"}
-    for argv in pre:
-        done = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    log = tmp_path / "unit.log"
-    proc = subprocess.Popen(start, env=run_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(state))
+    state = Path(f"/var/lib/{user}")
+    runtime = Path(f"/run/{user}")
+    network = f"{user}-net"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--groups", "docker", user],
+                   check=True, capture_output=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/api", proc, log)
-        asyncio.run(run_a_kernel(f"http://127.0.0.1:{port}/", token))
-        assert not host_warnings(f"http://127.0.0.1:{port}/", token)
-        assert ours(gateway_id)
+        for folder in (state, runtime):
+            folder.mkdir(mode=0o700)
+            shutil.chown(folder, user, user)
+        run_env = {"PATH": os.environ["PATH"], "HOME": str(state), **env, "KGE_STATE_DIR": str(state),
+                   "KGE_CONFIG": str(tmp_path / "absent_config.py"), "KGE_AUTH_TOKEN": token, "KGE_PORT": str(port),
+                   "KGE_GATEWAY_ID": gateway_id, "KGE_POOL_SIZES": "{}",
+                   # without egress kernels get no network: their sockets in the runtime folder
+                   "KGE_NETWORK_EGRESS": "0", "KGE_NETWORK": network, "KGE_IPC_DIR": str(runtime)}
+        for argv in pre:  # "+": with full privileges
+            done = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        prefix = as_the_unit(service, user)
+        made = subprocess.run([*prefix, *start, "keys", "create", "--user=alice", "--json"], env=run_env,
+                              capture_output=True, text=True, timeout=120, cwd=str(state))
+        assert made.returncode == 0, made.stderr[-2000:]
+        pair = json.loads(made.stdout)
+        log = tmp_path / "unit.log"
+        proc = subprocess.Popen([*prefix, *start], env=run_env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                cwd=str(state))
+        try:
+            wait_http(f"http://127.0.0.1:{port}/api", proc, log)
+            url = f"http://127.0.0.1:{port}/"
+            asyncio.run(run_a_kernel(url, token, Keys(pair["access_key"], pair["secret_key"], "alice")))
+            assert not host_warnings(url, token), log.read_text()[-2000:]
+            kernels = [c for c in ours(gateway_id) if c.labels.get("org.kge.kind") == "kernel"]
+            assert kernels and all(c.attrs["HostConfig"]["NetworkMode"] == "none" for c in kernels), \
+                "not kernels without a network (IPC)"
+            assert (runtime / gateway_id).is_dir()
+        finally:
+            proc.send_signal(signal.SIGTERM)  # KillSignal=
+            code = proc.wait(timeout=float(service["TimeoutStopSec"]))
+        assert code == 0, log.read_text()[-2000:]
+        assert not ours(gateway_id), "stopping the service left kernel containers"
+        assert not (runtime / gateway_id).exists()
     finally:
-        proc.send_signal(signal.SIGTERM)  # KillSignal=
-        code = proc.wait(timeout=float(service["TimeoutStopSec"]))
-    assert code == 0, log.read_text()[-2000:]
-    assert not ours(gateway_id), "stopping the service left kernel containers"
-    assert token not in log.read_text()
+        with contextlib.suppress(docker.errors.NotFound):
+            docker.from_env().networks.get(network).remove()
+        hostguard.prune()  # the removed network's rule (a gateway's next start would prune it)
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", user], capture_output=True)
