@@ -6,7 +6,9 @@ container that connects to the bridge's gateway address, or to any other address
 Docker's own rules (FORWARD, DOCKER-USER) see only traffic that leaves the host; traffic to it
 goes through INPUT. So one rule per containers' bridge, in INPUT (IPv4 and IPv6): new connections
 that come in from the bridge are refused. Replies to what the gateway opens (the kernels' ports)
-are not new, and pass.
+are not new, and pass. A cloud's metadata service (169.254.169.254) is not the host's address but
+answers for the host (its credentials), so a second rule, in DOCKER-USER, refuses what the bridge
+sends to link-local addresses.
 
 The rule is the network's, as long as it exists (a gateway stopped with its kernels kept must not
 open the host to them); rules of bridges that are gone are pruned whenever a gateway ensures one.
@@ -33,9 +35,22 @@ def bridge_of(network: dict[str, object]) -> str | None:
     return str(named) if named else f"br-{str(network['Id'])[:12]}"
 
 
+LINK_LOCAL = "169.254.0.0/16"  # cloud metadata services (169.254.169.254: the host's credentials)
+
+
 def rule(bridge: str) -> list[str]:
     return ["INPUT", "-i", bridge, "-m", "conntrack", "--ctstate", "NEW",
             "-m", "comment", "--comment", COMMENT, "-j", "REJECT"]
+
+
+def link_local_rule(bridge: str) -> list[str]:
+    """Forwarded to a link-local address (not the host's own, so not INPUT): a cloud's metadata
+    service, which hands out the host's credentials to whoever asks from the host."""
+    return ["DOCKER-USER", "-i", bridge, "-d", LINK_LOCAL, "-m", "comment", "--comment", COMMENT, "-j", "REJECT"]
+
+
+def _rules(tool: str, bridge: str) -> list[list[str]]:
+    return [rule(bridge), link_local_rule(bridge)] if tool == "iptables" else [rule(bridge)]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,13 +74,14 @@ def guard(bridge: str) -> list[str]:
         if shutil.which(tool) is None:
             warnings.append(f"containers can reach the host's services: no {tool} here; " + by_hand)
             continue
-        if _run(tool, "-w", "-C", *rule(bridge)).returncode == 0:
-            continue
-        added = _run(tool, "-w", "-I", *rule(bridge))
-        if added.returncode:
-            reason = (added.stderr.strip().splitlines() or ["failed"])[-1]
-            warnings.append(f"containers can reach the host's services: {tool} refused the rule ({reason}); "
-                            + by_hand)
+        for wanted in _rules(tool, bridge):
+            if _run(tool, "-w", "-C", *wanted).returncode == 0:
+                continue
+            added = _run(tool, "-w", "-I", *wanted)
+            if added.returncode:
+                reason = (added.stderr.strip().splitlines() or ["failed"])[-1]
+                warnings.append(f"containers can reach the host's services: {tool} refused the rule ({reason}); "
+                                f"add it on the engine's host: {tool} -I {' '.join(wanted)}")
     prune()
     return warnings
 
@@ -74,10 +90,10 @@ def prune() -> list[str]:
     """Delete our rules whose bridge no longer exists (its network was removed), and the second of
     two gateways that added the same rule at once; the bridges left."""
     kept = set()
-    for tool in TOOLS:
+    for tool, chain in ((t, c) for t in TOOLS for c in ("INPUT", "DOCKER-USER")):
         if shutil.which(tool) is None:
             continue
-        listed = _run(tool, "-w", "-S", "INPUT")
+        listed = _run(tool, "-w", "-S", chain)
         seen = set()
         for line in listed.stdout.splitlines():
             words = line.split()

@@ -8,9 +8,12 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 
 import docker
+import pytest
 
 from kernel_gateway_ext.provisioners.docker import CONTAINER_PORTS
 from kernel_gateway_ext.containers import hostguard
@@ -141,6 +144,79 @@ async def test_a_container_cannot_reach_the_hosts_services(make_gateway, docker_
                 docker_client.networks.get(name).remove()
     kept = hostguard.prune()  # a removed network's rule goes at the next gateway's start; here, now
     assert not set(bridges) & set(kept) and not any(f"-i {b} " in rule for b in bridges for rule in guard_rules())
+
+
+METADATA = "169.254.169.254"
+METADATA_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("{ip}", 80)); s.listen()
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.close(); print("accepted", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def metadata_service(tag: str) -> Iterator[subprocess.Popen[str]]:
+    """A listener at 169.254.169.254:80 in a network namespace of its own, routed from the host
+    through a veth pair, as a cloud's metadata service is reached from a VM (never the host's own
+    address: traffic to it is forwarded, not INPUT)."""
+    ns, host_end, ns_end = f"kgemd{tag}", f"kgemd{tag}h", f"kgemd{tag}c"
+    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
+             ["ip", "link", "set", ns_end, "netns", ns], ["ip", "addr", "add", "169.254.169.1/24", "dev", host_end],
+             ["ip", "link", "set", host_end, "up"],
+             ["ip", "-n", ns, "addr", "add", f"{METADATA}/24", "dev", ns_end], ["ip", "-n", ns, "link", "set", ns_end, "up"],
+             ["ip", "-n", ns, "link", "set", "lo", "up"]]
+    server = None
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c",
+                                   METADATA_SERVER.format(ip=METADATA)], stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield server
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+async def test_a_container_cannot_reach_a_cloud_metadata_service(make_gateway, docker_client) -> None:
+    """A cloud's metadata service (169.254.169.254) hands the host's credentials to whoever asks
+    from the host: a kernel's request is refused at once on a guarded network, and reaches it on
+    one the gateway was told not to guard (the probe can tell)."""
+    if os.geteuid() != 0:
+        pytest.skip("!!! SKIPPED, NEEDS ROOT: a network namespace for the metadata service")
+    tag = uuid.uuid4().hex[:6]
+    networks = {f"kge-test-mdguard-{tag}": True, f"kge-test-mdopen-{tag}": False}
+    bridges: list[str | None] = []
+    try:
+        with metadata_service(tag) as server:
+            for name, guarded in networks.items():
+                async with make_gateway(f"--DockerEngine.network={name}", f"--DockerEngine.guard_host={guarded}") as gw:
+                    bridge = hostguard.bridge_of(docker_client.networks.get(name).attrs)
+                    listed = subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True, text=True,
+                                            check=True).stdout
+                    bridges.append(bridge)
+                    assert (f"-d {hostguard.LINK_LOCAL} -i {bridge} " in listed) == guarded, listed
+                    kid = (await gw.client.fetch("POST", "/api/kernels", {"name": "python3"})).json["id"]
+                    ws = await KernelWS.connect(gw.url, kid, gw.client.token)
+                    found = ast.literal_eval(ws.stdout(await ws.execute(HOST_PROBE.format(ips=[METADATA], port=80))))
+                    ws.close()
+                    await gw.client.fetch("DELETE", f"/api/kernels/{kid}")
+                    want = "ConnectionRefusedError" if guarded else "CONNECTED"
+                    assert found[METADATA] == want, (name, found)
+            server.kill()
+            assert server.stdout is not None and server.stdout.read().count("accepted") == 1  # the open network's
+    finally:
+        for name in networks:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.networks.get(name).remove()
+    hostguard.prune()  # the removed networks' rules, in both chains
+    listed = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+    assert not any(f"-i {b} " in listed for b in bridges), listed
 
 
 async def test_every_container_has_a_bounded_log(gateway, docker_client) -> None:
