@@ -4,7 +4,8 @@ are the folders' own, with their own quotas.
 
 Docker bounds a writable layer only on overlay2 over xfs with project quotas (`--storage-opt
 size`), which most hosts (and this machine's kernel, built without quota support) cannot give; so
-the gateway reads the files instead, where it can: a root gateway on the engine's host. The walk
+the gateway reads the files instead, where it can: on the engine's host, as root or with a
+capability that reads any folder (CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE). The walk
 is bounded (tree_usage stops once past the limit), by file descriptor, without following a link.
 """
 from __future__ import annotations
@@ -70,8 +71,8 @@ class DiskUse:
         try:  # opened, not access()ed: a capability (CAP_DAC_READ_SEARCH) counts for open only
             os.close(open_tree(layers))
         except OSError as e:
-            return (f"this gateway cannot read the engine's layers ({layers}: {e.strerror}); it needs root or "
-                    "CAP_DAC_READ_SEARCH on the engine's host")
+            return (f"this gateway cannot read the engine's layers ({layers}: {e.strerror}); it needs root, "
+                    "CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE on the engine's host")
         return ""
 
     async def measure(self, container_id: str, stop_bytes: int, stop_files: int) -> tuple[int, int]:

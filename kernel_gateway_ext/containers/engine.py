@@ -77,16 +77,18 @@ class DockerEngine(SingletonConfigurable):
         Unicode("/run/kge-ipc", help="With network_egress off, kernels get no network at all (network_mode none: "
                                      "less engine work per start, nothing to connect to) and talk ZMQ over IPC "
                                      "sockets in a folder of their own under this one (a short path: socket paths "
-                                     "hold 108 bytes), bound into their container. Needs a root gateway on the "
-                                     "engine's host (a gateway in a container mounts it at the same path). "
+                                     "hold 108 bytes), bound into their container. Needs a gateway on the "
+                                     "engine's host that is root or has CAP_CHOWN, CAP_DAC_OVERRIDE and CAP_FOWNER "
+                                     "(a gateway in a container mounts it at the same path). "
                                      "Empty: kernels use TCP on the internal network."),
         "KGE_IPC_DIR",
     )
     guard_host = env(
         Bool(True, help="Refuse new connections from the containers' network to the host itself (an iptables "
                         "and ip6tables INPUT rule on its bridge), so a kernel cannot reach the host's services that "
-                        "listen on every interface: this gateway's API, a database, an engine on TCP. Needs root "
-                        "in the engine's host's network namespace; otherwise the gateway warns at start."),
+                        "listen on every interface: this gateway's API, a database, an engine on TCP; and what it "
+                        "sends to link-local addresses (a DOCKER-USER rule): a cloud's metadata service. Needs "
+                        "CAP_NET_ADMIN in the engine's host's network namespace; otherwise the gateway warns at start."),
         "KGE_GUARD_HOST",
     )
     log_max_size = env(
