@@ -54,8 +54,8 @@ class Reconciler:
         kept: set[str] = set()
         folders = backend.ipc_folders  # kernels without a network: their sockets' folders go with them
         for c in containers:
-            named = {c.labels.get(LABEL_KERNEL_ID), c.labels.get(LABEL_SESSION_ID)}
             kernel_id = c.labels.get(LABEL_KERNEL_ID)
+            named = {kernel_id, c.labels.get(LABEL_SESSION_ID)}
             if c.id not in adopted and c.labels.get(LABEL_REPLICA, "") == replica and not named & recorded:
                 self.host.log.warning("Removing container %s: nobody owns it any more", c.short_id)
                 await backend.remove(c.id)
